@@ -1,0 +1,266 @@
+"""Rigid-body and pinhole-camera geometry in pure torch, batched over leading dimensions.
+
+One module serves two users: the synthetic Pix3D renderer (camera placement, labels) and the
+relative-pose study (SE(3) exponential map, point transform, projection and a differentiable
+inverse warp). Every function accepts any leading batch shape and float32 or float64 tensors,
+and is differentiable where the maths is.
+
+Conventions (they define the Pix3D labels, see DESIGN.md):
+  * model frame: y up; camera frame: x right, y down, z forward (optical axis).
+  * a pose (R, t) maps model to camera coordinates: X_c = R X_m + t; the camera centre in
+    the model frame is C = -R^T t (Pix3D's `cam_position`).
+  * pixels: u = f_px X/Z + cx, v = f_px Y/Z + cy, with pixel i covering [i, i+1), so pixel
+    centres sit at i + 0.5 and the principal point of a W x H image is (W/2, H/2).
+  * focal lengths in Pix3D are in millimetres on a 32 mm wide sensor: f_px = f_mm / 32 * W.
+  * 6-vectors of se(3) are ordered (v, omega): translation part first, rotation second.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SENSOR_WIDTH_MM = 32.0
+
+# Below this angle (radians) the closed forms divide 0 by 0; the Taylor series is exact to
+# float64 precision there.
+_SMALL_ANGLE = 1e-4
+
+
+def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    device = like.device if like is not None else None
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def hat(omega: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) skew-symmetric matrix with hat(a) @ b = a x b."""
+    omega = _as_tensor(omega)
+    x, y, z = omega.unbind(-1)
+    zero = torch.zeros_like(x)
+    return torch.stack(
+        [
+            torch.stack([zero, -z, y], -1),
+            torch.stack([z, zero, -x], -1),
+            torch.stack([-y, x, zero], -1),
+        ],
+        -2,
+    )
+
+
+def so3_exp(omega: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (..., 3) -> rotation matrix (..., 3, 3) by Rodrigues' formula.
+
+    The coefficients sin(t)/t and (1 - cos t)/t^2 switch to their Taylor series near t = 0,
+    so the map and its gradient stay finite at the identity (where optimisation starts).
+    """
+    omega = _as_tensor(omega)
+    theta2 = (omega * omega).sum(-1)
+    theta = theta2.clamp_min(0).sqrt()
+    small = theta < _SMALL_ANGLE
+    safe_theta = torch.where(small, torch.ones_like(theta), theta)
+    a = torch.where(small, 1 - theta2 / 6, torch.sin(safe_theta) / safe_theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe_theta)) / safe_theta**2)
+    K = hat(omega)
+    eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand(K.shape)
+    return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
+
+
+def so3_log(R: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix (..., 3, 3) -> axis-angle (..., 3) with angle in [0, pi].
+
+    Near pi the antisymmetric part vanishes, so the axis is read from the symmetric part
+    (the column of R + I with the largest norm) instead; its sign is fixed by the
+    antisymmetric remainder so the result is continuous where it can be.
+    """
+    R = _as_tensor(R)
+    trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
+    cos = ((trace - 1) / 2).clamp(-1.0, 1.0)
+    theta = torch.arccos(cos)
+    vee = torch.stack(
+        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]],
+        -1,
+    )
+    small = theta < _SMALL_ANGLE
+    sin = torch.sin(theta)
+    safe_sin = torch.where(small, torch.ones_like(sin), sin)
+    factor = torch.where(small, 0.5 + theta**2 / 12, theta / (2 * safe_sin))
+    omega = factor[..., None] * vee
+
+    # Near pi: R = I + 2 a a^T - ... so (R + I) / 2 ~ a a^T; take its largest column.
+    near_pi = theta > torch.pi - 1e-3
+    if bool(near_pi.any()):
+        eye = torch.eye(3, dtype=R.dtype, device=R.device)
+        S = (R + eye) / 2
+        col_norms = S.norm(dim=-2)  # (..., 3): norm of each column
+        best = col_norms.argmax(-1)
+        axis = torch.gather(S, -1, best[..., None, None].expand(*S.shape[:-1], 1))[..., 0]
+        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sign = torch.where((axis * vee).sum(-1) < 0, -1.0, 1.0).to(R.dtype)
+        omega = torch.where(near_pi[..., None], axis * (theta * sign)[..., None], omega)
+    return omega
+
+
+def rotation_about_axis(axis, angle) -> torch.Tensor:
+    """Rotation by `angle` radians about `axis` ((..., 3) vector or one of 'x', 'y', 'z')."""
+    angle = _as_tensor(angle)
+    if isinstance(axis, str):
+        index = "xyz".find(axis)
+        if len(axis) != 1 or index < 0:
+            raise ValueError(f"axis must be 'x', 'y', 'z' or a 3-vector, got {axis!r}")
+        unit = torch.zeros(3, dtype=angle.dtype, device=angle.device)
+        unit[index] = 1.0
+        unit = unit.expand(*angle.shape, 3)
+    else:
+        unit = _as_tensor(axis, angle)
+        unit = unit / unit.norm(dim=-1, keepdim=True)
+    return so3_exp(unit * angle[..., None])
+
+
+def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera pose (R, t) of a camera at `eye` looking at `target`.
+
+    The camera's y axis points down in the image, so it is minus the world `up` projected
+    off the viewing direction; x = y cross z completes a right-handed frame (x right).
+    Returns R (..., 3, 3) whose rows are the camera axes in world coordinates, and
+    t = -R eye (..., 3).
+    """
+    eye = _as_tensor(eye)
+    target = _as_tensor(target, eye)
+    up = _as_tensor(up, eye).expand_as(eye)
+    z = target - eye
+    z = z / z.norm(dim=-1, keepdim=True)
+    down = -(up - (up * z).sum(-1, keepdim=True) * z)
+    norm = down.norm(dim=-1, keepdim=True)
+    if bool((norm < 1e-9).any()):
+        raise ValueError("look_at: viewing direction is parallel to `up`")
+    y = down / norm
+    x = torch.cross(y, z, dim=-1)
+    R = torch.stack([x, y, z], -2)
+    t = -(R @ eye[..., None])[..., 0]
+    return R, t
+
+
+def camera_centre(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Camera centre in the model frame, C = -R^T t (Pix3D's cam_position)."""
+    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+
+
+def se3_exp(xi: torch.Tensor) -> torch.Tensor:
+    """Twist (..., 6) ordered (v, omega) -> homogeneous transform (..., 4, 4).
+
+    The translation is V v with V = I + b K + c K^2 (the left Jacobian of SO(3)), so a
+    constant twist is a screw motion and the map is the true group exponential.
+    """
+    xi = _as_tensor(xi)
+    v, omega = xi[..., :3], xi[..., 3:]
+    theta2 = (omega * omega).sum(-1)
+    theta = theta2.clamp_min(0).sqrt()
+    small = theta < _SMALL_ANGLE
+    safe = torch.where(small, torch.ones_like(theta), theta)
+    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / safe**2)
+    c = torch.where(small, 1.0 / 6 - theta2 / 120, (safe - torch.sin(safe)) / safe**3)
+    K = hat(omega)
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand(K.shape)
+    V = eye + b[..., None, None] * K + c[..., None, None] * (K @ K)
+    T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
+    T[..., :3, :3] = so3_exp(omega)
+    T[..., :3, 3] = (V @ v[..., None])[..., 0]
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def transform_points(T: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Apply a 4x4 (or 3x4) transform (..., 4, 4) to points (..., N, 3)."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3]
+    return points @ R.transpose(-1, -2) + t[..., None, :]
+
+
+def focal_mm_to_px(focal_mm, width_px, sensor_width_mm: float = SENSOR_WIDTH_MM):
+    """Pix3D focal length (mm on a 32 mm wide sensor) -> pixels for an image `width_px` wide."""
+    return focal_mm / sensor_width_mm * width_px
+
+
+def intrinsics(focal_mm, width: int, height: int, *, dtype=torch.float64) -> torch.Tensor:
+    """Pinhole matrix K (..., 3, 3): square pixels, principal point at the image centre."""
+    f = focal_mm_to_px(_as_tensor(focal_mm, torch.zeros((), dtype=dtype)), width)
+    K = torch.zeros(*f.shape, 3, 3, dtype=f.dtype, device=f.device)
+    K[..., 0, 0] = f
+    K[..., 1, 1] = f
+    K[..., 0, 2] = width / 2
+    K[..., 1, 2] = height / 2
+    K[..., 2, 2] = 1.0
+    return K
+
+
+def project(points_cam: torch.Tensor, K: torch.Tensor, eps: float = 1e-8):
+    """Camera-frame points (..., N, 3) -> (pixels (..., N, 2), depth (..., N)).
+
+    Depth is clamped away from zero only in the division, so points behind the camera keep
+    their sign in the returned depth and callers can mask them.
+    """
+    z = points_cam[..., 2]
+    safe = torch.where(z.abs() < eps, torch.full_like(z, eps), z)
+    xy = points_cam[..., :2] / safe[..., None]
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    uv = torch.stack([fx * xy[..., 0] + cx, fy * xy[..., 1] + cy], -1)
+    return uv, z
+
+
+def pixel_centres(height: int, width: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(H, W, 2) continuous (u, v) coordinates of the pixel centres (i + 0.5)."""
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device) + 0.5,
+        torch.arange(width, dtype=dtype, device=device) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([u, v], -1)
+
+
+def backproject(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """Depth maps (B, H, W) -> camera-frame points (B, H*W, 3) through the pixel centres."""
+    B, H, W = depth.shape
+    uv = pixel_centres(H, W, dtype=depth.dtype, device=depth.device).reshape(1, -1, 2)
+    fx, fy = K[:, 0, 0, None], K[:, 1, 1, None]
+    cx, cy = K[:, 0, 2, None], K[:, 1, 2, None]
+    z = depth.reshape(B, -1)
+    x = (uv[..., 0] - cx) / fx * z
+    y = (uv[..., 1] - cy) / fy * z
+    return torch.stack([x, y, z], -1)
+
+
+def inverse_warp_grid(
+    depth_target: torch.Tensor, target_to_source: torch.Tensor, K: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling grid that pulls a source image into the target view, for `grid_sample`.
+
+    depth_target (B, H, W); target_to_source either a twist (B, 6) (through `se3_exp`, so a
+    network can predict it) or a transform (B, 4, 4); K (B, 3, 3) shared by both views.
+    Each target pixel is lifted with its depth, moved into the source camera and projected.
+    Returns (grid (B, H, W, 2) in [-1, 1] for align_corners=False, valid (B, H, W) bool:
+    in front of the source camera and inside its image).
+    """
+    B, H, W = depth_target.shape
+    T = se3_exp(target_to_source) if target_to_source.shape[-1] == 6 else target_to_source
+    points = transform_points(T, backproject(depth_target, K))
+    uv, z = project(points, K)
+    # align_corners=False: -1 and +1 are the outer edges of the border pixels, i.e. u = 0, W.
+    gx = 2 * uv[..., 0] / W - 1
+    gy = 2 * uv[..., 1] / H - 1
+    grid = torch.stack([gx, gy], -1).reshape(B, H, W, 2)
+    valid = (z > 0) & (gx.abs() <= 1) & (gy.abs() <= 1)
+    return grid, valid.reshape(B, H, W)
+
+
+def inverse_warp(
+    source: torch.Tensor, depth_target: torch.Tensor, target_to_source: torch.Tensor, K: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp `source` (B, C, H, W) into the target view; returns (warped, valid mask)."""
+    grid, valid = inverse_warp_grid(depth_target, target_to_source, K)
+    warped = F.grid_sample(source, grid.to(source.dtype), mode="bilinear",
+                           padding_mode="zeros", align_corners=False)
+    return warped, valid
