@@ -1,0 +1,219 @@
+"""The two published pose classifiers, as a small registry: name -> builder.
+
+Both networks are reproduced layer for layer from the published work (unpadded convolutions,
+BatchNorm, ReLU, 2x2 max-pooling, an FC-128 trunk and three 8-way heads: azimuth,
+elevation, in-plane). The width of the first FC layer is computed from the input size, so
+the same code runs at the published 224 px and at the small sizes of the CPU budget.
+
+`seed_quirks=True` reproduces two behaviours of the published code that explain its table:
+a ReLU on the head logits (both nets) and, in `separate_net`, a concatenation that
+flattens each branch over the whole batch before reshaping, which mixes the features of
+different samples as soon as two or more modalities are used. (The third quirk, raw
+0..255 inputs, is input preprocessing and lives in `pix3d.train`.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pix3d.constants import HEADS, MODALITY_CHANNELS, N_BINS, parse_modalities
+from pix3d.errors import Pix3DError
+
+ModelBuilder = Callable[..., nn.Module]
+_MODELS: dict[str, ModelBuilder] = {}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder to the registry; a second builder under one name is a bug."""
+
+    def decorate(builder: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = builder
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model(
+    name: str,
+    modalities: str | Sequence[str],
+    *,
+    image_size: int = 224,
+    seed_quirks: bool = False,
+) -> nn.Module:
+    """Build model `name` for `modalities` (canonical order) and square inputs of `image_size`.
+
+    Raises Pix3DError for an unknown name (listing the registered ones), a bad modality list,
+    or an input too small for the unpadded convolutions.
+    """
+    if name not in _MODELS:
+        raise Pix3DError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    try:
+        mods = parse_modalities(modalities)
+    except ValueError as exc:
+        raise Pix3DError(f"modalities: {exc}") from None
+    return _MODELS[name](mods, image_size=int(image_size), seed_quirks=bool(seed_quirks))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """conv (no padding) -> BN -> ReLU -> max-pool 2: the unit both published nets stack."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+    )
+
+
+def feature_map_size(image_size: int, kernel_sizes: Sequence[int]) -> int:
+    """Side of the last feature map after unpadded conv(k) + max-pool 2 stages.
+
+    Pure arithmetic, so FC widths at 224 px are known without a 224 px forward pass.
+    """
+    side = image_size
+    for k in kernel_sizes:
+        side = (side - k + 1) // 2
+    return side
+
+
+def minimum_image_size(kernel_sizes: Sequence[int]) -> int:
+    """Smallest input side for which every stage still has a >= 1 px output."""
+    side = 1
+    for k in reversed(kernel_sizes):
+        side = 2 * side + k - 1
+    return side
+
+
+def _check_size(name: str, image_size: int, kernel_sizes: Sequence[int]) -> int:
+    side = feature_map_size(image_size, kernel_sizes)
+    if side < 1:
+        raise Pix3DError(
+            f"image_size {image_size} is too small for {name} (unpadded convolutions need "
+            f">= {minimum_image_size(kernel_sizes)} px)"
+        )
+    return side
+
+
+class PoseHeads(nn.Module):
+    """Three independent FC(features -> N_BINS) heads stacked as B x 3 x N_BINS logits."""
+
+    def __init__(self, in_features: int, relu_on_logits: bool):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(in_features, N_BINS) for _ in HEADS)
+        # The published code ended each head with a ReLU, which clamps every negative logit
+        # to 0; kept only under seed_quirks so its table can be explained.
+        self.relu_on_logits = relu_on_logits
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([head(features) for head in self.heads], dim=1)
+        return torch.relu(logits) if self.relu_on_logits else logits
+
+
+# --------------------------------------------------------------------------- combined_net
+
+COMBINED_KERNELS = (7, 7, 3, 3)
+COMBINED_WIDTHS = (64, 256, 256, 8)
+
+
+class CombinedNet(nn.Module):
+    """Early fusion: every chosen modality stacked as channels into one CNN."""
+
+    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: bool):
+        super().__init__()
+        self.modalities = modalities
+        in_channels = sum(MODALITY_CHANNELS[m][1] - MODALITY_CHANNELS[m][0] for m in modalities)
+        side = _check_size("combined_net", image_size, COMBINED_KERNELS)
+        blocks, width = [], in_channels
+        for out, k in zip(COMBINED_WIDTHS, COMBINED_KERNELS):
+            blocks.append(conv_block(width, out, k))
+            width = out
+        self.features = nn.Sequential(*blocks)
+        self.fc_in_features = COMBINED_WIDTHS[-1] * side * side  # 968 at 224 px
+        self.trunk = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
+        self.heads = PoseHeads(128, relu_on_logits=seed_quirks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x).flatten(1)
+        return self.heads(self.trunk(features))
+
+
+@register_model("combined_net")
+def combined_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
+    """The published early-fusion network (conv 64/7, 256/7, 256/3, 8/3 -> FC 128 -> 3 heads)."""
+    return CombinedNet(modalities, image_size, seed_quirks)
+
+
+# --------------------------------------------------------------------------- separate_net
+
+SEPARATE_KERNELS = (7, 7, 3)
+SEPARATE_WIDTHS = (32, 64, 8)
+
+
+class ModalityBranch(nn.Module):
+    """One modality's small CNN (conv 32/7, 64/7, 8/3) -> FC 128 + ReLU."""
+
+    def __init__(self, in_channels: int, side: int):
+        super().__init__()
+        blocks, width = [], in_channels
+        for out, k in zip(SEPARATE_WIDTHS, SEPARATE_KERNELS):
+            blocks.append(conv_block(width, out, k))
+            width = out
+        self.features = nn.Sequential(*blocks)
+        self.fc_in_features = SEPARATE_WIDTHS[-1] * side * side  # 4608 at 224 px
+        self.fc = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).flatten(1))
+
+
+class SeparateNet(nn.Module):
+    """Late fusion: one branch per modality, the 128-d features concatenated per sample."""
+
+    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: bool):
+        super().__init__()
+        self.modalities = modalities
+        side = _check_size("separate_net", image_size, SEPARATE_KERNELS)
+        # Channel slices of the stacked input, one per modality, in canonical order.
+        self.channel_slices: list[tuple[int, int]] = []
+        start = 0
+        for m in modalities:
+            lo, hi = MODALITY_CHANNELS[m]
+            self.channel_slices.append((start, start + hi - lo))
+            start += hi - lo
+        self.branches = nn.ModuleDict(
+            {m: ModalityBranch(b - a, side) for m, (a, b) in zip(modalities, self.channel_slices)}
+        )
+        self.seed_quirks = seed_quirks
+        self.heads = PoseHeads(128 * len(modalities), relu_on_logits=seed_quirks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        per_branch = [
+            self.branches[m](x[:, a:b]) for m, (a, b) in zip(self.modalities, self.channel_slices)
+        ]
+        batch = x.shape[0]
+        if self.seed_quirks:
+            # Published behaviour: each branch flattened over the whole batch, the flat
+            # vectors concatenated, then reshaped to B x (n*128). Row i then holds features
+            # of samples n*i .. n*i+n-1 of the first branch(es), not sample i's own: the
+            # batch is mixed whenever n >= 2 (with n == 1 it is the identity).
+            fused = torch.cat([f.reshape(-1) for f in per_branch]).reshape(batch, -1)
+        else:
+            fused = torch.cat(per_branch, dim=1)
+        return self.heads(fused)
+
+
+@register_model("separate_net")
+def separate_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
+    """The published late-fusion network (per modality conv 32/7, 64/7, 8/3 -> FC 128)."""
+    return SeparateNet(modalities, image_size, seed_quirks)
