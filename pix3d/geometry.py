@@ -71,35 +71,36 @@ def so3_exp(omega: torch.Tensor) -> torch.Tensor:
 def so3_log(R: torch.Tensor) -> torch.Tensor:
     """Rotation matrix (..., 3, 3) -> axis-angle (..., 3) with angle in [0, pi].
 
-    Near pi the antisymmetric part vanishes, so the axis is read from the symmetric part
-    (the column of R + I with the largest norm) instead; its sign is fixed by the
-    antisymmetric remainder so the result is continuous where it can be.
+    The angle comes from atan2(|vee(R - R^T)| / 2, (tr R - 1) / 2), which keeps full precision
+    at every angle (arccos of the trace alone loses half the digits near 0 and pi). Beyond
+    3 pi / 4 the antisymmetric part is too small to give the axis accurately, so the axis is
+    read from the symmetric part, (R + R^T) / 2 = cos t I + (1 - cos t) a a^T, with its sign
+    taken from the antisymmetric remainder.
     """
     R = _as_tensor(R)
     trace = R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2]
-    cos = ((trace - 1) / 2).clamp(-1.0, 1.0)
-    theta = torch.arccos(cos)
     vee = torch.stack(
         [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]],
         -1,
     )
+    sin2 = vee.norm(dim=-1)  # 2 sin t
+    cos = (trace - 1) / 2
+    theta = torch.atan2(sin2 / 2, cos)
     small = theta < _SMALL_ANGLE
-    sin = torch.sin(theta)
-    safe_sin = torch.where(small, torch.ones_like(sin), sin)
-    factor = torch.where(small, 0.5 + theta**2 / 12, theta / (2 * safe_sin))
+    safe_sin2 = torch.where(small, torch.ones_like(sin2), sin2)
+    factor = torch.where(small, 0.5 + theta**2 / 12, theta / safe_sin2)
     omega = factor[..., None] * vee
 
-    # Near pi: R = I + 2 a a^T - ... so (R + I) / 2 ~ a a^T; take its largest column.
-    near_pi = theta > torch.pi - 1e-3
-    if bool(near_pi.any()):
+    large = theta > 0.75 * torch.pi
+    if bool(large.any()):
         eye = torch.eye(3, dtype=R.dtype, device=R.device)
-        S = (R + eye) / 2
-        col_norms = S.norm(dim=-2)  # (..., 3): norm of each column
-        best = col_norms.argmax(-1)
-        axis = torch.gather(S, -1, best[..., None, None].expand(*S.shape[:-1], 1))[..., 0]
-        axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sym = (R + R.transpose(-1, -2)) / 2
+        outer = (sym - cos[..., None, None] * eye) / (1 - cos)[..., None, None].clamp_min(1e-12)
+        best = torch.diagonal(outer, dim1=-2, dim2=-1).argmax(-1)  # largest |a_j|
+        column = torch.gather(outer, -1, best[..., None, None].expand(*outer.shape[:-1], 1))[..., 0]
+        axis = column / column.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         sign = torch.where((axis * vee).sum(-1) < 0, -1.0, 1.0).to(R.dtype)
-        omega = torch.where(near_pi[..., None], axis * (theta * sign)[..., None], omega)
+        omega = torch.where(large[..., None], axis * (theta * sign)[..., None], omega)
     return omega
 
 
