@@ -139,8 +139,12 @@ def draw_object(img_size, bbox, rng: np.random.Generator) -> tuple[np.ndarray, n
     return rgb, inside.astype(np.uint8) * 255
 
 
-def save_image(path: Path, rgb: np.ndarray, mode: str) -> None:
-    """Write an H x W x 3 array as `mode` (RGB, L, P, RGBA) in the format of the extension."""
+def save_image(path: Path, rgb: np.ndarray, mode: str, alpha: np.ndarray | None = None) -> None:
+    """Write an H x W x 3 array as `mode` (RGB, L, P, RGBA) in the format of the extension.
+
+    RGBA images get `alpha` (H x W uint8; default opaque), like product shots with a
+    transparent background.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(rgb, "RGB")
     if mode == "L":
@@ -149,7 +153,7 @@ def save_image(path: Path, rgb: np.ndarray, mode: str) -> None:
         image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
     elif mode == "RGBA":
         image = image.convert("RGBA")
-        image.putalpha(200)
+        image.putalpha(Image.fromarray(alpha if alpha is not None else np.full(rgb.shape[:2], 255, np.uint8), "L"))
     if path.suffix.lower() in (".jpg", ".jpeg"):
         image.save(path, quality=92)
     else:
@@ -167,7 +171,7 @@ def write_entry_files(
 ) -> None:
     """Draw an entry's image and mask (and normals/boundaries maps) at its paths."""
     rgb, mask = draw_object(entry["img_size"], entry["bbox"], rng)
-    save_image(root / entry["img"], rgb, mode)
+    save_image(root / entry["img"], rgb, mode, alpha=mask)
     mask_path = root / entry["mask"]
     mask_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask, "L").save(mask_path)
