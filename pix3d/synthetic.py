@@ -40,11 +40,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from pix3d import geometry
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.errors import Pix3DError, UsageError
 
@@ -87,6 +85,8 @@ FOCAL_MM = (28.0, 60.0)
 # conservative, so objects stay mostly inside the frame; the top end truncates a few.
 FILL = (0.62, 1.02)
 IMAGES_PER_MODEL = 20
+# Pix3D's focal lengths are millimetres on a 32 mm wide sensor (as pix3d.geometry).
+SENSOR_WIDTH_MM = 32.0
 
 
 # --------------------------------------------------------------------------------------
@@ -464,6 +464,12 @@ class Camera:
 
 def camera_pose(cam: Camera) -> tuple[np.ndarray, np.ndarray]:
     """(R, t) of a camera on the view sphere, rolled about its optical axis by `inplane`."""
+    # torch is imported here, not at module level: it takes seconds, and neither the CLI's
+    # argument checks nor the (forked) render workers need it; poses are made in the parent.
+    import torch
+
+    from pix3d import geometry
+
     a, e = math.radians(cam.azimuth), math.radians(cam.elevation)
     eye = torch.tensor([math.sin(a) * math.cos(e), math.sin(e), -math.cos(a) * math.cos(e)],
                        dtype=torch.float64) * cam.distance
@@ -477,7 +483,7 @@ def camera_pose(cam: Camera) -> tuple[np.ndarray, np.ndarray]:
 def sample_camera(rng: np.random.Generator, radius: float) -> Camera:
     """Random view: full-circle azimuth, photo-like elevation and roll, distance from focal."""
     focal = rng.uniform(*FOCAL_MM)
-    half_fov = math.atan(geometry.SENSOR_WIDTH_MM / 2 / focal)
+    half_fov = math.atan(SENSOR_WIDTH_MM / 2 / focal)
     fill = rng.uniform(*FILL)
     distance = radius / math.sin(fill * half_fov)
     return Camera(
@@ -547,7 +553,7 @@ def render_view(mesh: Mesh, palette: np.ndarray, R: np.ndarray, t: np.ndarray, f
     """Render one model: Lambertian shading under a random overhead light, over clutter."""
     verts_cam = mesh.vertices @ R.T + t
     normals_cam = mesh.face_normals @ R.T
-    focal_px = float(geometry.focal_mm_to_px(focal_mm, width))
+    focal_px = focal_mm / SENSOR_WIDTH_MM * width
     face_id, depth = rasterize(verts_cam, mesh.faces, focal_px, width, height,
                                face_normals_cam=normals_cam)
     mask = face_id >= 0
@@ -599,6 +605,8 @@ class Plan:
     model: int
     number: int  # 1-based within the category, as Pix3D's file names
     camera: Camera
+    rot_mat: np.ndarray    # 3 x 3, model -> camera
+    trans_mat: np.ndarray  # 3
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -637,7 +645,8 @@ def plan_images(config: SyntheticConfig, pool) -> list[Plan]:
         model = int(rng.integers(len(pool[category])))
         counters[category] += 1
         camera = sample_camera(rng, pool[category][model][0].radius)
-        plans.append(Plan(i, category, model, counters[category], camera))
+        R, t = camera_pose(camera)
+        plans.append(Plan(i, category, model, counters[category], camera, R, t))
     return plans
 
 
@@ -647,7 +656,6 @@ _WORKER_POOL: dict | None = None
 def _init_worker(pool) -> None:
     global _WORKER_POOL
     _WORKER_POOL = pool
-    torch.set_num_threads(1)
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -658,7 +666,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 def render_plan(config: SyntheticConfig, plan: Plan, pool) -> tuple[Rendering, np.ndarray, np.ndarray]:
     """Render the view a plan describes; returns (rendering, R, t)."""
     mesh, palette = pool[plan.category][plan.model]
-    R, t = camera_pose(plan.camera)
+    R, t = plan.rot_mat, plan.trans_mat
     rng = _rng(config.seed, 3, plan.index)
     rendering = render_view(mesh, palette, R, t, plan.camera.focal_mm, config.size, config.size, rng)
     return rendering, R, t
