@@ -1,0 +1,505 @@
+"""`python -m search.run --grid NAME`: run a named sweep as Ray Tune trials.
+
+The front door of the project. On a fresh machine `python -m search.run --grid ablation`
+generates the built-in synthetic data, prepares the cache, starts a local Ray runtime, runs
+every trial (Ray's progress table while it runs), logs them to MLflow and ends with a
+per-trial summary and the azimuth table.
+
+Results and checkpoints go to `<storage>/<experiment>/` (storage default ./ray_results,
+experiment default = the grid name); `--resume` restores that sweep with `Tuner.restore`,
+keeping finished trials and continuing unfinished ones from their last checkpoint. The
+settings that shape the trials (grid, data, budget, seeds, epochs) are saved beside it in
+`search_run.json`, so a resumed sweep rebuilds exactly the same trainable.
+
+`--address HOST:PORT` joins a running cluster (`ray start --head` / `ray start --address`);
+then `--storage` must be a path every node shares (NFS) or a URI (s3://, gs://).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from pix3d.cli import ArgumentParser, run_cli
+from pix3d.constants import parse_modalities
+from pix3d.errors import Pix3DError, UsageError
+from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
+
+SWEEP_SETTINGS_FILE = "search_run.json"
+CONNECT_TIMEOUT_S = 5.0
+# Settings that decide what the trials are; saved with the sweep so --resume rebuilds them.
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs")
+
+
+def get_args_parser() -> ArgumentParser:
+    """The CLI's options (a factory so benchmarks and tests can reuse it)."""
+    parser = ArgumentParser(
+        prog="python -m search.run",
+        description="Run a named grid or search of pose-classifier trainings as Ray Tune trials.",
+    )
+    parser.add_argument("--grid", help=f"sweep to run: {', '.join(GRIDS)}")
+    parser.add_argument("--list", action="store_true", help="list the grids with their trial counts and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials it would launch and exit")
+    parser.add_argument("--data", default="synthetic", help="Pix3D folder, or 'synthetic' for the built-in set")
+    parser.add_argument("--cache", type=Path, default=None, help="cache folder (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    parser.add_argument("--budget", default="auto", help="auto | quick | paper (auto = paper on a GPU, quick otherwise)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of the budget and grid")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the grid's)")
+    parser.add_argument("--address", default=None, help="join a running Ray cluster: auto | HOST:PORT (default: local Ray)")
+    parser.add_argument("--storage", default="ray_results", help="results/checkpoints root: PATH (shared on a cluster) or URI")
+    parser.add_argument("--experiment", default=None, help="sweep name under --storage and in MLflow (default: the grid name)")
+    parser.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (sets torch threads)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions pack trials on one GPU")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
+    parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
+    parser.add_argument("--resume", action="store_true", help="restore the interrupted sweep <storage>/<experiment>")
+    return parser
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What decides the trials of a sweep (saved beside it for --resume)."""
+
+    grid: str
+    data: str
+    cache: str | None
+    budget: str
+    seeds: int | None
+    epochs: int | None
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in SWEEP_KEYS}
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def check_options(args) -> None:
+    """Reject impossible numbers before anything starts."""
+    if args.seeds is not None and args.seeds < 0:
+        raise UsageError(f"--seeds must be >= 0, got {args.seeds}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    if not args.cpus_per_trial > 0:
+        raise UsageError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
+        raise UsageError(f"--gpus-per-trial above 1 must be a whole number, got {args.gpus_per_trial}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < 0:
+        raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.budget not in ("auto", "quick", "paper"):
+        raise UsageError(f"--budget must be auto, quick or paper, got {args.budget!r}")
+
+
+def is_uri(storage: str) -> bool:
+    """s3://, gs://, file://... are handed to Tune (pyarrow) as they are."""
+    return "://" in storage
+
+
+def resolve_storage(storage: str) -> str:
+    """Absolute storage path (created, checked writable) or a URI unchanged."""
+    if is_uri(storage):
+        return storage
+    path = Path(storage).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise Pix3DError(f"--storage {storage}: not a writable folder ({exc.strerror or exc})") from None
+    return str(path)
+
+
+def experiment_path(storage: str, experiment: str) -> str:
+    return f"{storage.rstrip('/')}/{experiment}"
+
+
+def _read_settings(path: str) -> dict | None:
+    if is_uri(path):
+        import pyarrow.fs
+
+        fs, sub = pyarrow.fs.FileSystem.from_uri(path)
+        try:
+            with fs.open_input_stream(f"{sub}/{SWEEP_SETTINGS_FILE}") as stream:
+                return json.loads(stream.read().decode())
+        except (OSError, FileNotFoundError):
+            return None
+    file = Path(path) / SWEEP_SETTINGS_FILE
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def _write_settings(path: str, settings: SweepSettings, command: str) -> None:
+    """Save the sweep settings atomically (temp file + rename; a plain write for URIs)."""
+    payload = json.dumps({**settings.to_dict(), "command": command}, indent=2).encode()
+    if is_uri(path):
+        import pyarrow.fs
+
+        fs, sub = pyarrow.fs.FileSystem.from_uri(path)
+        fs.create_dir(sub, recursive=True)
+        with fs.open_output_stream(f"{sub}/{SWEEP_SETTINGS_FILE}") as stream:
+            stream.write(payload)
+        return
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{SWEEP_SETTINGS_FILE}.{os.getpid()}.tmp"
+    tmp.write_bytes(payload)
+    os.replace(tmp, folder / SWEEP_SETTINGS_FILE)
+
+
+# ---------------------------------------------------------------------------- budget / trials
+
+
+def resolve_run_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, dict]:
+    """Budget overrides for the trials. `auto` follows the trials' GPUs, not the driver's.
+
+    On a cluster the driver often has no GPU while the workers do, so with --gpus-per-trial
+    > 0 `auto` means `paper` even when this machine has none.
+    """
+    from pix3d.train import resolve_budget
+
+    if budget == "auto" and gpus_per_trial > 0:
+        name, overrides, _ = resolve_budget("paper")
+        log(f"budget auto -> paper (trials get {gpus_per_trial:g} GPU each)")
+        return name, dict(overrides)
+    name, overrides, message = resolve_budget(budget)
+    log(message)
+    return name, dict(overrides)
+
+
+def build_param_space(grid: Grid, settings: SweepSettings, budget_overrides: dict, args) -> dict:
+    """The grid's space plus resources (the trainable sets threads from them) and --epochs."""
+    space = grid.param_space(settings.seeds, budget_overrides)
+    if settings.epochs is not None:
+        space["epochs"] = settings.epochs
+    space["cpus_per_trial"] = args.cpus_per_trial
+    space["gpus_per_trial"] = args.gpus_per_trial
+    return space
+
+
+def describe_trial(config: dict, keys: Sequence[str]) -> str:
+    return "  ".join(f"{k}={config[k]}" for k in keys if k in config)
+
+
+def _describe_domain(value: Any) -> str:
+    """Readable Tune domains: choice([...]) and loguniform(lo, hi) instead of object reprs."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(value, Categorical):
+        return f"choice({list(value.categories)})"
+    if isinstance(value, (Float, Integer)):
+        sampler = type(value.get_sampler()).__name__.lower().replace("_", "")
+        kind = "log" if "log" in sampler else ""
+        return f"{kind}uniform({value.lower:g}, {value.upper:g})"
+    return repr(value)
+
+
+def print_dry_run(grid: Grid, space: dict, out=print) -> None:
+    """What would run: the constant settings once, then one line per trial (what varies)."""
+    if grid.is_search:
+        out(f"grid {grid.name}: {grid.num_samples} samples proposed by TPE (Optuna), "
+            f"ASHA early stopping, at most {grid.max_concurrent} at once")
+        for key, value in space.items():
+            out(f"  {key}: {_describe_domain(value)}")
+        return
+    trials = expand(space)
+    varying = [k for k in trials[0] if len({repr(t.get(k)) for t in trials}) > 1]
+    fixed = {k: v for k, v in trials[0].items() if k not in varying}
+    out(f"grid {grid.name}: {len(trials)} trials; fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    for i, config in enumerate(trials):
+        out(f"  {i:3d}  {describe_trial(config, varying)}")
+
+
+# ---------------------------------------------------------------------------- Ray
+
+
+def _check_reachable(address: str) -> None:
+    """Fail within CONNECT_TIMEOUT_S when HOST:PORT does not answer (ray.init would hang)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--address {address}: expected auto or HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise Pix3DError(
+            f"--address {address}: no Ray cluster reachable within {CONNECT_TIMEOUT_S:g}s ({reason}); "
+            "start one with `ray start --head` or leave --address out for local Ray"
+        ) from None
+
+
+def init_ray(address: str | None, log=print) -> None:
+    """Join `address` or start a private local Ray (all of this machine's cores)."""
+    import ray
+
+    if address is None:
+        # address="local" always starts a fresh instance: a bare ray.init() would silently
+        # join whatever `ray start` cluster happens to run on this machine.
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=True, configure_logging=False)
+        return
+    if address != "auto":
+        _check_reachable(address)
+    # Clusters started with token auth (the default for `ray start` since Ray 2.59/2.60)
+    # reject a driver that does not also run in token mode.
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        log("RAY_AUTH_MODE not set: using token auth to join the cluster (set RAY_AUTH_MODE=disabled to opt out)")
+    try:
+        ray.init(address=address, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
+
+
+def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """Fail at once when no node can host one trial, instead of trials PENDING forever."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    capacity = [(n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0)) for n in nodes]
+    if any(cpu >= cpus_per_trial and gpu >= gpus_per_trial for cpu, gpu in capacity):
+        return
+    total_gpus = sum(gpu for _, gpu in capacity)
+    if gpus_per_trial > 0 and total_gpus == 0:
+        raise Pix3DError(
+            f"--gpus-per-trial {gpus_per_trial:g}: the Ray cluster has no GPUs "
+            f"({len(nodes)} node(s)); use --gpus-per-trial 0 or join a GPU cluster with --address"
+        )
+    largest = ", ".join(f"{cpu:g} CPU/{gpu:g} GPU" for cpu, gpu in capacity) or "no nodes"
+    raise Pix3DError(
+        f"no Ray node can host a trial of {cpus_per_trial:g} CPU and {gpus_per_trial:g} GPU "
+        f"(nodes: {largest}); lower --cpus-per-trial / --gpus-per-trial"
+    )
+
+
+def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float):
+    """train_pose with the prepared cache in the object store (once) and its resources."""
+    from ray import tune
+
+    from trainables.pose import train_pose
+
+    trainable = tune.with_parameters(train_pose, data=data)
+    return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+
+
+# ---------------------------------------------------------------------------- tracking / table
+
+
+def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manifest: dict, storage: str) -> list:
+    """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed."""
+    if args.no_mlflow:
+        return []
+    try:
+        from analysis.tracking import MLflowTrackingCallback, default_tracking_uri
+    except ImportError as exc:
+        print(f"note: MLflow tracking unavailable ({exc}); results stay in Ray storage")
+        return []
+    uri = args.mlflow_uri or default_tracking_uri()
+    print(f"MLflow: {uri} (experiment {experiment})")
+    return [MLflowTrackingCallback(uri, experiment, sweep_name=experiment, grid=grid, command=command,
+                                   data_manifest=manifest, storage_path=storage)]
+
+
+def _report_table(args, *, experiment: str) -> None:
+    """Rebuild the azimuth table from MLflow and write md/csv/png (analysis.table)."""
+    if args.no_mlflow:
+        return
+    try:
+        from analysis.table import build_table, write_table
+        from analysis.tracking import default_tracking_uri
+    except ImportError as exc:
+        print(f"note: azimuth table unavailable ({exc})")
+        return
+    uri = args.mlflow_uri or default_tracking_uri()
+    try:
+        table = build_table(uri, experiment)
+        paths = write_table(table, Path("table_out") / experiment)
+    except Pix3DError as exc:
+        print(f"note: could not build the azimuth table: {exc}")
+        return
+    md = paths.get("md")
+    if md and Path(md).exists():
+        print(Path(md).read_text())
+    print("table written: " + ", ".join(str(p) for p in paths.values()))
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def summarize(results) -> tuple[list[str], int]:
+    """One line per trial (model, modalities, lr, seed, final/best azimuth acc); error count."""
+    lines = [f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} {'final az':>8} {'best az':>8}  status"]
+    errors = 0
+    rows = []
+    for result in results:
+        config = result.config or {}
+        metrics = result.metrics or {}
+        final = metrics.get("val_azimuth_acc")
+        best = metrics.get("best_val_azimuth_acc", final)
+        status = "ERROR" if result.error else "ok"
+        errors += bool(result.error)
+        rows.append((str(config.get("model")), str(config.get("modalities")), config.get("lr"),
+                     config.get("seed"), metrics.get("epoch"), final, best, status))
+    rows.sort(key=lambda r: tuple(str(x) for x in r[:4]))
+    for model, modalities, lr, seed, epoch, final, best, status in rows:
+        fmt = lambda v: f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "      -"
+        lr_s = f"{lr:.0e}" if isinstance(lr, float) else str(lr)
+        lines.append(f"{model:<13} {modalities:<28} {lr_s:>8} {str(seed):>4} {str(epoch or '-'):>6} "
+                     f"{fmt(final):>8} {fmt(best):>8}  {status}")
+    return lines, errors
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _settings_for(args, storage: str, experiment: str) -> SweepSettings:
+    """This run's settings; with --resume, those saved with the sweep win."""
+    fresh = SweepSettings(args.grid, args.data, str(args.cache) if args.cache else None,
+                          args.budget, args.seeds, args.epochs)
+    if not args.resume:
+        return fresh
+    saved = _read_settings(experiment_path(storage, experiment))
+    if saved is None:
+        return fresh
+    merged = SweepSettings(**{k: saved.get(k) for k in SWEEP_KEYS})
+    if args.grid and args.grid != merged.grid:
+        raise UsageError(f"--resume: sweep {experiment!r} ran grid {merged.grid!r}, not {args.grid!r}")
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    check_options(args)
+    if args.list:
+        print("\n".join(describe_grids(args.seeds)))
+        return 0
+    if not args.grid and not (args.resume and args.experiment):
+        raise UsageError("--grid is required (or --resume --experiment NAME); see --list")
+    if args.grid:
+        get_grid(args.grid)  # unknown names fail here, listing the known ones
+    experiment = args.experiment or args.grid
+    if "/" in experiment or experiment in (".", ".."):
+        raise UsageError(f"--experiment {experiment!r}: must be a plain name")
+    # A dry run writes nothing, not even the storage folder.
+    if args.dry_run and not is_uri(args.storage):
+        storage = str(Path(args.storage).expanduser().resolve())
+    else:
+        storage = resolve_storage(args.storage)
+    sweep_path = experiment_path(storage, experiment)
+    settings = _settings_for(args, storage, experiment)
+    if settings.grid is None:
+        raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
+    grid = get_grid(settings.grid)
+    n_trials = grid.size(settings.seeds)
+    if n_trials == 0:
+        raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
+
+    _, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial)
+    space = build_param_space(grid, settings, budget_overrides, args)
+    if args.dry_run:
+        print_dry_run(grid, space)
+        print(f"results would go to {sweep_path}")
+        return 0
+
+    from ray import tune
+
+    if args.resume and not tune.Tuner.can_restore(sweep_path):
+        raise Pix3DError(f"--resume: no Tune sweep to restore at {sweep_path}")
+    if not args.resume and tune.Tuner.can_restore(sweep_path):
+        raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
+
+    data = _prepare_data(settings, int(space.get("image_size", 224)))
+    _check_grid_modalities(grid, data)
+    command = shlex.join([sys.executable, "-m", "search.run", *(argv if argv is not None else sys.argv[1:])])
+
+    import ray
+
+    init_ray(args.address)
+    try:
+        check_cluster_resources(args.cpus_per_trial, args.gpus_per_trial)
+        if not args.resume:
+            _write_settings(sweep_path, settings, command)
+        results = _run_tuner(args, grid, space, data, storage, experiment, sweep_path, command)
+    finally:
+        ray.shutdown()
+
+    lines, errors = summarize(results)
+    print(f"\nsweep {experiment}: {len(lines) - 1} trials, {errors} failed; results in {sweep_path}")
+    print("\n".join(lines))
+    _report_table(args, experiment=experiment)
+    return 1 if errors else 0
+
+
+def _prepare_data(settings: SweepSettings, image_size: int):
+    """The prepared cache at the budget's image size (generated/built on first use)."""
+    from pix3d.prepare import prepare
+
+    cache = Path(settings.cache) if settings.cache else None
+    return prepare(settings.data, image_size, cache_dir=cache)
+
+
+def _check_grid_modalities(grid: Grid, data) -> None:
+    """A grid over normals on data without normals would fail in every such trial: say so now."""
+    wanted = {m for subset in grid.subsets for m in parse_modalities(subset)}
+    missing = sorted(m for m in wanted if not data.available.get(m, False))
+    if missing:
+        raise Pix3DError(
+            f"grid {grid.name} uses {', '.join(missing)}, which the data ({data.manifest.get('dataset', '?')}) "
+            "does not provide; add those folders beside img/ or use a grid without them"
+        )
+
+
+def _run_tuner(args, grid: Grid, space: dict, data, storage: str, experiment: str, sweep_path: str, command: str):
+    from ray import tune
+
+    trainable = make_trainable(data, args.cpus_per_trial, args.gpus_per_trial)
+    callbacks = _tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
+                                    manifest=getattr(data, "manifest", {}), storage=storage)
+    if args.resume:
+        print(f"resuming sweep {sweep_path}")
+        tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        started = time.time()
+        results = tuner.fit()
+        print(f"resumed sweep finished in {time.time() - started:.0f}s")
+        return results
+
+    run_config = tune.RunConfig(
+        name=experiment,
+        storage_path=storage,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        # The latest checkpoint is what a retry or --resume continues from; older ones are waste.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=callbacks,
+        verbose=1,
+    )
+    epochs = int(space.get("epochs", 1))
+    tune_config = tune.TuneConfig(
+        search_alg=grid.search_alg(),
+        scheduler=grid.scheduler(epochs),
+        num_samples=grid.num_samples if grid.is_search else 1,
+        max_concurrent_trials=args.max_concurrent,
+    )
+    tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    started = time.time()
+    results = tuner.fit()
+    print(f"sweep finished in {time.time() - started:.0f}s")
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,108 @@
+"""The Ray Tune trainable: a Tune config -> `TrainConfig` -> `pix3d.train.fit` -> reports.
+
+Thin on purpose: everything about training lives in `pix3d.train` (no Ray there). This
+module only translates the config, shares the prepared cache, reports each epoch with a
+checkpoint and resumes from one.
+
+Wrap it as `tune.with_parameters(train_pose, data=prepared)`: Ray puts the cache in the
+object store once per sweep and every trial maps the same read-only arrays (numpy buffers
+deserialize zero-copy), instead of pickling ~GBs into each trial's config.
+
+Testing aid (documented, used by the fault-tolerance test): a config key
+`crash_once_at_epoch: N` raises right before epoch N is reported, once per trial (a marker
+file in the trial directory remembers it), so Tune's retry can be seen to resume from the
+epoch N-1 checkpoint without repeating epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import ray
+from ray import tune
+
+from pix3d.constants import parse_modalities
+from pix3d.errors import Pix3DError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+CRASH_MARKER = "crashed_once.marker"
+
+# Keys a Tune config may carry that are not TrainConfig fields: resources and testing aids.
+TUNE_ONLY_KEYS: frozenset[str] = frozenset({"cpus_per_trial", "gpus_per_trial", "crash_once_at_epoch"})
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by the `crash_once_at_epoch` testing aid."""
+
+
+def train_config_from_tune(config: Mapping[str, Any]):
+    """Tune config -> TrainConfig: strip Tune-only keys, threads = the trial's CPU share.
+
+    Torch threads follow `cpus_per_trial` so that concurrent trials on one node don't each
+    start a thread per core and oversubscribe it. A trial without GPUs is pinned to the CPU
+    even on a GPU node: its GPU belongs to other trials.
+    """
+    from pix3d.train import TrainConfig
+
+    fields = {k: v for k, v in config.items() if k not in TUNE_ONLY_KEYS}
+    if isinstance(fields.get("modalities"), str):
+        fields["modalities"] = parse_modalities(fields["modalities"])
+    cpus = config.get("cpus_per_trial")
+    if fields.get("threads") is None and cpus:
+        fields["threads"] = max(1, int(cpus))
+    if fields.get("device", "auto") == "auto" and not config.get("gpus_per_trial"):
+        fields["device"] = "cpu"
+    return TrainConfig.from_dict(fields)
+
+
+def _restore_state() -> dict | None:
+    """The latest checkpoint Tune hands this trial (after a retry or --resume), or None."""
+    from pix3d.train import load_checkpoint
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
+
+
+def _maybe_crash(config: Mapping[str, Any], epoch: int) -> None:
+    """The `crash_once_at_epoch` testing aid (see the module docstring)."""
+    crash_at = config.get("crash_once_at_epoch")
+    if crash_at is None or int(crash_at) != epoch:
+        return
+    marker = Path(tune.get_context().get_trial_dir()) / CRASH_MARKER
+    if marker.exists():
+        return
+    marker.write_text(f"crashed before reporting epoch {epoch}\n")
+    raise InjectedCrash(f"testing aid: crash_once_at_epoch={epoch}")
+
+
+def train_pose(config: dict, data=None) -> None:
+    """Function trainable: one pose-classifier training run, reported epoch by epoch."""
+    from pix3d.train import fit, save_checkpoint
+
+    if data is None:
+        raise Pix3DError("train_pose needs the prepared data: wrap it with tune.with_parameters(train_pose, data=...)")
+    train_config = train_config_from_tune(config)
+    node_id = ray.get_runtime_context().get_node_id()
+    resume_from = _restore_state()
+    if resume_from is not None and int(resume_from["epoch"]) >= train_config.epochs:
+        # The driver died after the last epoch was reported but before Tune recorded the
+        # trial as finished: there is nothing left to train, and its results are in storage.
+        return
+
+    def on_epoch(metrics: dict, checkpoint: dict) -> None:
+        _maybe_crash(config, int(metrics["epoch"]))
+        report = dict(metrics)
+        # Where the trial ran (two nodes on one host share hostname and IP, not node id).
+        report["node_id"] = node_id
+        with tempfile.TemporaryDirectory(prefix="pose-ckpt-") as directory:
+            save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), checkpoint)
+            # ray.tune.report persists the checkpoint to the sweep's storage before returning.
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    fit(train_config, data, on_epoch=on_epoch, resume_from=resume_from)
