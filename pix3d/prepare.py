@@ -20,6 +20,7 @@ renamed into it, so a crash or a bad entry never leaves a half-written cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -85,6 +86,11 @@ class PreparedData:
 # ------------------------------------------------------------------------ edge detector
 
 
+TAN_22_5 = math.tan(math.radians(22.5))
+TAN_67_5 = math.tan(math.radians(67.5))
+
+
+@functools.lru_cache(maxsize=8)
 def _gaussian_kernel(sigma: float) -> np.ndarray:
     radius = max(1, int(math.ceil(3 * sigma)))
     x = np.arange(-radius, radius + 1, dtype=np.float32)
@@ -97,8 +103,8 @@ def _convolve_rows_cols(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     radius = len(kernel) // 2
     padded = np.pad(image, radius, mode="reflect")
     height, width = image.shape
-    rows = sum(w * padded[:, k : k + width] for k, w in enumerate(kernel))
-    return sum(w * rows[k : k + height, :] for k, w in enumerate(kernel))
+    rows = sum(np.float32(w) * padded[:, k : k + width] for k, w in enumerate(kernel))
+    return sum(np.float32(w) * rows[k : k + height, :] for k, w in enumerate(kernel))
 
 
 def canny_edges(
@@ -126,17 +132,21 @@ def canny_edges(
     gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
     magnitude = np.hypot(gx, gy)
 
-    # Quantise the gradient direction to 0, 45, 90, 135 degrees and keep a pixel only if it
-    # is at least as strong as both neighbours along that direction.
-    direction = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    sector = (np.round(direction / 45.0).astype(np.int64)) % 4
+    # Quantise the gradient direction to 0, 45, 90, 135 degrees (by slope comparisons, cheaper
+    # than arctan2) and keep a pixel only if it is at least as strong as both neighbours
+    # along that direction. Image rows grow downwards: gx>0, gy>0 points down-right.
+    abs_gx, abs_gy = np.abs(gx), np.abs(gy)
+    horizontal = abs_gy <= TAN_22_5 * abs_gx
+    vertical = abs_gy >= TAN_67_5 * abs_gx
+    diagonal = ~(horizontal | vertical)
+    falling = diagonal & ((gx > 0) == (gy > 0))
+    sectors = {0: horizontal, 1: falling, 2: vertical, 3: diagonal & ~falling}
     m = np.pad(magnitude, 1, mode="constant")
     n = lambda dy, dx: m[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]  # noqa: E731
-    # Image rows grow downwards: a gradient at +45 degrees (gx>0, gy>0) points down-right.
     neighbours = {0: ((0, 1), (0, -1)), 1: ((1, 1), (-1, -1)), 2: ((1, 0), (-1, 0)), 3: ((1, -1), (-1, 1))}
     ridge = np.zeros_like(magnitude, dtype=bool)
     for k, (a, b) in neighbours.items():
-        keep = (sector == k) & (magnitude >= n(*a)) & (magnitude >= n(*b))
+        keep = sectors[k] & (magnitude >= n(*a)) & (magnitude >= n(*b))
         ridge |= keep
     ridge &= magnitude > 0
 
@@ -214,7 +224,7 @@ def _crop_resize(
     """
     with Image.open(path) as image:
         full_w, full_h = image.size
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG from some cameras
             side = max(box[2] - box[0], box[3] - box[1]) * full_w / frame[0]
             factor = max(size / max(side, 1.0), 1e-6)
             request = (max(1, math.ceil(full_w * factor)), max(1, math.ceil(full_h * factor)))
@@ -271,6 +281,13 @@ def find_map(root: Path, folder: str, img: str) -> str | None:
         if (root / candidate).is_file():
             return candidate.as_posix()
     return None
+
+
+def find_maps(root: Path, folder: str, annotations: list[Annotation]) -> list[str | None]:
+    """`find_map` for every entry; no file lookups at all when the folder is absent."""
+    if not (root / folder).is_dir():
+        return [None] * len(annotations)
+    return [find_map(root, folder, a.img) for a in annotations]
 
 
 # ------------------------------------------------------------------------------ cache
@@ -384,8 +401,8 @@ def prepare(
     for message in skipped:
         log(f"skipped {message}")
 
-    boundaries = [find_map(root, "boundaries", a.img) for a in annotations]
-    normals = [find_map(root, "normals", a.img) for a in annotations]
+    boundaries = find_maps(root, "boundaries", annotations)
+    normals = find_maps(root, "normals", annotations)
     settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid)}
     key = cache_key(root, json_bytes, raw_entries, {"boundaries": boundaries, "normals": normals}, settings)
     prepared_root = cache_dir / "prepared"

@@ -127,7 +127,10 @@ def draw_object(img_size, bbox, rng: np.random.Generator) -> tuple[np.ndarray, n
     """RGB uint8 H x W x 3 with textured clutter and an ellipse filling the bbox; its mask."""
     width, height = img_size
     x0, y0, x1, y1 = bbox
-    rgb = rng.integers(0, 90, size=(height, width, 3), dtype=np.uint8)
+    # Background clutter: random blobs (low-frequency noise), dark so the object stands out.
+    # Per-pixel noise would make every PNG/JPEG pathologically slow to write and decode.
+    coarse = rng.integers(0, 90, size=(max(2, height // 8), max(2, width // 8), 3), dtype=np.uint8)
+    rgb = np.asarray(Image.fromarray(coarse, "RGB").resize((width, height), Image.Resampling.BILINEAR)).copy()
     yy, xx = np.mgrid[0:height, 0:width]
     cx, cy = (x0 + x1 - 1) / 2, (y0 + y1 - 1) / 2
     rx, ry = max((x1 - x0) / 2, 1), max((y1 - y0) / 2, 1)
