@@ -257,6 +257,13 @@ def load_annotations(
     """
     root = Path(root)
     json_path, _, entries = read_entries(root)
+    return parse_entries(root, json_path, entries, skip_invalid=skip_invalid, check_files=check_files)
+
+
+def parse_entries(
+    root: Path, json_path: Path, entries: list, *, skip_invalid: bool = False, check_files: bool = True
+) -> tuple[list[Annotation], list[str]]:
+    """`load_annotations` for entries already read with `read_entries` (no second parse)."""
     valid: list[Annotation] = []
     skipped: list[str] = []
     for index, entry in enumerate(entries):

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pix3d.annotations import Annotation, load_annotations, read_entries
+from pix3d.annotations import Annotation, parse_entries, read_entries
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
@@ -50,6 +50,9 @@ MIN_SIZE = 16
 BOUNDARIES_FROM_FILES = "files"
 BOUNDARIES_DERIVED = "canny-like edges from rgb"
 NORMALS_UNAVAILABLE = "unavailable"
+# Edge detector settings for derived boundaries (recorded in the manifest; changing them
+# needs a PREPARE_VERSION bump so old caches miss).
+CANNY_SETTINGS = {"sigma": 1.0, "high_quantile": 0.8, "low_ratio": 0.4, "min_high": 20.0}
 MAP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 Image.MAX_IMAGE_PIXELS = None  # real Pix3D has ~20-megapixel photos
@@ -259,7 +262,7 @@ def _prepare_entry(task: tuple) -> tuple[int, np.ndarray | None, str | None]:
             out[lo:hi] = _crop_resize(Path(root) / boundaries, box, frame, size, "gray")
         else:
             rgb_lo, rgb_hi = MODALITY_CHANNELS["rgb"]
-            out[lo] = canny_edges(out[rgb_lo:rgb_hi].transpose(1, 2, 0))
+            out[lo] = canny_edges(out[rgb_lo:rgb_hi].transpose(1, 2, 0), **CANNY_SETTINGS)
         if normals is not None:
             current = normals
             lo, hi = MODALITY_CHANNELS["normals"]
@@ -283,11 +286,19 @@ def find_map(root: Path, folder: str, img: str) -> str | None:
     return None
 
 
-def find_maps(root: Path, folder: str, annotations: list[Annotation]) -> list[str | None]:
-    """`find_map` for every entry; no file lookups at all when the folder is absent."""
+def find_maps(root: Path, folder: str, entries: list) -> dict[str, str]:
+    """img path -> mirrored `folder/` file for every raw entry that has one.
+
+    No file lookups at all when the folder is absent (the common case for real Pix3D).
+    """
     if not (root / folder).is_dir():
-        return [None] * len(annotations)
-    return [find_map(root, folder, a.img) for a in annotations]
+        return {}
+    found = {}
+    for entry in entries:
+        img = entry.get("img") if isinstance(entry, dict) else None
+        if isinstance(img, str) and (rel := find_map(root, folder, img)) is not None:
+            found[img] = rel
+    return found
 
 
 # ------------------------------------------------------------------------------ cache
@@ -301,7 +312,7 @@ def _file_stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, list], settings: dict) -> str:
+def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, dict[str, str]], settings: dict) -> str:
     """sha256 over the json bytes, every referenced file's size+mtime and the settings."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": PREPARE_VERSION, **settings}, sort_keys=True).encode())
@@ -313,8 +324,8 @@ def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, list
                 if isinstance(value, str):
                     digest.update(f"{value}={_file_stamp(root / value)};".encode())
     for folder in sorted(maps):
-        for rel in maps[folder]:
-            digest.update(f"{folder}:{rel}={_file_stamp(root / rel) if rel else 'none'};".encode())
+        for img, rel in sorted(maps[folder].items()):
+            digest.update(f"{folder}:{img}:{rel}={_file_stamp(root / rel)};".encode())
     return digest.hexdigest()[:20]
 
 
@@ -397,19 +408,26 @@ def prepare(
 
     root, name = _resolve_dataset(data, cache_dir, log)
     json_path, json_bytes, raw_entries = read_entries(root)
-    annotations, skipped = load_annotations(root, skip_invalid=skip_invalid)
-    for message in skipped:
-        log(f"skipped {message}")
-
-    boundaries = find_maps(root, "boundaries", annotations)
-    normals = find_maps(root, "normals", annotations)
+    # The key needs only the raw json and file stamps, so a cache hit skips validation.
+    maps = {folder: find_maps(root, folder, raw_entries) for folder in ("boundaries", "normals")}
     settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid)}
-    key = cache_key(root, json_bytes, raw_entries, {"boundaries": boundaries, "normals": normals}, settings)
+    key = cache_key(root, json_bytes, raw_entries, maps, settings)
     prepared_root = cache_dir / "prepared"
     final = prepared_root / key
     if (final / "manifest.json").is_file():
-        log(f"cache hit: {final} ({len(annotations)} entries of {name} at {size} px)")
-        return load_prepared(final)
+        data = load_prepared(final)
+        skipped_before = len(data.manifest.get("skipped", []))
+        log(
+            f"cache hit: {final} ({len(data)} entries of {name} at {size} px"
+            + (f", {skipped_before} invalid entries skipped when it was built)" if skipped_before else ")")
+        )
+        return data
+
+    annotations, skipped = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid)
+    for message in skipped:
+        log(f"skipped {message}")
+    boundaries = [maps["boundaries"].get(a.img) for a in annotations]
+    normals = [maps["normals"].get(a.img) for a in annotations]
 
     # Normals are all-or-nothing: a partly filled channel would be silently wrong zeros.
     normals_available = all(n is not None for n in normals)
@@ -477,6 +495,7 @@ def prepare(
                 "normals": "files" if normals_available else NORMALS_UNAVAILABLE,
             },
             "available": {"rgb": True, "mask": True, "boundaries": True, "normals": normals_available},
+            "canny": CANNY_SETTINGS if BOUNDARIES_DERIVED in boundary_sources else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _write_json_atomic(tmp / "meta.json", meta)

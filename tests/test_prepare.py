@@ -49,6 +49,7 @@ def test_prepares_every_image_kind(tmp_path):
     assert data.available == {"rgb": True, "mask": True, "boundaries": True, "normals": False}
     sources = data.manifest["sources"]
     assert sources["boundaries"] == BOUNDARIES_DERIVED and sources["normals"] == "unavailable"
+    assert data.manifest["canny"]["sigma"] > 0
     assert np.all(data.images[:, NORMALS] == 0)
     assert data.images[:, BOUNDARIES].max() == 255  # edges were found
     anns, _ = load_annotations(root)
@@ -136,6 +137,17 @@ def test_precomputed_maps_are_used_and_recorded(tmp_path):
     # The fixture's boundaries are vertical stripes every 7 px: columns, not Canny edges.
     central_rows = data.images[0, BOUNDARIES][0][8:16].astype(int)
     assert (central_rows == central_rows[0]).all() and central_rows[0].std() > 10
+
+
+def test_maps_at_another_resolution_are_scaled_to_the_photo(tmp_path):
+    # A user's network may predict normals at its own resolution: the crop box is scaled.
+    root = write_pix3d_folder(tmp_path / "pix3d", 3, normals=True, img_size=(120, 90))
+    full, _ = quiet_prepare(root, 24, tmp_path / "c1")
+    normal_file = root / "normals" / Path(read_json(root)[1]["img"]).relative_to("img").with_suffix(".png")
+    Image.open(normal_file).resize((60, 45), Image.Resampling.BILINEAR).save(normal_file)
+    half, _ = quiet_prepare(root, 24, tmp_path / "c2")
+    diff = np.abs(half.images[1, NORMALS].astype(int) - full.images[1, NORMALS].astype(int))
+    assert diff.mean() < 4 and half.images[1, NORMALS].std() > 10
 
 
 def test_partial_normals_are_unavailable_not_zero_filled(tmp_path):
