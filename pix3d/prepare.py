@@ -20,6 +20,7 @@ renamed into it, so a crash or a bad entry never leaves a half-written cache.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import hashlib
 import json
@@ -583,11 +584,11 @@ def _build(
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m pix3d.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="Pix3D-format folder, or 'synthetic' for the built-in set")
-    parser.add_argument("--size", required=True, type=int, help="side of the square crops in pixels (224 as published)")
-    parser.add_argument("--cache", type=Path, default=None, help="cache root (default: $PIX3D_CACHE or ~/.cache/pix3d-pose)")
-    parser.add_argument("--margin", type=float, default=0.1, help="context around the bbox, fraction of its longest side per side")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: min(2, CPU count))")
+    parser.add_argument("--data", required=True, default=argparse.SUPPRESS, help="Pix3D-format folder, or 'synthetic' for the built-in set")
+    parser.add_argument("--size", required=True, type=int, default=argparse.SUPPRESS, help="side of the square crops in pixels (224 as published)")
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="cache root ($PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    parser.add_argument("--margin", type=float, default=0.1, help="context around the bbox on each side, as a fraction of its longest side")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed) instead of failing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
