@@ -732,11 +732,11 @@ def _check_out(out: Path) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder; nothing was written")
+        raise UsageError(f"output path {out} exists and is not a folder; nothing was written")
     if read_stamp(out) is None and any(out.iterdir()):
         raise UsageError(
-            f"--out {out} exists and is not a synthetic Pix3D set (no {STAMP_NAME}); "
-            "choose another folder, nothing was overwritten")
+            f"output folder {out} exists and is not a synthetic Pix3D set (no {STAMP_NAME} "
+            "stamp); nothing was overwritten: choose another folder or remove it")
 
 
 def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
@@ -773,8 +773,9 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
                 entries.append(_write_one(job))
                 bar.update()
         else:
-            # fork: the model pool is inherited, not pickled; workers touch numpy only.
-            ctx = mp.get_context("fork")
+            # spawn, not fork: callers (a Ray driver, a notebook) may hold threads, which fork
+            # does not survive; workers import numpy and PIL only, so they start fast.
+            ctx = mp.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(pool,)) as procs:
                 entries = []
                 for entry in procs.imap(_write_one, jobs, chunksize=8):
