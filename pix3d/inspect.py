@@ -12,6 +12,7 @@ Images are not decoded; files are checked from their headers only, so this is fa
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -94,7 +95,7 @@ def get_args_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    annotations, skipped = load_annotations(args.data, skip_invalid=args.skip_invalid)
+    annotations, skipped = load_annotations(args.data, skip_invalid=args.skip_invalid, progress=True)
     for message in skipped:
         sys.stderr.write(f"skipped {message}\n")
     pose = np.array([angles(a) for a in annotations], dtype=np.float64).reshape(-1, 3)
@@ -103,13 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"bins '{args.bins}' fitted on all {len(annotations)} entries (training fits on the train split only)\n")
     bins = fit_bins(args.bins, pose[:, 0], pose[:, 1], pose[:, 2])
     records = entry_records(annotations, bins)
-    if args.json:
-        for record in records:
-            sys.stdout.write(json.dumps(record) + "\n")
-    else:
-        write_summary(label_summary(records), bins, sys.stdout)
-        if skipped:
-            sys.stdout.write(f"{len(skipped)} invalid entries skipped (listed on stderr)\n")
+    try:
+        if args.json:
+            for record in records:
+                sys.stdout.write(json.dumps(record) + "\n")
+        else:
+            write_summary(label_summary(records), bins, sys.stdout)
+            if skipped:
+                sys.stdout.write(f"{len(skipped)} invalid entries skipped (listed on stderr)\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `inspect --json | head`: the reader left; that is not an error. Point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -424,7 +424,7 @@ def prepare(
         )
         return data
 
-    annotations, skipped = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid)
+    annotations, skipped = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid, progress=progress)
     for message in skipped:
         log(f"skipped {message}")
     boundaries = [maps["boundaries"].get(a.img) for a in annotations]
