@@ -105,6 +105,7 @@ def plot_learning_curves(history: Mapping[str, Sequence[tuple[int, float]]], pat
     ax_loss.set_title("loss")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy (%)")
+    ax_acc.set_ylim(0, 102)
     ax_acc.set_title("validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -148,9 +149,12 @@ def plot_table_bars(rows: Sequence[Mapping], columns: Sequence[str], path: Path,
         for i, c in enumerate(columns):
             value = baseline.get(c)
             if value is not None and np.isfinite(value):
-                ax.hlines(value, i - 0.45, i + 0.45, colors="grey", linestyles="--",
-                          label=None if drawn else "majority class")
+                ax.hlines(value, i - 0.45, i + 0.45, colors="dimgray", linestyles="--",
+                          zorder=4, label=None if drawn else "majority class")
                 drawn = True
+    for i, c in enumerate(columns):
+        if all(not np.isfinite(row["means"].get(c, np.nan)) for row in rows):
+            ax.text(i, 2, "no runs", ha="center", va="bottom", fontsize=8, color="dimgray")
     ax.set_xticks(x, [SUBSET_LABELS.get(c, c).replace("+", "+\n") for c in columns],
                   fontsize=8)
     ax.set_ylabel(ylabel)
@@ -188,6 +192,9 @@ def plot_lr_view(points: Sequence[Mapping], path: Path, *, title: str = "",
             ax.text(lr, 0.98, f" {name} lr={lr:g}", transform=ax.get_xaxis_transform(),
                     rotation=90, va="top", ha="right", fontsize=7, color="dimgray")
         ax.set_xscale("log")
+        # Half a decade of room around the runs and the baselines: no line on the frame.
+        span = [p["lr"] for p in mine] + list(baselines.values())
+        ax.set_xlim(min(span) / 3, max(span) * 3)
         ax.set_xlabel("learning rate")
         ax.set_title(model, fontsize=10)
         ax.grid(alpha=0.3, which="both")

@@ -117,6 +117,19 @@ def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
             raise Pix3DError(f"MLflow store {tracking_uri}: folder {db_path.parent} does not exist")
 
 
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store go beside the database (`<db dir>/mlartifacts/<name>`).
+
+    MLflow's default for a sqlite store is ./mlruns of whatever folder the process runs
+    in, which scatters one sweep's artifacts over several folders. Servers choose their own.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in experiment) or "experiment"
+    db_path = Path(tracking_uri[len("sqlite:///"):]).resolve()
+    return (db_path.parent / "mlartifacts" / slug).as_uri()
+
+
 def flatten(mapping: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
     """Nested dict -> {'a.b': leaf}; lists and tuples of scalars stay one value."""
     flat: dict[str, Any] = {}
@@ -269,7 +282,9 @@ class SweepLogger:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.info.experiment)
             if found is None:
-                self._experiment_id = self.client.create_experiment(self.info.experiment)
+                self._experiment_id = self.client.create_experiment(
+                    self.info.experiment, artifact_location=artifact_location(
+                        self.tracking_uri, self.info.experiment))
             else:
                 if found.lifecycle_stage == "deleted":
                     raise Pix3DError(f"MLflow experiment {self.info.experiment!r} is deleted; "
@@ -281,17 +296,20 @@ class SweepLogger:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string,
                                        max_results=50)
 
-    def parent_run_id(self) -> str:
-        """The sweep's parent run: found by sweep_id tag (resume, replay) or created."""
+    def parent_run_id(self, *, reopen: bool = True) -> str:
+        """The sweep's parent run: found by sweep_id tag (resume, replay) or created.
+
+        reopen: a resumed sweep marks its parent RUNNING again; a replay leaves it alone.
+        """
         if self._parent_run_id is not None:
             return self._parent_run_id
         found = self._search(f"tags.sweep_id = '{self.info.sweep_id}' and "
                              f"tags.`{ROLE_TAG}` = 'sweep'")
         if found:
             run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
+            if reopen and found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
-            self.client.set_tag(run_id, "resumed", "true")
+                self.client.set_tag(run_id, "resumed", "true")
         else:
             run_id = self._create_parent()
         self._parent_run_id = run_id

@@ -1,0 +1,205 @@
+"""Replay a sweep from Ray's storage into MLflow (after degraded mode, or into another store).
+
+    python -m analysis.sync --storage ~/ray_results/ablation [--mlflow-uri URI] [--experiment NAME]
+
+Reads the experiment folder Tune wrote (per trial: params.json, result.json lines, error.txt;
+the latest experiment_state-*.json for trial status; callback-states-*.pkl for the sweep's
+identity, grid, command and data manifest as the tracking callback saved them) and logs it
+through the same `SweepLogger` as the live callback. Idempotent: runs are found by their
+sweep_id / trial_id tags and only steps after the last logged one are added, so a second
+replay adds nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from analysis.tracking import (
+    STATE_KIND,
+    SweepInfo,
+    SweepLogger,
+    check_reachable,
+    code_version,
+    default_tracking_uri,
+    iter_results,
+    make_sweep_id,
+    normalise_storage_path,
+)
+from pix3d.cli import ArgumentParser, run_cli
+from pix3d.errors import Pix3DError, UsageError
+
+# Tune's trial status -> the child run's final status (None: still running, leave open).
+_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
+
+
+@dataclass
+class StoredTrial:
+    """One trial as Ray's storage holds it."""
+
+    trial_id: str
+    trial_key: str | None
+    config: dict
+    results: list[dict]
+    status: str | None          # FINISHED | FAILED | None (interrupted, not final)
+    error: str | None = None
+    folder: Path | None = None
+
+
+@dataclass
+class SyncReport:
+    trials: int = 0
+    runs_created: int = 0
+    epochs_logged: int = 0
+    closed: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def _latest(folder: Path, pattern: str) -> Path | None:
+    found = sorted(glob.glob(str(folder / pattern)))
+    return Path(found[-1]) if found else None
+
+
+def read_sweep_state(folder: Path) -> dict | None:
+    """The tracking callback's saved state (sweep_id, grid, command, manifest), if Tune saved it."""
+    path = _latest(folder, "callback-states-*.pkl")
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            states = pickle.load(fh)  # written by Tune on the same machine: trusted input
+    except Exception:  # noqa: BLE001 - a torn or foreign file only costs the metadata
+        return None
+    for state in (states or {}).values():
+        if isinstance(state, dict) and state.get("kind") == STATE_KIND:
+            return state
+    return None
+
+
+def _trial_status_table(folder: Path) -> dict[str, tuple[str | None, str | None]]:
+    """trial_id -> (final status or None, experiment_tag) from the latest experiment state."""
+    path = _latest(folder, "experiment_state-*.json")
+    if path is None:
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise Pix3DError(f"{path}: unreadable Tune experiment state ({exc})") from None
+    table: dict[str, tuple[str | None, str | None]] = {}
+    for entry in state.get("trial_data", []):
+        raw = entry[0] if isinstance(entry, (list, tuple)) else entry
+        trial = json.loads(raw) if isinstance(raw, str) else raw
+        table[trial["trial_id"]] = (_STATUS.get(trial.get("status")), trial.get("experiment_tag"))
+    return table
+
+
+def read_trials(folder: Path) -> list[StoredTrial]:
+    """Every trial of the sweep stored under `folder`, in trial-id order.
+
+    With an experiment state file only the trials Tune still lists are replayed (a trial
+    replaced by `restart_errored` stays on disk but is not part of the sweep any more).
+    """
+    statuses = _trial_status_table(folder)
+    trials: list[StoredTrial] = []
+    for params_path in sorted(folder.glob("*/params.json")):
+        trial_dir = params_path.parent
+        try:
+            config = json.loads(params_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise Pix3DError(f"{params_path}: unreadable trial params ({exc})") from None
+        result_path = trial_dir / "result.json"
+        results = list(iter_results(result_path.read_text().splitlines())) if result_path.exists() else []
+        trial_id = next((r["trial_id"] for r in results if "trial_id" in r), None)
+        if trial_id is None:
+            continue  # never reported: nothing to replay
+        error_path = trial_dir / "error.txt"
+        error = error_path.read_text(errors="replace").strip() if error_path.exists() else None
+        if statuses:
+            if trial_id not in statuses:
+                continue
+            status, key = statuses[trial_id]
+        else:
+            status, key = ("FAILED" if error else "FINISHED"), None
+        trials.append(StoredTrial(trial_id, key, config, results, status,
+                                  error if status == "FAILED" else None, trial_dir))
+    return sorted(trials, key=lambda t: t.trial_id)
+
+
+def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
+         *, progress: bool = True) -> SyncReport:
+    """Replay the sweep in `storage` (Tune's experiment folder) into MLflow; returns counts."""
+    folder = Path(storage).expanduser()
+    if not folder.is_dir():
+        raise Pix3DError(f"--storage {storage}: no such folder")
+    if not any(folder.glob("*/params.json")) and _latest(folder, "experiment_state-*.json") is None:
+        raise Pix3DError(f"--storage {storage}: not a Ray Tune experiment folder "
+                         "(no experiment_state-*.json and no trial folders with params.json)")
+    check_reachable(tracking_uri)
+    saved = read_sweep_state(folder) or {}
+    info = SweepInfo(
+        sweep_id=saved.get("sweep_id") or make_sweep_id(str(folder)),
+        sweep_name=saved.get("sweep_name") or folder.name,
+        experiment=experiment or saved.get("experiment") or saved.get("grid") or folder.name,
+        grid=saved.get("grid", ""), command=saved.get("command", ""),
+        data_manifest=saved.get("data_manifest") or {},
+        code_version=saved.get("code_version") or code_version(),
+        storage_path=saved.get("storage_path") or normalise_storage_path(folder),
+        tracking_uri=tracking_uri,
+    )
+    logger = SweepLogger(tracking_uri, info)
+    trials = read_trials(folder)
+    report = SyncReport(trials=len(trials))
+    logger.parent_run_id(reopen=False)
+    for trial in tqdm(trials, desc=f"sync {info.sweep_name}", unit="trial", disable=not progress):
+        known = trial.trial_id in logger._children
+        logger.start_trial(trial.trial_id, trial.config, trial.trial_key)
+        state = logger._children[trial.trial_id]
+        report.runs_created += int(not known and state.fresh)
+        if state.final:
+            continue  # closed with artifacts already: nothing to add
+        if not state.fresh:
+            logger.reopen_trial(trial.trial_id)
+        report.epochs_logged += sum(logger.log_result(trial.trial_id, r) for r in trial.results)
+        if trial.status is not None:
+            logger.end_trial(trial.trial_id, trial.status,
+                             last_result=trial.results[-1] if trial.results else None,
+                             error=trial.error)
+            report.closed += 1
+    changed = report.runs_created or report.epochs_logged or report.closed
+    if changed and all(t.status is not None for t in trials):
+        logger.end_sweep(len(trials), sum(t.status == "FAILED" for t in trials))
+    return report
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m analysis.sync", description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", required=True,
+                        help="the sweep's Ray Tune experiment folder (storage_path/name)")
+    parser.add_argument("--mlflow-uri", default=None,
+                        help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--experiment", default=None,
+                        help="MLflow experiment (default: the one the sweep was logged to)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.experiment is not None and not args.experiment.strip():
+        raise UsageError("--experiment: empty name")
+    uri = args.mlflow_uri or default_tracking_uri()
+    report = sync(args.storage, uri, args.experiment, progress=not args.no_progress)
+    print(f"synced {report.trials} trials from {args.storage} to {uri}: "
+          f"{report.runs_created} runs created, {report.epochs_logged} epochs logged, "
+          f"{report.closed} runs closed")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
