@@ -543,7 +543,7 @@ class Rendering:
 
     rgb: np.ndarray         # uint8 H x W x 3
     mask: np.ndarray        # bool H x W
-    normals: np.ndarray     # float64 H x W x 3, camera frame, 0 outside the mask
+    normals: np.ndarray     # float32 H x W x 3, camera frame, 0 outside the mask
     boundaries: np.ndarray  # bool H x W
     depth: np.ndarray       # float64 H x W, camera z; inf outside the mask
 
@@ -559,7 +559,7 @@ def render_view(mesh: Mesh, palette: np.ndarray, R: np.ndarray, t: np.ndarray, f
     mask = face_id >= 0
     # One gather per buffer: row F of the padded tables is the background value.
     fid = np.where(mask, face_id, len(mesh.faces))
-    normals = np.vstack([normals_cam, np.zeros((1, 3))])[fid]
+    normals = np.vstack([normals_cam, np.zeros((1, 3))]).astype(np.float32)[fid]
 
     # The light lives in the model frame (above, random side), so shading is a pose cue.
     light_az = rng.uniform(0, 2 * math.pi)
@@ -583,8 +583,9 @@ def render_view(mesh: Mesh, palette: np.ndarray, R: np.ndarray, t: np.ndarray, f
 
 def normals_to_rgb(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Unit normals -> uint8 RGB (n + 1) / 2 * 255, background 0."""
-    rgb = np.clip((normals + 1) / 2 * 255 + 0.5, 0, 255).astype(np.uint8)
-    return np.where(mask[..., None], rgb, 0).astype(np.uint8)
+    rgb = np.clip((normals + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    rgb[~mask] = 0
+    return rgb
 
 
 def normals_from_rgb(rgb: np.ndarray) -> np.ndarray:
