@@ -44,7 +44,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from pix3d.cli import ArgumentParser, run_cli
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import UsageError
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
@@ -106,7 +106,7 @@ def _box(x, y, z, sx, sy, sz, material=0) -> Box:
     return Box((float(x), float(y), float(z)), (float(sx), float(sy), float(sz)), material)
 
 
-def _legs(rng, width, depth, height, thick, inset=0.0, material=0) -> list[Box]:
+def _legs(width, depth, height, thick, inset=0.0, material=0) -> list[Box]:
     """Four legs standing on y = 0 under a width x depth footprint."""
     out = []
     for sx in (-1, 1):
@@ -122,7 +122,7 @@ def build_chair(rng: np.random.Generator) -> list[Box]:
     seat_h, seat_t = rng.uniform(0.40, 0.50), rng.uniform(0.04, 0.08)
     leg = rng.uniform(0.03, 0.055)
     back_h, back_t = rng.uniform(0.35, 0.60), rng.uniform(0.03, 0.06)
-    boxes = _legs(rng, w, d, seat_h - seat_t, leg)
+    boxes = _legs(w, d, seat_h - seat_t, leg)
     boxes.append(_box(0, seat_h - seat_t / 2, 0, w, seat_t, d, 1))
     top = seat_h + back_h
     if rng.random() < 0.5:  # solid back panel
@@ -159,7 +159,7 @@ def build_table(rng: np.random.Generator) -> list[Box]:
     else:
         leg = rng.uniform(0.04, 0.08)
         inset = rng.uniform(0.0, 0.08)
-        boxes += _legs(rng, w, d, h - top_t, leg, inset)
+        boxes += _legs(w, d, h - top_t, leg, inset)
         if rng.random() < 0.6:  # apron
             ap = rng.uniform(0.06, 0.12)
             y = h - top_t - ap / 2
@@ -193,7 +193,7 @@ def build_sofa(rng: np.random.Generator) -> list[Box]:
     back_h, back_t = rng.uniform(0.72, 0.9), rng.uniform(0.15, 0.25)
     arm_w, arm_h = rng.uniform(0.12, 0.22), rng.uniform(0.55, 0.68)
     leg = 0.08
-    boxes = _legs(rng, w, d, leg, 0.05, 0.03, 2)
+    boxes = _legs(w, d, leg, 0.05, 0.03, 2)
     boxes.append(_box(0, leg + base_h / 2, 0, w, base_h, d, 1))
     boxes.append(_box(0, leg + back_h / 2, d / 2 - back_t / 2, w, back_h, back_t, 1))
     for sx in (-1, 1):
@@ -213,7 +213,7 @@ def build_bed(rng: np.random.Generator) -> list[Box]:
     w, length = rng.uniform(1.0, 1.8), rng.uniform(1.95, 2.2)
     frame_h, mat_h = rng.uniform(0.2, 0.35), rng.uniform(0.15, 0.25)
     head_h = rng.uniform(0.9, 1.3)
-    boxes = _legs(rng, w, length, 0.1, 0.06, 0.0)
+    boxes = _legs(w, length, 0.1, 0.06, 0.0)
     boxes.append(_box(0, 0.1 + frame_h / 2, 0, w, frame_h, length))
     boxes.append(_box(0, 0.1 + frame_h + mat_h / 2, 0, w - 0.06, mat_h, length - 0.08, 1))
     boxes.append(_box(0, head_h / 2, length / 2 + 0.03, w + 0.04, head_h, 0.06))  # headboard at +z
