@@ -34,7 +34,8 @@ from pix3d.errors import Pix3DError, UsageError
 from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
 
 SWEEP_SETTINGS_FILE = "search_run.json"
-CONNECT_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0  # TCP connect to --address
+JOIN_TIMEOUT_S = float(os.environ.get("PIX3D_RAY_JOIN_TIMEOUT_S", "20"))  # a full ray.init probe
 # Settings that decide what the trials are; saved with the sweep so --resume rebuilds them.
 SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs")
 
@@ -227,7 +228,7 @@ def print_dry_run(grid: Grid, space: dict, out=print) -> None:
 
 
 def _check_reachable(address: str) -> None:
-    """Fail within CONNECT_TIMEOUT_S when HOST:PORT does not answer (ray.init would hang)."""
+    """Fail fast when HOST:PORT does not answer: a TCP probe, bounded by CONNECT_TIMEOUT_S."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"--address {address}: expected auto or HOST:PORT")
@@ -240,6 +241,33 @@ def _check_reachable(address: str) -> None:
             f"--address {address}: no Ray cluster reachable within {CONNECT_TIMEOUT_S:g}s ({reason}); "
             "start one with `ray start --head` or leave --address out for local Ray"
         ) from None
+
+
+# Joins the cluster in a child process: ray.init against a port that accepts TCP but is not a
+# Ray GCS (a proxy, another service) retries for minutes and cannot be interrupted in-process.
+_JOIN_PROBE = (
+    "import sys, ray\n"
+    "ray.init(address=sys.argv[1], configure_logging=False, log_to_driver=False, include_dashboard=False)\n"
+    "print('joined', len(ray.nodes()))\n"
+)
+
+
+def _probe_cluster(address: str) -> None:
+    """Join once in a child process, bounded by JOIN_TIMEOUT_S; raise naming the address if it fails."""
+    import subprocess
+
+    try:
+        probe = subprocess.run([sys.executable, "-c", _JOIN_PROBE, address], capture_output=True,
+                               text=True, timeout=JOIN_TIMEOUT_S, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        raise Pix3DError(
+            f"--address {address}: no Ray cluster answered within {JOIN_TIMEOUT_S:g}s "
+            "(is it a Ray head's GCS port, `ray start --head --port`?)"
+        ) from None
+    if probe.returncode != 0:
+        errors = [line for line in probe.stderr.splitlines() if "Error" in line]
+        reason = errors[-1].strip() if errors else f"exit code {probe.returncode}"
+        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {reason[:400]}")
 
 
 def init_ray(address: str | None, log=print) -> None:
@@ -259,6 +287,7 @@ def init_ray(address: str | None, log=print) -> None:
     if "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
         log("RAY_AUTH_MODE not set: using token auth to join the cluster (set RAY_AUTH_MODE=disabled to opt out)")
+    _probe_cluster(address)
     try:
         ray.init(address=address, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -423,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.resume and tune.Tuner.can_restore(sweep_path):
         raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
 
+    if args.address not in (None, "auto"):
+        _check_reachable(args.address)  # before minutes of data preparation
     data = _prepare_data(settings, int(space.get("image_size", 224)))
     _check_grid_modalities(grid, data)
     command = shlex.join([sys.executable, "-m", "search.run", *(argv if argv is not None else sys.argv[1:])])
@@ -434,7 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_cluster_resources(args.cpus_per_trial, args.gpus_per_trial)
         if not args.resume:
             _write_settings(sweep_path, settings, command)
-        results = _run_tuner(args, grid, space, data, storage, experiment, sweep_path, command)
+        callbacks = _tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
+                                        manifest=getattr(data, "manifest", {}), storage=storage)
+        if args.resume:
+            print(f"resuming sweep {sweep_path}")
+        results = run_sweep(grid, space, data, storage=storage, experiment=experiment,
+                            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                            callbacks=callbacks, resume=args.resume)
     finally:
         ray.shutdown()
 
@@ -464,40 +502,41 @@ def _check_grid_modalities(grid: Grid, data) -> None:
         )
 
 
-def _run_tuner(args, grid: Grid, space: dict, data, storage: str, experiment: str, sweep_path: str, command: str):
+def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
+              cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
+              max_failures: int = 2, callbacks: Sequence = (), resume: bool = False):
+    """Run (or, with `resume`, restore and finish) one sweep on the connected Ray; the ResultGrid.
+
+    The Python API behind the CLI: Ray must be initialised by the caller. A restored sweep
+    gets the same with_parameters trainable, so the cache goes into the object store again
+    once and unfinished or errored trials continue from their last checkpoint.
+    """
     from ray import tune
 
-    trainable = make_trainable(data, args.cpus_per_trial, args.gpus_per_trial)
-    callbacks = _tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
-                                    manifest=getattr(data, "manifest", {}), storage=storage)
-    if args.resume:
-        print(f"resuming sweep {sweep_path}")
-        tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        started = time.time()
-        results = tuner.fit()
-        print(f"resumed sweep finished in {time.time() - started:.0f}s")
-        return results
-
-    run_config = tune.RunConfig(
-        name=experiment,
-        storage_path=storage,
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        # The latest checkpoint is what a retry or --resume continues from; older ones are waste.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=callbacks,
-        verbose=1,
-    )
-    epochs = int(space.get("epochs", 1))
-    tune_config = tune.TuneConfig(
-        search_alg=grid.search_alg(),
-        scheduler=grid.scheduler(epochs),
-        num_samples=grid.num_samples if grid.is_search else 1,
-        max_concurrent_trials=args.max_concurrent,
-    )
-    tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    trainable = make_trainable(data, cpus_per_trial, gpus_per_trial)
+    sweep_path = experiment_path(storage, experiment)
     started = time.time()
+    if resume:
+        tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        run_config = tune.RunConfig(
+            name=experiment,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            # The latest checkpoint is what a retry or --resume continues from; older ones are waste.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=list(callbacks),
+            verbose=1,
+        )
+        tune_config = tune.TuneConfig(
+            search_alg=grid.search_alg(),
+            scheduler=grid.scheduler(int(space.get("epochs", 1))),
+            num_samples=grid.num_samples if grid.is_search else 1,
+            max_concurrent_trials=max_concurrent,
+        )
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
-    print(f"sweep finished in {time.time() - started:.0f}s")
+    print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.0f}s")
     return results
 
 

@@ -1,0 +1,253 @@
+"""search.run and trainables.pose on a real local Ray runtime, real pix3d.train.fit, tiny data.
+
+The data is a small synthetic Pix3D folder rendered by the test (real PNGs, all four
+modalities) and prepared at the quick budget's 64 px. Trials are the `smoke` grid's: a few
+dozen training images, so one trial takes seconds on a loaded 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pix3d.cli import run_cli
+from pix3d.errors import Pix3DError
+from pix3d.prepare import prepare
+from pix3d.synthetic import SyntheticConfig, generate
+from pix3d.train import BUDGETS
+from search.grids import get_grid
+from search.run import check_cluster_resources, main, run_sweep
+from trainables.pose import CRASH_MARKER
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK_SIZE = BUDGETS["quick"]["image_size"]
+
+
+def make_tiny_dataset(root: Path) -> tuple[Path, Path]:
+    """84 synthetic images (12 per category, so the seed split keeps one val image each)."""
+    folder, cache = root / "pix3d-tiny", root / "cache"
+    generate(folder, SyntheticConfig(n=84, seed=0, size=96), workers=1, progress=False, log=None)
+    prepare(folder, QUICK_SIZE, cache_dir=cache, progress=False, log=lambda _: None)
+    return folder, cache
+
+
+def cli_env() -> dict:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RAY_ADDRESS", None)  # never join someone else's cluster by accident
+    return env
+
+
+def run_search(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def trial_epochs(experiment_dir: Path) -> dict[str, list[int]]:
+    """Trial folder -> the epochs it reported, in order (from Tune's result.json)."""
+    out = {}
+    for result in sorted(experiment_dir.glob("train_pose_*/result.json")):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        out[result.parent.name] = [int(r["epoch"]) for r in lines]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search-data")
+    folder, cache = make_tiny_dataset(root)
+    data = prepare(folder, QUICK_SIZE, cache_dir=cache, progress=False, log=lambda _: None)
+    return folder, cache, data
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+# ------------------------------------------------------------------------- bad input, no Ray
+
+
+def run_main(argv, capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_unknown_grid_lists_the_known_ones(capsys):
+    code, _, err = run_main(["--grid", "ablatoin"], capsys)
+    assert code == 2
+    assert err.startswith("error: unknown grid 'ablatoin'; choose from ablation, lr, optuna")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_zero_trials_is_a_usage_error(capsys, tmp_path):
+    code, _, err = run_main(["--grid", "smoke", "--seeds", "0", "--storage", str(tmp_path / "s")], capsys)
+    assert code == 2 and "launches zero trials" in err
+
+
+def test_unwritable_storage_names_the_path(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = run_main(["--grid", "smoke", "--storage", str(blocker / "results")], capsys)
+    assert code == 1
+    assert err.startswith(f"error: --storage {blocker / 'results'}: not a writable folder")
+
+
+def test_resume_with_no_sweep_there(capsys, tmp_path):
+    code, _, err = run_main(["--grid", "smoke", "--resume", "--storage", str(tmp_path / "empty")], capsys)
+    assert code == 1 and "no Tune sweep to restore at" in err and str(tmp_path / "empty" / "smoke") in err
+
+
+def test_unreachable_address_fails_within_a_bounded_time(capsys, tmp_path):
+    started = time.monotonic()
+    code, _, err = run_main(["--grid", "smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path)], capsys)
+    assert time.monotonic() - started < 15
+    assert code == 1 and err.startswith("error: --address 127.0.0.1:1: no Ray cluster reachable")
+
+
+def test_an_address_that_is_not_a_ray_cluster_fails_within_the_join_timeout(tiny, monkeypatch, capsys, tmp_path):
+    """A port that accepts TCP but is no Ray GCS (here a plain listening socket): ray.init
+    would retry for minutes; the join probe gives up after JOIN_TIMEOUT_S."""
+    import socket
+
+    import search.run
+
+    folder, cache, _ = tiny
+    monkeypatch.setattr(search.run, "JOIN_TIMEOUT_S", 8.0)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # init_ray would set it for the process
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        code, _, err = run_main(["--grid", "smoke", "--address", address, "--data", str(folder),
+                                 "--cache", str(cache), "--budget", "quick", "--storage", str(tmp_path)], capsys)
+    assert time.monotonic() - started < 40
+    assert code == 1 and err.startswith(f"error: --address {address}: ")
+    assert not (tmp_path / "smoke").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("option, value", [("--cpus-per-trial", "0"), ("--gpus-per-trial", "-1"),
+                                           ("--max-concurrent", "0"), ("--epochs", "0"), ("--budget", "huge")])
+def test_bad_numbers_are_usage_errors(capsys, option, value):
+    code, _, err = run_main(["--grid", "smoke", option, value], capsys)
+    assert code == 2 and option in err
+
+
+def test_dry_run_prints_every_trial_and_writes_nothing(capsys, tmp_path):
+    storage = tmp_path / "never-created"
+    code, out, _ = run_main(["--grid", "ablation", "--seeds", "2", "--budget", "quick", "--dry-run",
+                             "--storage", str(storage)], capsys)
+    assert code == 0
+    trial_lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(trial_lines) == get_grid("ablation").size(2) == 16
+    assert sum("model=separate_net" in line and "lr=0.001" in line for line in trial_lines) == 8
+    assert "grid ablation: 16 trials" in out and not storage.exists()
+
+
+def test_list_shows_sizes(capsys):
+    code, out, _ = run_main(["--list", "--seeds", "3"], capsys)
+    assert code == 0 and any(line.split()[:2] == ["ablation", "24"] for line in out.splitlines())
+
+
+# ------------------------------------------------------------------------- real Ray
+
+
+def test_a_trial_larger_than_any_node_fails_at_once(ray_session):
+    with pytest.raises(Pix3DError, match="has no GPUs"):
+        check_cluster_resources(1, 0.25)
+    with pytest.raises(Pix3DError, match="no Ray node can host a trial of 3 CPU"):
+        check_cluster_resources(3, 0)
+    check_cluster_resources(2, 0)  # fits: no error
+
+
+def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(ray_session, tiny, tmp_path):
+    """Each trial crashes once before reporting epoch 2; Tune retries it from the epoch-1 checkpoint."""
+    _, _, data = tiny
+    grid = get_grid("smoke")
+    space = grid.param_space(1, BUDGETS["quick"])
+    space.update(epochs=3, cpus_per_trial=1, gpus_per_trial=0, crash_once_at_epoch=2)
+    results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="crash", max_failures=1)
+
+    assert len(results) == grid.size(1) == 2
+    assert not results.errors
+    assert {r.config["model"] for r in results} == {"combined_net", "separate_net"}
+    for result in results:
+        trial_dir = Path(result.path)
+        assert (trial_dir / CRASH_MARKER).exists(), "the testing aid never crashed this trial"
+        # Resumed from the epoch-1 checkpoint: epochs 1, 2, 3 once each (from scratch it would
+        # have reported epoch 1 twice).
+        assert [int(e) for e in result.metrics_dataframe["epoch"]] == [1, 2, 3]
+        assert result.metrics["epoch"] == 3 and 0.0 <= result.metrics["val_azimuth_acc"] <= 1.0
+        assert result.checkpoint is not None
+        assert result.metrics["node_id"] == ray_session.get_runtime_context().get_node_id()
+
+
+def test_smoke_grid_end_to_end_through_the_cli(tiny, tmp_path):
+    folder, cache, _ = tiny
+    storage = tmp_path / "results"
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_search("--grid", "smoke", "--data", str(folder), "--cache", str(cache), "--budget", "quick",
+                      "--storage", str(storage), "--mlflow-uri", mlflow_uri, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    sweep = storage / "smoke"
+    epochs = trial_epochs(sweep)
+    assert len(epochs) == 2 and all(e == [1, 2] for e in epochs.values())
+    assert len(list(sweep.glob("train_pose_*/checkpoint_*/checkpoint.pt"))) == 2
+    saved = json.loads((sweep / "search_run.json").read_text())
+    assert saved["grid"] == "smoke" and saved["data"] == str(folder)
+    summary = proc.stdout[proc.stdout.index("sweep smoke: 2 trials, 0 failed"):]
+    rows = [line for line in summary.splitlines() if line.startswith(("combined_net", "separate_net"))]
+    assert len(rows) == 2 and all("rgb" in row and "ok" in row for row in rows)
+    assert (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow  # two CLI runs with their own Ray start-up: ~100 s on a shared 2-core machine
+def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tiny, tmp_path):
+    folder, cache, _ = tiny
+    storage = tmp_path / "results"
+    sweep = storage / "smoke"
+    args = ["--grid", "smoke", "--data", str(folder), "--cache", str(cache), "--budget", "quick",
+            "--storage", str(storage), "--no-mlflow", "--epochs", "3", "--max-concurrent", "1"]
+    driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # One trial at a time: kill once the first has finished and the second has begun.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            progress = sorted(trial_epochs(sweep).values(), key=len, reverse=True)
+            if len(progress) == 2 and progress[0] == [1, 2, 3] and progress[1]:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep made no progress in 240 s")
+    finally:
+        # SIGKILL the driver and the Ray runtime it started (its own process group).
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = trial_epochs(sweep)
+    finished = [name for name, e in before.items() if e == [1, 2, 3]]
+    assert len(finished) == 1
+
+    proc = run_search("--resume", "--experiment", "smoke", "--storage", str(storage), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    after = trial_epochs(sweep)
+    assert set(after) == set(before)  # no trial started anew
+    assert after[finished[0]] == [1, 2, 3]  # the finished one did not run again
+    assert all(e == [1, 2, 3] for e in after.values())  # the other went on from its checkpoint
+    assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
