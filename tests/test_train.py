@@ -203,8 +203,8 @@ def test_resume_from_another_config_names_the_differing_keys(data):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_both_precisions_train(data, precision):
-    config = small_config(model="combined_net", modalities=("rgb", "mask"), precision=precision,
-                          channels_last=precision == "bf16", epochs=4, lr=1e-3, lr_schedule="none")
+    config = small_config(model="separate_net", modalities=("rgb", "mask"), precision=precision,
+                          channels_last=precision == "bf16", epochs=3, lr=1e-3, lr_schedule="none")
     history = fit(config, data)["history"]
     losses = [m["train_loss"] for m in history]
     assert losses[-1] < losses[0] * 0.9, losses
@@ -283,7 +283,7 @@ def test_cli_bad_usage_is_one_error_line(tmp_path, monkeypatch, capsys, args, me
     assert "Traceback" not in stderr
 
 
-def test_cli_trains_writes_outputs_and_guards_resume(tmp_path):
+def test_cli_trains_writes_outputs_and_guards_resume(tmp_path, monkeypatch, capsys):
     folder = write_pix3d_folder(tmp_path / "pix3d", 30)  # real PNG/JPEG/TIFF files, no normals/
     common = ["--data", str(folder), "--cache", str(tmp_path / "cache"), "--budget", "quick",
               "--model", "separate_net", "--threads", "1", "--batch-size", "8", "--no-progress",
@@ -297,16 +297,24 @@ def test_cli_trains_writes_outputs_and_guards_resume(tmp_path):
     assert history["config"]["lr"] == 1e-3  # separate_net's published lr
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 2
 
-    again = run_train_cli(*common, "--epochs", "2", cwd=tmp_path)
-    assert again.returncode == 2 and "exists; pass --resume" in again.stderr
-    other = run_train_cli(*common, "--epochs", "3", "--lr", "0.01", "--resume", cwd=tmp_path)
-    assert other.returncode == 1 and other.stderr.startswith("error: checkpoint is from another config; differing keys: lr")
-    assert "Traceback" not in other.stderr
+    def in_process(*args):
+        # The same entry point as `python -m pix3d.train`, without another torch import.
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(train_main, list(args))
+        return exit_info.value.code, capsys.readouterr().err
+
+    monkeypatch.chdir(tmp_path)
+    code, err = in_process(*common, "--epochs", "2")
+    assert code == 2 and "exists; pass --resume" in err
+    code, err = in_process(*common, "--epochs", "3", "--lr", "0.01", "--resume")
+    assert code == 1 and err.startswith("error: checkpoint is from another config; differing keys: lr")
+    code, err = in_process(*common[:-1], str(tmp_path / "run2"), "--modalities", "rgb,normals")
+    assert code == 1 and err.startswith("error: modality 'normals' is unavailable")
+    assert "Traceback" not in err
     more = run_train_cli(*common, "--epochs", "3", "--resume", cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert "epoch   3/3" in more.stdout and "epoch   1/3" not in more.stdout
-    normals = run_train_cli(*common[:-1], str(tmp_path / "run2"), "--modalities", "rgb,normals", cwd=tmp_path)
-    assert normals.returncode == 1 and normals.stderr.startswith("error: modality 'normals' is unavailable")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 3
 
 
 # ----------------------------------------------------------------------------- learning (slow)
