@@ -270,6 +270,21 @@ def _probe_cluster(address: str) -> None:
         raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {reason[:400]}")
 
 
+def _enable_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process and its children.
+
+    Ray reads the mode into a cached config when it is imported, so setting the variable is
+    not enough once `ray` is loaded: Ray's own helper (the one `ray.init()` uses for local
+    clusters) also refreshes that cache. It is private, hence the fallback.
+    """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
+    except ImportError:
+        return
+    enable()
+
+
 def init_ray(address: str | None, log=print) -> None:
     """Join `address` or start a private local Ray (all of this machine's cores)."""
     import ray
@@ -285,7 +300,7 @@ def init_ray(address: str | None, log=print) -> None:
     # Clusters started with token auth (the default for `ray start` since Ray 2.59/2.60)
     # reject a driver that does not also run in token mode.
     if "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
+        _enable_token_auth()
         log("RAY_AUTH_MODE not set: using token auth to join the cluster (set RAY_AUTH_MODE=disabled to opt out)")
     _probe_cluster(address)
     try:
@@ -369,27 +384,40 @@ def _report_table(args, *, experiment: str) -> None:
 # ---------------------------------------------------------------------------- summary
 
 
-def summarize(results) -> tuple[list[str], int]:
-    """One line per trial (model, modalities, lr, seed, final/best azimuth acc); error count."""
-    lines = [f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} {'final az':>8} {'best az':>8}  status"]
-    errors = 0
-    rows = []
+def trial_status(result) -> str:
+    """ok | ERROR | unfinished (interrupted, or stopped early by ASHA) | not started."""
+    if result.error:
+        return "ERROR"
+    metrics, config = result.metrics or {}, result.config or {}
+    if not metrics.get("epoch"):
+        return "not started"
+    return "ok" if metrics["epoch"] >= config.get("epochs", metrics["epoch"]) else "unfinished"
+
+
+def summarize(results) -> tuple[list[str], dict[str, int]]:
+    """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts."""
+    header = (f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} "
+              f"{'final az':>8} {'best az':>8}  status")
+    rows, counts = [], {}
     for result in results:
-        config = result.config or {}
-        metrics = result.metrics or {}
+        config, metrics = result.config or {}, result.metrics or {}
+        status = trial_status(result)
+        counts[status] = counts.get(status, 0) + 1
         final = metrics.get("val_azimuth_acc")
-        best = metrics.get("best_val_azimuth_acc", final)
-        status = "ERROR" if result.error else "ok"
-        errors += bool(result.error)
-        rows.append((str(config.get("model")), str(config.get("modalities")), config.get("lr"),
-                     config.get("seed"), metrics.get("epoch"), final, best, status))
+        rows.append((str(config.get("model", "-")), str(config.get("modalities", "-")), config.get("lr"),
+                     config.get("seed", "-"), metrics.get("epoch"), final,
+                     metrics.get("best_val_azimuth_acc", final), status))
     rows.sort(key=lambda r: tuple(str(x) for x in r[:4]))
+
+    def pct(v) -> str:
+        return f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
+
+    lines = [header]
     for model, modalities, lr, seed, epoch, final, best, status in rows:
-        fmt = lambda v: f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "      -"
-        lr_s = f"{lr:.0e}" if isinstance(lr, float) else str(lr)
-        lines.append(f"{model:<13} {modalities:<28} {lr_s:>8} {str(seed):>4} {str(epoch or '-'):>6} "
-                     f"{fmt(final):>8} {fmt(best):>8}  {status}")
-    return lines, errors
+        lr_text = f"{lr:.0e}" if isinstance(lr, float) else "-"
+        lines.append(f"{model:<13} {modalities:<28} {lr_text:>8} {str(seed):>4} {str(epoch or '-'):>6} "
+                     f"{pct(final):>8} {pct(best):>8}  {status}")
+    return lines, counts
 
 
 # ---------------------------------------------------------------------------- main
@@ -397,8 +425,10 @@ def summarize(results) -> tuple[list[str], int]:
 
 def _settings_for(args, storage: str, experiment: str) -> SweepSettings:
     """This run's settings; with --resume, those saved with the sweep win."""
-    fresh = SweepSettings(args.grid, args.data, str(args.cache) if args.cache else None,
-                          args.budget, args.seeds, args.epochs)
+    # Absolute paths, so that --resume works from any working folder.
+    data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
+    cache = str(args.cache.expanduser().resolve()) if args.cache else None
+    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs)
     if not args.resume:
         return fresh
     saved = _read_settings(experiment_path(storage, experiment))
@@ -424,8 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment = args.experiment or args.grid
     if "/" in experiment or experiment in (".", ".."):
         raise UsageError(f"--experiment {experiment!r}: must be a plain name")
-    # A dry run writes nothing, not even the storage folder.
-    if args.dry_run and not is_uri(args.storage):
+    # A dry run or a resume creates nothing (a resume of nothing must leave nothing behind).
+    if (args.dry_run or args.resume) and not is_uri(args.storage):
         storage = str(Path(args.storage).expanduser().resolve())
     else:
         storage = resolve_storage(args.storage)
@@ -476,11 +506,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
-    lines, errors = summarize(results)
-    print(f"\nsweep {experiment}: {len(lines) - 1} trials, {errors} failed; results in {sweep_path}")
+    lines, counts = summarize(results)
+    failed = counts.get("ERROR", 0)
+    print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
     print("\n".join(lines))
     _report_table(args, experiment=experiment)
-    return 1 if errors else 0
+    pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not grid.is_search else 0)
+    if pending:
+        # Interrupted (Ctrl-C): Tune saved its state; the same sweep continues from here.
+        print(f"{pending} trial(s) did not finish; continue with: python -m search.run --resume "
+              f"--experiment {experiment} --storage {storage}")
+    return 1 if failed or pending else 0
 
 
 def _prepare_data(settings: SweepSettings, image_size: int):
