@@ -559,8 +559,9 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             name=experiment,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            # The latest checkpoint is what a retry or --resume continues from; older ones are waste.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # The latest checkpoint is what a retry or --resume continues from. Two, not one:
+            # with num_to_keep=1 Tune snapshots the whole experiment state at every report.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=list(callbacks),
             verbose=1,
         )

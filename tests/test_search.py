@@ -207,13 +207,15 @@ def test_smoke_grid_end_to_end_through_the_cli(tiny, tmp_path):
     sweep = storage / "smoke"
     epochs = trial_epochs(sweep)
     assert len(epochs) == 2 and all(e == [1, 2] for e in epochs.values())
-    assert len(list(sweep.glob("train_pose_*/checkpoint_*/checkpoint.pt"))) == 2
+    assert len(list(sweep.glob("train_pose_*/checkpoint_*/checkpoint.pt"))) == 4  # 2 kept per trial
     saved = json.loads((sweep / "search_run.json").read_text())
     assert saved["grid"] == "smoke" and saved["data"] == str(folder)
     summary = proc.stdout[proc.stdout.index("sweep smoke: 2 trials, 0 failed"):]
     rows = [line for line in summary.splitlines() if line.startswith(("combined_net", "separate_net"))]
     assert len(rows) == 2 and all("rgb" in row and "ok" in row for row in rows)
     assert (tmp_path / "mlflow.db").exists()
+    table = (tmp_path / "table_out" / "smoke" / "table.md").read_text()  # rebuilt from MLflow
+    assert "combined_net" in table and "separate_net" in table
 
 
 @pytest.mark.slow  # two CLI runs with their own Ray start-up: ~100 s on a shared 2-core machine
