@@ -135,8 +135,14 @@ def plot_table_bars(rows: Sequence[Mapping], columns: Sequence[str], path: Path,
         offsets = x - 0.4 + width * (r + 0.5)
         means = [row["means"].get(c, np.nan) for c in columns]
         stds = [row["stds"].get(c, np.nan) for c in columns]
-        stds = [0.0 if s is None or not np.isfinite(s) else s for s in stds]
-        ax.bar(offsets, means, width * 0.92, yerr=stds, capsize=3, label=row["label"])
+        # One seed has no spread: no error bar rather than a misleading zero-width one.
+        stds = [np.nan if s is None or not np.isfinite(s) else s for s in stds]
+        ax.bar(offsets, means, width * 0.92, label=row["label"])
+        has_spread = [i for i, s in enumerate(stds) if np.isfinite(s)]
+        if has_spread:
+            ax.errorbar([offsets[i] for i in has_spread], [means[i] for i in has_spread],
+                        yerr=[stds[i] for i in has_spread], fmt="none", ecolor="black",
+                        capsize=3, linewidth=1, zorder=3)
         published = [row.get("published", {}).get(c) for c in columns]
         px = [o for o, p in zip(offsets, published) if p is not None]
         py = [p for p in published if p is not None]
@@ -157,6 +163,7 @@ def plot_table_bars(rows: Sequence[Mapping], columns: Sequence[str], path: Path,
             ax.text(i, 2, "no runs", ha="center", va="bottom", fontsize=8, color="dimgray")
     ax.set_xticks(x, [SUBSET_LABELS.get(c, c).replace("+", "+\n") for c in columns],
                   fontsize=8)
+    ax.set_xlim(-0.6, len(columns) - 0.4)  # keep empty trailing columns in view
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
@@ -184,22 +191,23 @@ def plot_lr_view(points: Sequence[Mapping], path: Path, *, title: str = "",
             line = sorted((p for p in mine if p["modalities"] == subset), key=lambda p: p["lr"])
             lrs = [p["lr"] for p in line]
             means = [p["mean"] for p in line]
-            stds = [0.0 if not np.isfinite(p["std"]) else p["std"] for p in line]
+            stds = [0.0 if not np.isfinite(p["std"]) else p["std"] for p in line]  # n=1: none
             ax.errorbar(lrs, means, yerr=stds, marker="o", markersize=4, capsize=3,
                         label=SUBSET_LABELS.get(subset, subset))
         for name, lr in baselines.items():
             ax.axvline(lr, color="grey", linestyle=":", linewidth=1)
-            ax.text(lr, 0.98, f" {name} lr={lr:g}", transform=ax.get_xaxis_transform(),
-                    rotation=90, va="top", ha="right", fontsize=7, color="dimgray")
+            # Labelled above the frame so the label never sits on a data point.
+            ax.text(lr, 1.01, f"{name}\n{lr:g}", transform=ax.get_xaxis_transform(),
+                    va="bottom", ha="center", fontsize=7, color="dimgray")
         ax.set_xscale("log")
         # Half a decade of room around the runs and the baselines: no line on the frame.
         span = [p["lr"] for p in mine] + list(baselines.values())
         ax.set_xlim(min(span) / 3, max(span) * 3)
         ax.set_xlabel("learning rate")
-        ax.set_title(model, fontsize=10)
+        ax.set_title(model, fontsize=10, pad=26)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="lower left")
     axes[0][0].set_ylabel("final azimuth accuracy (%)")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.04)  # above the baseline labels
     return _save(fig, path)

@@ -209,7 +209,7 @@ def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """What a child run needs to say where its data came from: dataset, cache key, sources."""
     picked: dict[str, Any] = {}
     for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version"):
-        if key in manifest and not isinstance(manifest[key], (Mapping, list)):
+        if key in manifest and not isinstance(manifest[key], list):
             picked[key] = manifest[key]
     for key, value in manifest.items():
         if "source" in key and isinstance(value, Mapping):
@@ -268,6 +268,7 @@ class SweepLogger:
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
         self._children: dict[str, _ChildState] = {}
+        self._existing: list | None = None
 
     # -- lookups -------------------------------------------------------------------------
     @property
@@ -339,14 +340,30 @@ class SweepLogger:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=items[i:i + _BATCH])
 
+    def _existing_children(self) -> list:
+        """The sweep's child runs already in MLflow, fetched once (one search, not one per trial)."""
+        if self._existing is None:
+            runs, token = [], None
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], max_results=1000, page_token=token,
+                    filter_string=f"tags.sweep_id = '{self.info.sweep_id}' and "
+                                  f"tags.`{ROLE_TAG}` = 'trial'")
+                runs.extend(page)
+                token = page.token
+                if not token:
+                    break
+            self._existing = runs
+        return self._existing
+
     def _find_child(self, trial_id: str, trial_key: str | None) -> _ChildState | None:
         """Existing child by trial_id; else by trial_key (Tune's experiment_tag, e.g.
         `1_modalities=rgb_mask,seed=0`), because `restart_errored` replaces an errored trial
         by a new trial id with the same tag: that is the same grid point, not a new child."""
-        found = self._search(f"tags.trial_id = '{trial_id}' and tags.sweep_id = '{self.info.sweep_id}'")
+        existing = self._existing_children()
+        found = [r for r in existing if r.data.tags.get("trial_id") == trial_id]
         if not found and trial_key:
-            found = self._search(f"tags.trial_key = '{_quote(trial_key)}' and "
-                                 f"tags.sweep_id = '{self.info.sweep_id}'")
+            found = [r for r in existing if r.data.tags.get("trial_key") == trial_key]
             if found:
                 old_id = found[0].data.tags.get("trial_id", "")
                 self.client.set_tag(found[0].info.run_id, "trial_id", trial_id)
@@ -471,11 +488,6 @@ class SweepLogger:
         self.client.set_tag(run_id, "n_failed", str(n_failed))
         status = "FAILED" if n_trials and n_failed == n_trials else "FINISHED"
         self.client.set_terminated(run_id, status=status)
-
-
-def _quote(text: str) -> str:
-    """Escape a value for an MLflow filter string literal."""
-    return text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _read_error(trial) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,33 @@ def test_sync_bad_storage_is_one_error_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: --storage {tmp_path}: not a Ray Tune experiment folder (no "
         "experiment_state-*.json and no trial folders with params.json)"]
+
+
+@pytest.mark.slow
+def test_search_run_smoke_end_to_end(tmp_path):
+    """`python -m search.run --grid smoke` on the built-in synthetic set, tracked and tabled."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--grid", "smoke", "--budget", "quick",
+         "--cache", str(tmp_path / "cache"), "--storage", str(tmp_path / "ray"),
+         "--mlflow-uri", uri],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+             "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("smoke")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("pix3d.role") == "trial"]
+    parent = next(r for r in runs if r.data.tags.get("pix3d.role") == "sweep")
+    assert {r.data.tags["model"] for r in children} == {"combined_net", "separate_net"}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["data.dataset.name"] == "synthetic"
+        assert {a.path for a in client.list_artifacts(child.info.run_id)} == {
+            "azimuth_confusion.json", "azimuth_confusion.png", "learning_curves.png"}
+    table_files = {a.path for a in client.list_artifacts(parent.info.run_id, "table")}
+    assert "table/table.md" in table_files
+    assert (tmp_path / "table_out" / "smoke" / "table.png").exists()

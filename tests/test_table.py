@@ -11,22 +11,23 @@ import pytest
 
 from pix3d.constants import PUBLISHED_AZIMUTH_ACC, SUBSET_LABELS, modalities_key
 from tests.mlflow_server import free_port
-from tests.test_tracking import param_space, ray_session, run_sweep  # noqa: F401 (fixture)
+from tests.test_tracking import (  # noqa: F401 (fixtures)
+    param_space, ray_session, run_sweep, served_sweep, server)
 
 from analysis.table import build_table, main, summarise, write_table  # noqa: E402
 from pix3d.cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def store(ray_session, tmp_path_factory):  # noqa: F811
-    """Two real sweeps into one sqlite store: an ablation and a small lr sweep."""
+def store(served_sweep, tmp_path_factory):  # noqa: F811
+    """The real mlflow server after two sweeps: the 8-trial `smoke` one and a small lr one."""
+    ablation, _, srv = served_sweep
     root = tmp_path_factory.mktemp("table_store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    ablation, _ = run_sweep(root / "ray", "ablation", uri, experiment="ablation")
     lr_space = param_space(models=("combined_net",), subsets=("rgb",), seeds=(0,),
                            lrs=(1e-5, 1e-4, 1e-3))
-    lr_results, _ = run_sweep(root / "ray", "lr", uri, experiment="lr", space=lr_space, grid="lr")
-    return uri, ablation, lr_results, root
+    lr_results, _ = run_sweep(root / "ray", "lr", srv.url, experiment="lr", space=lr_space,
+                              grid="lr")
+    return srv.url, ablation, lr_results, root
 
 
 def _expected_cells(results, metric_of):
@@ -41,7 +42,7 @@ def _expected_cells(results, metric_of):
 @pytest.mark.parametrize("at", ["last", "best"])
 def test_table_from_mlflow_equals_table_from_tune_results(store, at):
     uri, results, _, _ = store
-    table = build_table(uri, "ablation", at=at)
+    table = build_table(uri, "smoke", at=at)
     if at == "last":
         expected = _expected_cells(results, lambda r: r.metrics["val_azimuth_acc"])
     else:
@@ -69,7 +70,7 @@ def test_write_table_files_and_parent_artifacts(store, tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri, results, _, _ = store
-    table = build_table(uri, "ablation")
+    table = build_table(uri, "smoke")
     files = write_table(table, tmp_path / "out")
     assert set(files) == {"md", "csv", "png"}
     md = files["md"].read_text()
@@ -83,7 +84,7 @@ def test_write_table_files_and_parent_artifacts(store, tmp_path):
     logged = {a.path for a in client.list_artifacts(table.parent_run_id, "table")}
     assert logged == {"table/table.md", "table/table.csv", "table/table.png"}
     parent = client.get_run(table.parent_run_id)
-    assert parent.info.run_name == "ablation"
+    assert parent.info.run_name == "served"
 
 
 def test_unequal_n_is_noted():
@@ -127,7 +128,7 @@ def test_cli_unknown_experiment_lists_existing(store):
     proc = _cli("--experiment", "nope", "--mlflow-uri", uri)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        f"error: unknown experiment 'nope' in {uri}; existing: Default, ablation, lr"]
+        f"error: unknown experiment 'nope' in {uri}; existing: Default, lr, smoke"]
 
 
 def test_cli_unreachable_server_one_line(tmp_path):
@@ -141,12 +142,12 @@ def test_cli_unreachable_server_one_line(tmp_path):
 def test_cli_missing_metric_and_bad_option(store, capsys, tmp_path):
     uri = store[0]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["--experiment", "ablation", "--mlflow-uri", uri, "--metric", "val_top5",
+        run_cli(main, ["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "val_top5",
                        "--out", str(tmp_path)])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
-        "error: no finished run of experiment 'ablation' logged metric 'val_top5'; logged: ")
+        "error: no finished run of experiment 'smoke' logged metric 'val_top5'; logged: ")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--experiment", "ablation", "--at", "median"])
     assert exit_info.value.code == 2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +22,12 @@ from ray import tune  # noqa: E402
 
 from analysis.tracking import (  # noqa: E402
     MLflowTrackingCallback,
-    MLflowUnavailableWarning,
     default_tracking_uri,
     trial_run_name,
 )
 from tests.mlflow_server import free_port, mlflow_server  # noqa: E402
 
-EPOCHS = 3
+EPOCHS = 2
 METRIC_NAMES = (
     "epoch", "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
     "val_azimuth_acc_within1", "majority_azimuth_acc", "majority_elevation_acc",
@@ -141,13 +139,15 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+# Session scope: the server and the served sweep are shared with tests/test_table.py
+# (Ray start-up, server start-up and the sweep are most of the suite's time).
+@pytest.fixture(scope="session")
 def server(tmp_path_factory):
     with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as srv:
         yield srv
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def served_sweep(ray_session, server, tmp_path_factory):
     storage = tmp_path_factory.mktemp("ray_storage")
     results, callback = run_sweep(storage, "served", server.url)
@@ -188,7 +188,8 @@ def test_sweep_logged_to_server_parent_children_params_metrics_artifacts(served_
     assert parent.data.tags["sweep_id"] == callback.info.sweep_id
     assert "python -m analysis.table --experiment smoke" in parent.data.tags["mlflow.note.content"]
     assert parent.data.tags["command"] == "pytest sweep served"
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["data_manifest.json"]
+    # (test_table may have logged a table/ folder to this parent as well: shared fixture)
+    assert "data_manifest.json" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 
     by_trial = {r.data.tags["trial_id"]: r for r in children}
     for result in results:
@@ -232,33 +233,6 @@ def test_sweep_logged_to_server_parent_children_params_metrics_artifacts(served_
         assert reply.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unreachable_server_degrades_with_one_warning(ray_session, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results, callback = run_sweep(tmp_path, "offline", dead,
-                                      space=param_space(models=("combined_net",), seeds=(0,)))
-    ours = [w for w in caught if issubclass(w.category, MLflowUnavailableWarning)]
-    assert len(ours) == 1 and "analysis.sync" in str(ours[0].message)
-    assert callback.disabled and not results.errors and len(results) == 2
-    assert all(r.metrics["epoch"] == EPOCHS for r in results)
-
-
-def test_failed_trial_is_tagged_failed_with_error(ray_session, tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = param_space(models=("combined_net",), subsets=("rgb",), seeds=(0,), fail_at_epoch=2)
-    results, _ = run_sweep(tmp_path, "failing", uri, space=space)
-    assert len(results.errors) == 1
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("smoke")
-    child = client.search_runs([exp.experiment_id], "tags.`pix3d.role` = 'trial'")[0]
-    assert child.info.status == "FAILED" and child.data.tags["status"] == "FAILED"
-    assert "planned failure at epoch 2" in child.data.tags["error"]
-    assert sorted(m.step for m in client.get_metric_history(child.info.run_id, "val_loss")) == [1, 2]
-
-
 def test_resume_continues_parent_without_duplicate_children(ray_session, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -266,15 +240,21 @@ def test_resume_continues_parent_without_duplicate_children(ray_session, tmp_pat
     # First session: one trial fails half way (as if the sweep was interrupted).
     space = param_space(models=("combined_net",), subsets=("rgb", "rgb+mask"), seeds=(0,),
                         fail_once_marker=str(tmp_path / "failed_once"))
+    space["epochs"] = 3  # fails at 2 of 3: the resumed session must add epoch 3 only
     results, callback = run_sweep(tmp_path, "resumable", uri, space=space)
     assert len(results.errors) == 1
-    # Second session: restore the same sweep, re-running the errored trial from scratch.
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("smoke")
+    failed = client.search_runs([exp.experiment_id], "tags.status = 'FAILED'")
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "interrupted at epoch 2" in failed[0].data.tags["error"]
+    assert sorted(m.step for m in client.get_metric_history(failed[0].info.run_id, "val_loss")) == [1, 2]
+    # Second session: restore the same sweep, re-running the errored trial from scratch
+    # (restart_errored gives it a new trial id; the child run is found by its grid point).
     restored = tune.Tuner.restore(str(tmp_path / "resumable"), tiny_pose_trainable,
                                   restart_errored=True)
     results2 = restored.fit()
     assert not results2.errors
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("smoke")
     runs = client.search_runs([exp.experiment_id], max_results=100)
     parents = [r for r in runs if r.data.tags.get("pix3d.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("pix3d.role") == "trial"]
@@ -284,5 +264,5 @@ def test_resume_continues_parent_without_duplicate_children(ray_session, tmp_pat
     for child in children:
         assert child.info.status == "FINISHED" and child.data.tags["status"] == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-        assert sorted(steps) == list(range(1, EPOCHS + 1)), "a step was lost or logged twice"
+        assert sorted(steps) == [1, 2, 3], "a step was lost or logged twice"
     assert len(results2) == 2
