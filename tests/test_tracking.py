@@ -25,7 +25,7 @@ from analysis.tracking import (  # noqa: E402
     default_tracking_uri,
     trial_run_name,
 )
-from tests.mlflow_server import free_port, mlflow_server  # noqa: E402
+from tests.mlflow_server import mlflow_server  # noqa: E402
 
 EPOCHS = 2
 METRIC_NAMES = (
