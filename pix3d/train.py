@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from pix3d.errors import Pix3DError, UsageError
 from pix3d.models import get_model, list_models
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("step", "none")
 
 
@@ -154,18 +155,20 @@ RESUME_FREE_KEYS = frozenset({"epochs", "threads", "device"})
 # ----------------------------------------------------------------------------- budgets
 
 BUDGETS: dict[str, dict[str, Any]] = {
-    # The published setup: meant for a GPU.
-    "paper": {"image_size": 224, "epochs": 25, "batch_size": 10, "precision": "fp32",
+    # The published setup: meant for a GPU. precision "auto": bf16 autocast (AMP) on a GPU that
+    # supports it, fp32 elsewhere; pass precision fp32 to match the published arithmetic exactly.
+    "paper": {"image_size": 224, "epochs": 25, "batch_size": 10, "precision": "auto",
               "channels_last": False, "max_train_images": None},
     # Sized by measurement on this project's 2-core CPU (benchmarks/bench_train.py; figures in
     # the closing note of issue 4). 64 px: just above combined_net's 58 px minimum for its
-    # unpadded convolutions. fp32: this CPU has no bf16 units, bf16 autocast measured ~2.5x
-    # SLOWER here. combined_net's conv(64->256, 7) makes a training step cost ~1.5 GMAC per image
+    # unpadded convolutions. precision "auto" resolves to fp32 on this CPU: it has no
+    # bf16 units (no AMX / AVX512-BF16) and bf16 autocast measured ~2.5x SLOWER here; on a CPU
+    # with AMX it resolves to bf16 (~3x faster there). combined_net's conv(64->256, 7) makes a training step cost ~1.5 GMAC per image
     # even at 64 px (~20 images/s on one quiet core), so the budget is ~900 image passes:
     # 300 training images (validation untouched) x 3 epochs -> ~55 s (combined_net) and
     # ~25 s (separate_net) per trial on one core. 3 epochs also means StepLR(3) never fires.
     # channels_last measured 5-45% faster in fp32 for both models here.
-    "quick": {"image_size": 64, "epochs": 3, "batch_size": 10, "precision": "fp32",
+    "quick": {"image_size": 64, "epochs": 3, "batch_size": 10, "precision": "auto",
               "channels_last": True, "max_train_images": 300},
 }
 
@@ -282,6 +285,30 @@ class BatchSource:
 
     def targets(self, idx: torch.Tensor) -> torch.Tensor:
         return self.labels.index_select(0, idx.to(self.device))
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has bf16 matrix units (AMX or AVX512-BF16).
+
+    Without them bf16 autocast is emulated and measured ~2.5x SLOWER than fp32 (this
+    project's 2-core Xeon: 23 vs 82 GFLOP/s matmul); with AMX it is ~3x faster.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where the hardware runs it fast (CUDA with bf16, CPU with AMX or
+    AVX512-BF16), else 'fp32'. Explicit 'fp32' / 'bf16' are kept as they are."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def _autocast(device: torch.device, precision: str):
@@ -426,6 +453,7 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     shuffle = seed_everything(config.seed)
@@ -491,7 +519,7 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
         for step, positions in enumerate(bar, start=1):
             idx = train_t[positions]
             x, y = source.inputs(idx), source.targets(idx)
-            with _autocast(device, config.precision):
+            with _autocast(device, precision):
                 logits = model(x)
             loss = pose_loss(logits, y)
             loss_value = loss.item()
@@ -510,7 +538,7 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
             scheduler.step()
 
         metrics = {"epoch": epoch, "train_loss": float(loss_sum) / seen}
-        val = _evaluate(model, source, val_t, config.precision)
+        val = _evaluate(model, source, val_t, precision)
         confusion = val.pop("val_azimuth_confusion")
         metrics.update(val)
         metrics.update(baseline)
@@ -518,6 +546,8 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
         metrics.update({
             "best_val_azimuth_acc": best, "lr": lr_now, "images_per_s": seen / train_time,
             "epoch_time_s": time.perf_counter() - started, "n_train": len(train_idx), "n_val": len(val_idx),
+            # Which arithmetic actually ran ('auto' resolves per machine): provenance for the run.
+            "bf16_autocast": 1.0 if precision == "bf16" else 0.0,
             "val_azimuth_confusion": confusion,
         })
         history.append(metrics)
@@ -642,7 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(message, flush=True)
     data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress)
     print(f"training {config.model} on {modalities_key(config.modalities)} (lr {config.lr:g}, "
-          f"{config.epochs} epochs, batch {config.batch_size}, {config.image_size} px, {config.precision}, "
+          f"{config.epochs} epochs, batch {config.batch_size}, {config.image_size} px, "
+          f"{resolve_precision(config.precision, resolve_device(config.device))} (precision {config.precision}), "
           f"device {resolve_device(config.device)}) -> {out}", flush=True)
 
     def save(metrics: dict, checkpoint: dict) -> None:

@@ -88,7 +88,7 @@ def data() -> PreparedData:
         ({"model": "resnet"}, "'model': unknown value 'resnet'; choose from combined_net, separate_net"),
         ({"modalities": []}, "'modalities': empty modality list"),
         ({"modalities": "rgb+depth"}, "'modalities': unknown modality 'depth'"),
-        ({"precision": "fp16"}, "'precision': unknown value 'fp16'; choose from fp32, bf16"),
+        ({"precision": "fp16"}, "'precision': unknown value 'fp16'; choose from auto, fp32, bf16"),
         ({"lr_schedule": "cosine"}, "'lr_schedule': unknown value 'cosine'; choose from step, none"),
         ({"bins": "fancy"}, "'bins': unknown value 'fancy'; choose from seed, quantile"),
         ({"split": "oops"}, "'split': unknown value 'oops'; choose from seed, random, by_model"),
@@ -346,3 +346,15 @@ def test_quick_budget_learns_the_synthetic_set():
     budget (measured 0.395 vs a 0.130 majority baseline)."""
     final = _quick_fit("separate_net", ("rgb", "mask", "boundaries", "normals"))
     assert final["val_azimuth_acc"] >= 2 * final["majority_azimuth_acc"], final
+
+
+def test_precision_auto_follows_the_hardware():
+    """'auto' is bf16 only where the CPU has bf16 units (read from /proc/cpuinfo), fp32 otherwise."""
+    from pix3d.train import cpu_has_fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    flags = open("/proc/cpuinfo").read()
+    assert cpu_has_fast_bf16() == (" amx_bf16" in flags or " avx512_bf16" in flags)
