@@ -95,11 +95,15 @@ def train_pose(config: dict, data=None) -> None:
         # trial as finished: there is nothing left to train, and its results are in storage.
         return
 
+    # 0 for a fresh start; the checkpoint's epoch after a retry or --resume (shows restarts).
+    resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
+
     def on_epoch(metrics: dict, checkpoint: dict) -> None:
         _maybe_crash(config, int(metrics["epoch"]))
         report = dict(metrics)
         # Where the trial ran (two nodes on one host share hostname and IP, not node id).
         report["node_id"] = node_id
+        report["resumed_from_epoch"] = resumed_from_epoch
         with tempfile.TemporaryDirectory(prefix="pose-ckpt-") as directory:
             save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), checkpoint)
             # ray.tune.report persists the checkpoint to the sweep's storage before returning.
