@@ -24,7 +24,7 @@ import shlex
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +38,9 @@ CONNECT_TIMEOUT_S = 5.0  # TCP connect to --address
 JOIN_TIMEOUT_S = float(os.environ.get("PIX3D_RAY_JOIN_TIMEOUT_S", "20"))  # a full ray.init probe
 # Settings that decide what the trials are; saved with the sweep so --resume rebuilds them.
 SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs")
+# Seeds per configuration under the `quick` budget when --seeds is not given: two is the
+# fewest that gives a spread (mean +- std) and keeps the CPU ablation near ten minutes.
+QUICK_SEEDS = 2
 
 
 def get_args_parser() -> ArgumentParser:
@@ -464,11 +467,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
     grid = get_grid(settings.grid)
+    budget_name, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial)
+    if settings.seeds is None and budget_name == "quick" and not grid.is_search and grid.default_seeds > QUICK_SEEDS:
+        settings = replace(settings, seeds=QUICK_SEEDS)
+        print(f"quick budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
+              f"{grid.default_seeds} by default; --seeds N to choose)")
     n_trials = grid.size(settings.seeds)
     if n_trials == 0:
         raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
 
-    _, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial)
     space = build_param_space(grid, settings, budget_overrides, args)
     if args.dry_run:
         print_dry_run(grid, space)

@@ -163,6 +163,16 @@ def test_dry_run_prints_every_trial_and_writes_nothing(capsys, tmp_path):
     assert "grid ablation: 16 trials" in out and not storage.exists()
 
 
+@pytest.mark.parametrize("budget, seeds", [("quick", 2), ("paper", 3)])
+def test_default_seeds_follow_the_budget(capsys, tmp_path, budget, seeds):
+    """Without --seeds the CPU (quick) ablation runs 2 seeds, the paper budget the grid's 3."""
+    code, out, _ = run_main(["--grid", "ablation", "--budget", budget, "--dry-run",
+                             "--storage", str(tmp_path / "s")], capsys)
+    n = get_grid("ablation").size(seeds)
+    assert code == 0 and f"grid ablation: {n} trials" in out
+    assert {f"seed={s}" for s in range(seeds)} == {w for w in out.split() if w.startswith("seed=")}
+
+
 def test_list_shows_sizes(capsys):
     code, out, _ = run_main(["--list", "--seeds", "3"], capsys)
     assert code == 0 and any(line.split()[:2] == ["ablation", "24"] for line in out.splitlines())
