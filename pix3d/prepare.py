@@ -336,6 +336,26 @@ def _write_json_atomic(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
+STALE_TEMP_S = 3600
+
+
+def _remove_stale_temp_dirs(prepared_root: Path, log) -> None:
+    """Delete `.tmp-*` folders left by a killed preparation (untouched for an hour).
+
+    A live preparation keeps writing into its folder, so an hour without a change means its
+    process is gone; younger folders may belong to a concurrent run and are left alone.
+    """
+    now = time.time()
+    for tmp in prepared_root.glob(".tmp-*"):
+        try:
+            newest = max([tmp.stat().st_mtime, *(f.stat().st_mtime for f in tmp.iterdir())])
+        except OSError:
+            continue
+        if now - newest > STALE_TEMP_S:
+            shutil.rmtree(tmp, ignore_errors=True)
+            log(f"removed {tmp}, left by an interrupted preparation")
+
+
 def load_prepared(path: Path) -> PreparedData:
     """Open a prepared cache folder (images memory-mapped read-only)."""
     path = Path(path)
@@ -441,6 +461,7 @@ def prepare(
 
     log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, margin {margin}, {workers} workers -> {final}")
     prepared_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(prepared_root, log)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=prepared_root))
     try:
         kept, decode_skipped = _build(

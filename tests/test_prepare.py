@@ -306,3 +306,23 @@ def test_builtin_synthetic_set_prepares(tmp_path):
     assert data.manifest["dataset"]["name"] == "synthetic" and len(data) > 0
     again, messages = quiet_prepare("synthetic", 32, tmp_path / "cache")
     assert any(m.startswith("cache hit") for m in messages)
+
+
+def test_stale_temp_folders_of_killed_runs_are_removed(tmp_path):
+    """A `.tmp-*` folder untouched for over an hour (a SIGKILLed preparation) is cleaned up;
+    a fresh one (maybe a concurrent run) is left alone."""
+    import os
+    import time
+
+    root = write_pix3d_folder(tmp_path / "pix3d", 2)
+    cache = tmp_path / "cache"
+    prepared = cache / "prepared"
+    stale, fresh = prepared / ".tmp-deadbeef-1", prepared / ".tmp-cafe-2"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale / "images.npy", (old, old))
+    os.utime(stale, (old, old))
+    quiet_prepare(root, 16, cache)
+    assert not stale.exists() and fresh.exists()
