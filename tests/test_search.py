@@ -237,10 +237,14 @@ def test_smoke_grid_end_to_end_through_the_cli(tiny, tmp_path):
 @pytest.mark.slow  # two CLI runs with their own Ray start-up: ~100 s on a shared 2-core machine
 def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(tiny, tmp_path):
     folder, cache, _ = tiny
+    # Enough epochs that the second trial is still running when the driver is killed: a smoke
+    # epoch takes well under a second on an idle machine, and the poll below has 0.5 s lag.
+    epochs_per_trial = 20
+    all_epochs = list(range(1, epochs_per_trial + 1))
     storage = tmp_path / "results"
     sweep = storage / "smoke"
     args = ["--grid", "smoke", "--data", str(folder), "--cache", str(cache), "--budget", "quick",
-            "--storage", str(storage), "--no-mlflow", "--epochs", "3", "--max-concurrent", "1"]
+            "--storage", str(storage), "--no-mlflow", "--epochs", str(epochs_per_trial), "--max-concurrent", "1"]
     driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=cli_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -248,7 +252,7 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             progress = sorted(trial_epochs(sweep).values(), key=len, reverse=True)
-            if len(progress) == 2 and progress[0] == [1, 2, 3] and progress[1]:
+            if len(progress) == 2 and progress[0] == all_epochs and progress[1]:
                 break
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.5)
@@ -259,16 +263,16 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = trial_epochs(sweep)
-    finished = [name for name, e in before.items() if e == [1, 2, 3]]
+    finished = [name for name, e in before.items() if e == all_epochs]
     assert len(finished) == 1
 
     proc = run_search("--resume", "--experiment", "smoke", "--storage", str(storage), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     after = trial_epochs(sweep)
     assert set(after) == set(before)  # no trial started anew
-    assert after[finished[0]] == [1, 2, 3]  # the finished one did not run again
+    assert after[finished[0]] == all_epochs  # the finished one did not run again
     (unfinished,) = set(after) - set(finished)
     epochs = after[unfinished]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == 3  # went on, no epoch twice
+    assert epochs == sorted(set(epochs)) and epochs[-1] == epochs_per_trial  # went on, no epoch twice
     assert trial_reports(sweep)[unfinished][-1]["resumed_from_epoch"] >= 1  # from its checkpoint
     assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
