@@ -506,6 +506,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         manifest=getattr(data, "manifest", {}), storage=storage)
         if args.resume:
             print(f"resuming sweep {sweep_path}")
+            if args.mlflow_uri:
+                # Tuner.restore brings back the pickled tracking callback with its own URI.
+                sys.stderr.write("warning: --mlflow-uri is ignored by --resume: the sweep keeps logging to the "
+                                 "MLflow store it started with; copy it elsewhere with python -m analysis.sync\n")
         results = run_sweep(grid, space, data, storage=storage, experiment=experiment,
                             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                             max_concurrent=args.max_concurrent, max_failures=args.max_failures,
