@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from pix3d.constants import HEADS, MODALITY_CHANNELS, N_BINS, parse_modalities
+from pix3d.constants import HEADS, MODALITY_CHANNELS, N_BINS, modality_channels, parse_modalities
 from pix3d.errors import Pix3DError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -74,6 +74,15 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
+
+
+def conv_stack(in_channels: int, widths: Sequence[int], kernel_sizes: Sequence[int]) -> nn.Sequential:
+    """conv_blocks of the given output widths and kernels, each fed by the one before."""
+    blocks = []
+    for out, k in zip(widths, kernel_sizes):
+        blocks.append(conv_block(in_channels, out, k))
+        in_channels = out
+    return nn.Sequential(*blocks)
 
 
 def feature_map_size(image_size: int, kernel_sizes: Sequence[int]) -> int:
@@ -132,13 +141,8 @@ class CombinedNet(nn.Module):
     def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: bool):
         super().__init__()
         self.modalities = modalities
-        in_channels = sum(MODALITY_CHANNELS[m][1] - MODALITY_CHANNELS[m][0] for m in modalities)
         side = _check_size("combined_net", image_size, COMBINED_KERNELS)
-        blocks, width = [], in_channels
-        for out, k in zip(COMBINED_WIDTHS, COMBINED_KERNELS):
-            blocks.append(conv_block(width, out, k))
-            width = out
-        self.features = nn.Sequential(*blocks)
+        self.features = conv_stack(len(modality_channels(modalities)), COMBINED_WIDTHS, COMBINED_KERNELS)
         self.fc_in_features = COMBINED_WIDTHS[-1] * side * side  # 968 at 224 px
         self.trunk = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
         self.heads = PoseHeads(128, relu_on_logits=seed_quirks)
@@ -165,11 +169,7 @@ class ModalityBranch(nn.Module):
 
     def __init__(self, in_channels: int, side: int):
         super().__init__()
-        blocks, width = [], in_channels
-        for out, k in zip(SEPARATE_WIDTHS, SEPARATE_KERNELS):
-            blocks.append(conv_block(width, out, k))
-            width = out
-        self.features = nn.Sequential(*blocks)
+        self.features = conv_stack(in_channels, SEPARATE_WIDTHS, SEPARATE_KERNELS)
         self.fc_in_features = SEPARATE_WIDTHS[-1] * side * side  # 4608 at 224 px
         self.fc = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
 
