@@ -43,6 +43,7 @@ from pix3d.annotations import Annotation, parse_entries, read_entries
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import write_json
 from pix3d.pose import angles
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
@@ -330,10 +331,6 @@ def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, dict
     return digest.hexdigest()[:20]
 
 
-def _write_json_atomic(path: Path, payload) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
 
 
 STALE_TEMP_S = 3600
@@ -520,8 +517,8 @@ def prepare(
             "canny": CANNY_SETTINGS if BOUNDARIES_DERIVED in boundary_sources else None,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        _write_json_atomic(tmp / "meta.json", meta)
-        _write_json_atomic(tmp / "manifest.json", manifest)  # written last: marks completeness
+        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
         try:
             os.replace(tmp, final)
         except OSError:

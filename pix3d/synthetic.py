@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.errors import UsageError
+from pix3d.fileio import atomic_path
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
@@ -851,12 +852,9 @@ def write_preview(folder: Path, png: Path, *, rows: int = 8) -> Path:
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0))) for t in tiles]
     sheet = np.concatenate(tiles, axis=0)
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp")
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    os.replace(tmp, png)
-    return png
+    with atomic_path(png) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+    return Path(png)
 
 
 # --------------------------------------------------------------------------------------

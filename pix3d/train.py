@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import os
 import random
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +33,7 @@ from tqdm import tqdm
 from pix3d.constants import HEADS, N_BINS, PUBLISHED_LR, modalities_key, modality_channels, parse_modalities
 from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import atomic_path, write_json
 from pix3d.models import get_model, list_models
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
@@ -385,17 +383,9 @@ def evaluate(model: nn.Module, data, indices, bins: Bins, *, modalities, norm: d
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
     """torch.save to a temp file beside `path`, then os.replace: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -413,15 +403,6 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def write_json(path: str | Path, obj) -> Path:
-    """JSON written atomically (temp file + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-    return path
 
 
 def config_differences(a: dict, b: dict, ignore=RESUME_FREE_KEYS) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import atomic_path
 from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
 
 SWEEP_SETTINGS_FILE = "search_run.json"
@@ -157,11 +158,8 @@ def _write_settings(path: str, settings: SweepSettings, command: str) -> None:
         with fs.open_output_stream(f"{sub}/{SWEEP_SETTINGS_FILE}") as stream:
             stream.write(payload)
         return
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{SWEEP_SETTINGS_FILE}.{os.getpid()}.tmp"
-    tmp.write_bytes(payload)
-    os.replace(tmp, folder / SWEEP_SETTINGS_FILE)
+    with atomic_path(Path(path) / SWEEP_SETTINGS_FILE) as tmp:
+        tmp.write_bytes(payload)
 
 
 # ---------------------------------------------------------------------------- budget / trials
