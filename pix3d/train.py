@@ -462,10 +462,13 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
     channels = modality_channels(config.modalities)
     train_t = torch.as_tensor(train_idx, dtype=torch.int64)
     val_t = torch.as_tensor(val_idx, dtype=torch.int64)
-    if config.seed_quirks:
+    if checkpoint_in is not None and checkpoint_in.get("norm") is not None:
+        norm = checkpoint_in["norm"]  # the statistics the checkpointed weights were trained with
+    elif config.seed_quirks:
         norm = {"channels": channels, "mean": [0.0] * len(channels), "std": [1.0] * len(channels), "scale": "raw"}
     else:
         norm = channel_stats(ModalityView(data.images, config.modalities).images, train_t, channels)
+    # Built once: on CUDA it copies the whole cache to the GPU.
     source = BatchSource(data.images, labels, config.modalities, norm, device, config.channels_last)
 
     model = get_model(config.model, config.modalities, image_size=config.image_size, seed_quirks=config.seed_quirks)
@@ -487,8 +490,6 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
         history = [dict(m) for m in checkpoint_in.get("history", [])]
         best = float(checkpoint_in.get("best", 0.0))
         start_epoch = int(checkpoint_in["epoch"])
-        norm = checkpoint_in.get("norm", norm)
-        source = BatchSource(data.images, labels, config.modalities, norm, device, config.channels_last)
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
