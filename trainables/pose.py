@@ -24,7 +24,6 @@ from typing import Any, Mapping
 import ray
 from ray import tune
 
-from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -47,9 +46,7 @@ def train_config_from_tune(config: Mapping[str, Any]):
     """
     from pix3d.train import TrainConfig
 
-    fields = {k: v for k, v in config.items() if k not in TUNE_ONLY_KEYS}
-    if isinstance(fields.get("modalities"), str):
-        fields["modalities"] = parse_modalities(fields["modalities"])
+    fields = {k: v for k, v in config.items() if k not in TUNE_ONLY_KEYS}  # "rgb+mask" parses in TrainConfig
     cpus = config.get("cpus_per_trial")
     if fields.get("threads") is None and cpus:
         fields["threads"] = max(1, int(cpus))
