@@ -13,7 +13,7 @@ import pytest
 from analysis.sync import read_trials, sync
 from analysis.tracking import MLflowUnavailableWarning
 from tests.mlflow_server import free_port
-from tests.test_tracking import EPOCHS, METRIC_NAMES, param_space, ray_session, run_sweep  # noqa: F401
+from tests.sweeps import EPOCHS, METRIC_NAMES, param_space, run_sweep
 
 
 def snapshot(uri: str, experiment: str) -> dict:
@@ -36,7 +36,7 @@ def snapshot(uri: str, experiment: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def offline_sweep(ray_session, tmp_path_factory):  # noqa: F811
+def offline_sweep(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("offline")
     dead = f"http://127.0.0.1:{free_port()}"
     space = param_space(models=("combined_net", "separate_net"), subsets=("rgb",), seeds=(0,))

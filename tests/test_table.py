@@ -11,15 +11,14 @@ import pytest
 
 from pix3d.constants import PUBLISHED_AZIMUTH_ACC, SUBSET_LABELS, modalities_key
 from tests.mlflow_server import free_port
-from tests.test_tracking import (  # noqa: F401 (fixtures)
-    param_space, ray_session, run_sweep, served_sweep, server)
+from tests.sweeps import param_space, run_sweep
 
 from analysis.table import build_table, main, summarise, write_table  # noqa: E402
 from pix3d.cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def store(served_sweep, tmp_path_factory):  # noqa: F811
+def store(served_sweep, tmp_path_factory):
     """The real mlflow server after two sweeps: the 8-trial `smoke` one and a small lr one."""
     ablation, _, srv = served_sweep
     root = tmp_path_factory.mktemp("table_store")
