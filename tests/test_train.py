@@ -19,6 +19,7 @@ from pix3d.errors import Pix3DError, UsageError
 from pix3d.prepare import PreparedData, prepare
 from pix3d.train import (
     BUDGETS,
+    BatchSource,
     TrainConfig,
     fit,
     load_checkpoint,
@@ -231,6 +232,27 @@ def test_missing_modality_and_size_mismatch_are_clear(data):
         fit(small_config(modalities=("rgb", "normals")), pose_pattern_data(normals=False))
     with pytest.raises(Pix3DError, match="prepared at 64 px but config key 'image_size' is 96"):
         fit(small_config(image_size=96), data)
+
+
+@pytest.mark.parametrize("modalities", [("rgb",), ("mask", "rgb"), ("rgb", "normals"), ("boundaries",),
+                                        ("rgb", "mask", "boundaries", "normals")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compact_batch_source_matches_the_cache_view(data, modalities, channels_last, monkeypatch):
+    """The compact layout CUDA uses (only the trial's channels, copied in chunks) gives the same
+    batches as gathering from the shared cache; checked on the CPU, chunk size not dividing N."""
+    monkeypatch.setattr(BatchSource, "COPY_CHUNK", 7)
+    labels = np.arange(len(data) * 3).reshape(-1, 3) % N_BINS
+    n = len(modalities) + 2 * sum(m in ("rgb", "normals") for m in modalities)
+    norm = {"mean": np.linspace(0.1, 0.5, n).tolist(), "std": np.linspace(0.2, 0.3, n).tolist(), "scale": "unit"}
+    cpu = torch.device("cpu")
+    view = BatchSource(data.images, labels, modalities, norm, cpu, channels_last, compact=False)
+    compact = BatchSource(data.images, labels, modalities, norm, cpu, channels_last, compact=True)
+    assert view.compact is None and compact.view is None
+    assert compact.compact.shape == (len(data), n, SIZE, SIZE)
+    idx = torch.tensor([len(data) - 1, 0, 5, 5, 17])
+    assert torch.equal(compact.inputs(idx), view.inputs(idx))
+    assert torch.equal(compact.targets(idx), view.targets(idx))
+    assert compact.inputs(idx).shape == (5, n, SIZE, SIZE)
 
 
 def test_max_train_images_caps_the_training_split_only(data):
