@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import parse_modalities
 from pix3d.errors import UsageError
-from pix3d.fileio import atomic_path
+from pix3d.fileio import save_figure
 from pix3d.models import list_models
 from pix3d.train import BUDGETS, TrainConfig, fit
 
@@ -57,10 +57,10 @@ def plot_curves(curves: dict[str, list[dict]], majority: float, path: Path, titl
     axes[0].set_ylabel("val azimuth accuracy")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def get_args_parser() -> ArgumentParser:

@@ -29,3 +29,12 @@ def write_json(path: str | Path, obj, *, indent: int = 1) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent))
     return Path(path)
+
+
+def save_figure(fig, path: str | Path, *, dpi: int = 110) -> Path:
+    """A matplotlib figure (anything with `savefig`) written atomically as PNG.
+
+    pix3d does not import matplotlib; the caller owns the figure and closes it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    return Path(path)

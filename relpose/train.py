@@ -1,0 +1,291 @@
+"""Train a relative-pose network on synthetic view pairs: photometric (unsupervised) or pose loss.
+
+The network predicts the target -> source twist; `pix3d.geometry.inverse_warp` pulls the
+source into the target view through se3_exp, the target's depth and the pinhole K
+(differentiable, `grid_sample`). Losses:
+- `photometric`: mean L1 between the target and the warped source over the object pixels
+  that land inside the source image (no pose labels used);
+- `pose`: chordal rotation distance ||R - R*||_F plus translation error ||t - t*|| (metres).
+
+Every epoch reports, on held-out models: rotation error (deg), translation error (m) and the
+photometric L1 of the prediction, beside the identity motion (the "predict nothing"
+baseline) and, for the photometric L1, the true motion (the floor that noise and occlusion
+leave). So a run answers the study's question directly: do (ImageNet) features give pose?
+
+    python -m relpose.train --fusion early --loss photometric --weights imagenet
+    python -m relpose.train --fusion late --loss pose --weights none --epochs 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from pix3d import geometry
+from pix3d.cli import ArgumentParser, run_cli
+from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import atomic_path, save_figure, write_json
+from relpose.models import FUSIONS, RelPoseNet
+from relpose.pairs import PairConfig, PairData, load_or_make_pairs, rotation_angle_deg
+
+LOSSES = ("photometric", "pose")
+
+
+@dataclass
+class RelPoseConfig:
+    fusion: str = "early"
+    loss: str = "photometric"
+    weights: str | None = None  # None | "imagenet" | a state_dict path
+    freeze_backbone: bool = False
+    lr: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 6
+    val_fraction: float = 0.15
+    seed: int = 0
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self):
+        if self.fusion not in FUSIONS:
+            raise Pix3DError(f"config key 'fusion': unknown value {self.fusion!r}; choose from {', '.join(FUSIONS)}")
+        if self.loss not in LOSSES:
+            raise Pix3DError(f"config key 'loss': unknown value {self.loss!r}; choose from {', '.join(LOSSES)}")
+        for key in ("lr", "batch_size", "epochs"):
+            if getattr(self, key) <= 0:
+                raise Pix3DError(f"config key {key!r} must be positive, got {getattr(self, key)}")
+        if not 0 < self.val_fraction < 1:
+            raise Pix3DError(f"config key 'val_fraction' must lie in (0, 1), got {self.val_fraction}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RelPoseConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise Pix3DError(f"unknown config key {unknown[0]!r}")
+        return cls(**d)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise Pix3DError(f"config key 'device': unknown value {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise Pix3DError("config key 'device' is cuda but no CUDA device is available")
+    return device
+
+
+class PairTensors:
+    """The pair arrays as tensors on the device (images as float in [0, 1] per batch)."""
+
+    def __init__(self, data: PairData, device: torch.device):
+        self.source = torch.as_tensor(data.source).to(device)
+        self.target = torch.as_tensor(data.target).to(device)
+        self.depth = torch.as_tensor(data.depth).to(device)
+        self.mask = torch.as_tensor(data.mask).to(device)
+        self.K = torch.as_tensor(data.K).to(device)
+        self.T = torch.as_tensor(data.T).to(device)
+        self.device = device
+
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        idx = idx.to(self.device)
+        return {"source": self.source[idx].float() / 255, "target": self.target[idx].float() / 255,
+                "depth": self.depth[idx], "mask": self.mask[idx], "K": self.K[idx], "T": self.T[idx]}
+
+
+def photometric_l1(b: dict, motion: torch.Tensor) -> torch.Tensor:
+    """Per-pair mean |target - warp(source)| over object pixels that land inside the source (B,)."""
+    warped, valid = geometry.inverse_warp(b["source"], b["depth"], motion, b["K"])
+    use = (valid & b["mask"]).unsqueeze(1).to(warped.dtype)
+    total = ((warped - b["target"]).abs() * use).sum(dim=(1, 2, 3))
+    return total / (use.sum(dim=(1, 2, 3)) * 3).clamp_min(1.0)
+
+
+def pose_errors(T_pred: torch.Tensor, T_true: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rotation error in degrees, translation error in metres), per pair."""
+    R_err = T_pred[:, :3, :3].transpose(1, 2) @ T_true[:, :3, :3]
+    return rotation_angle_deg(R_err), (T_pred[:, :3, 3] - T_true[:, :3, 3]).norm(dim=1)
+
+
+def loss_fn(kind: str, b: dict, twist: torch.Tensor) -> torch.Tensor:
+    if kind == "photometric":
+        return photometric_l1(b, twist).mean()
+    T = geometry.se3_exp(twist)
+    rotation = (T[:, :3, :3] - b["T"][:, :3, :3]).flatten(1).norm(dim=1)
+    translation = (T[:, :3, 3] - b["T"][:, :3, 3]).norm(dim=1)
+    return (rotation + translation).mean()
+
+
+@torch.no_grad()
+def evaluate(model: RelPoseNet, tensors: PairTensors, indices: torch.Tensor, batch_size: int = 64) -> dict:
+    """Validation errors of the model, of the identity motion and (photometric) of the true motion."""
+    model.eval()
+    sums = dict.fromkeys(("rot", "trans", "photo", "id_rot", "id_trans", "id_photo", "true_photo"), 0.0)
+    for idx in indices.split(batch_size):
+        b = tensors.batch(idx)
+        twist = model(b["source"], b["target"])
+        T_pred = geometry.se3_exp(twist)
+        identity = torch.eye(4, device=twist.device).expand_as(T_pred).contiguous()
+        rot, trans = pose_errors(T_pred, b["T"])
+        id_rot, id_trans = pose_errors(identity, b["T"])
+        sums["rot"] += float(rot.sum())
+        sums["trans"] += float(trans.sum())
+        sums["id_rot"] += float(id_rot.sum())
+        sums["id_trans"] += float(id_trans.sum())
+        sums["photo"] += float(photometric_l1(b, T_pred).sum())
+        sums["id_photo"] += float(photometric_l1(b, identity).sum())
+        sums["true_photo"] += float(photometric_l1(b, b["T"]).sum())
+    n = len(indices)
+    return {
+        "val_rotation_err_deg": sums["rot"] / n, "val_translation_err_m": sums["trans"] / n,
+        "val_photometric_l1": sums["photo"] / n,
+        "identity_rotation_err_deg": sums["id_rot"] / n, "identity_translation_err_m": sums["id_trans"] / n,
+        "identity_photometric_l1": sums["id_photo"] / n, "true_motion_photometric_l1": sums["true_photo"] / n,
+    }
+
+
+def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], None] | None = None) -> dict:
+    """Train and evaluate each epoch; returns {"config", "history", "final", "model"}."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    train_idx, val_idx = data.split(config.val_fraction, config.seed)
+    if len(train_idx) < 1:
+        raise Pix3DError(f"the split left no training pairs (of {len(data)}); use more pairs")
+    tensors = PairTensors(data, device)
+    model = RelPoseNet(config.fusion, config.weights, config.freeze_backbone).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    history = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for step, idx in enumerate(train_t[torch.randperm(len(train_t), generator=shuffle)].split(config.batch_size), 1):
+            b = tensors.batch(idx)
+            loss = loss_fn(config.loss, b, model(b["source"], b["target"]))
+            if not torch.isfinite(loss):
+                raise Pix3DError(f"loss is {loss.item()} at epoch {epoch}, step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+        train_time = time.perf_counter() - started
+        metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "pairs_per_s": seen / train_time,
+                   **evaluate(model, tensors, val_t), "n_train": len(train_idx), "n_val": len(val_idx)}
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
+    return {"config": dataclasses.asdict(config), "history": history, "final": history[-1], "model": model}
+
+
+def plot_history(history: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [m["epoch"] for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = [("val_rotation_err_deg", "identity_rotation_err_deg", None, "rotation error (deg)"),
+              ("val_translation_err_m", "identity_translation_err_m", None, "translation error (m)"),
+              ("val_photometric_l1", "identity_photometric_l1", "true_motion_photometric_l1", "photometric L1")]
+    for ax, (key, identity, true, ylabel) in zip(axes, panels):
+        ax.plot(epochs, [m[key] for m in history], marker="o", label="prediction")
+        ax.axhline(history[-1][identity], color="grey", ls="--", lw=1, label="identity motion")
+        if true:
+            ax.axhline(history[-1][true], color="green", ls=":", lw=1, label="true motion")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def get_args_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m relpose.train", description=__doc__.splitlines()[0])
+    p.add_argument("--fusion", default="early", choices=FUSIONS, help="early: 6-channel input; late: siamese features")
+    p.add_argument("--loss", default="photometric", choices=LOSSES)
+    p.add_argument("--weights", default="none",
+                   help="'none' (from scratch), 'imagenet' (torchvision's file in the torch hub cache) or a ResNet-18 state_dict path")
+    p.add_argument("--freeze-backbone", action="store_true", help="train only the pose head (tests the features as they are)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--pairs", type=int, default=PairConfig.n, help="number of rendered view pairs")
+    p.add_argument("--size", type=int, default=PairConfig.size, help="image width and height (px)")
+    p.add_argument("--max-orbit", type=float, default=PairConfig.max_orbit_deg, help="largest azimuth change between the views (deg)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache", type=Path, default=None, help="cache root (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/relpose-FUSION-LOSS-WEIGHTS-sSEED)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    for key in ("lr", "batch_size", "epochs"):
+        if getattr(args, key) <= 0:
+            raise UsageError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    pairs = PairConfig(n=args.pairs, seed=args.seed, size=args.size, max_orbit_deg=args.max_orbit)
+    pairs.check()
+    config = RelPoseConfig(fusion=args.fusion, loss=args.loss, weights=None if args.weights == "none" else args.weights,
+                           freeze_backbone=args.freeze_backbone, lr=args.lr, batch_size=args.batch_size,
+                           epochs=args.epochs, seed=args.seed, threads=args.threads, device=args.device)
+    # Resolve the weights before rendering anything: a missing file is a one-line error at once.
+    from relpose.models import resolve_weights
+
+    resolve_weights(config.weights)
+    weights_tag = "scratch" if config.weights is None else ("imagenet" if config.weights == "imagenet" else "file")
+    out = args.out or Path("runs") / f"relpose-{config.fusion}-{config.loss}-{weights_tag}-s{config.seed}"
+
+    from pix3d.prepare import default_cache_dir
+
+    data = load_or_make_pairs(pairs, args.cache or default_cache_dir(), progress=not args.no_progress)
+    n_train, n_val = (len(i) for i in data.split(config.val_fraction, config.seed))
+    print(f"relative pose: {config.fusion} fusion, {config.loss} loss, weights {config.weights or 'none'}"
+          f"{' (frozen)' if config.freeze_backbone else ''}, {n_train} training / {n_val} validation pairs "
+          f"(held-out models), {pairs.size} px -> {out}", flush=True)
+
+    def report(m: dict) -> None:
+        print(f"epoch {m['epoch']:>3}/{config.epochs}  train_loss {m['train_loss']:.4f}  "
+              f"rot {m['val_rotation_err_deg']:.2f} deg (identity {m['identity_rotation_err_deg']:.2f})  "
+              f"trans {m['val_translation_err_m']:.3f} m (identity {m['identity_translation_err_m']:.3f})  "
+              f"photo {m['val_photometric_l1']:.4f} (identity {m['identity_photometric_l1']:.4f}, "
+              f"true {m['true_motion_photometric_l1']:.4f})  {m['pairs_per_s']:.0f} pairs/s", flush=True)
+
+    result = fit(config, data, on_epoch=report)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"config": result["config"], "pairs": dataclasses.asdict(pairs),
+                    "model": result["model"].state_dict()}, tmp)
+    write_json(out / "history.json", {"config": result["config"], "pairs": dataclasses.asdict(pairs),
+                                      "history": result["history"]})
+    png = plot_history(result["history"], out / "curves.png",
+                       f"{config.fusion} fusion, {config.loss} loss, weights {weights_tag}")
+    final = result["final"]
+    print(f"done: rotation error {final['val_rotation_err_deg']:.2f} deg vs {final['identity_rotation_err_deg']:.2f} "
+          f"for the identity motion; wrote {out / 'model.pt'}, {out / 'history.json'}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
