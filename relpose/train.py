@@ -211,6 +211,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
     fig.suptitle(title)
     try:
         return save_figure(fig, path)
@@ -256,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     resolve_weights(config.weights)
     weights_tag = "scratch" if config.weights is None else ("imagenet" if config.weights == "imagenet" else "file")
     out = args.out or Path("runs") / f"relpose-{config.fusion}-{config.loss}-{weights_tag}-s{config.seed}"
+    if (out / "model.pt").exists():
+        raise UsageError(f"{out / 'model.pt'} exists; choose another --out (or remove that run)")
 
     from pix3d.prepare import default_cache_dir
 

@@ -237,6 +237,8 @@ def test_cli_trains_and_writes_outputs(tmp_path):
     saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     model = RelPoseNet(saved["config"]["fusion"])
     model.load_state_dict(saved["model"])
+    again = run_relpose("--pairs", 16, "--size", 32, "--out", tmp_path / "run", cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.startswith("error: ") and "exists; choose another --out" in again.stderr
 
 
 @pytest.mark.parametrize("args, code, message", [
