@@ -331,8 +331,6 @@ def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, dict
     return digest.hexdigest()[:20]
 
 
-
-
 STALE_TEMP_S = 3600
 
 

@@ -622,13 +622,17 @@ def models_per_category(n: int) -> int:
 
 
 def build_models(config: SyntheticConfig) -> dict[str, list[tuple[Mesh, np.ndarray]]]:
-    """The model pool: per category, (mesh, palette) for each procedural model."""
-    k = models_per_category(config.n)
+    """The model pool of a synthetic set: per category, (mesh, palette) of each model."""
+    return build_model_pool(config.seed, models_per_category(config.n))
+
+
+def build_model_pool(seed: int, per_category: int) -> dict[str, list[tuple[Mesh, np.ndarray]]]:
+    """`per_category` procedural models of every category, (mesh, palette) each, seeded."""
     pool = {}
     for c, (name, builder) in enumerate(CATEGORIES.items()):
         pool[name] = []
-        for m in range(k):
-            rng = _rng(config.seed, 1, c, m)
+        for m in range(per_category):
+            rng = _rng(seed, 1, c, m)
             pool[name].append((boxes_to_mesh(builder(rng)), model_palette(rng)))
     return pool
 

@@ -233,7 +233,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise Pix3DError(f"config key 'device' is {name!r} but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise Pix3DError(f"config key 'device': unknown value {name!r}") from None
 
 
 def channel_stats(images: torch.Tensor, indices: torch.Tensor, channels: list[int], chunk: int = 256) -> dict:
@@ -420,8 +423,6 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise Pix3DError(f"checkpoint {path} is not a pix3d.train checkpoint (missing {', '.join(sorted(missing))})")
     return checkpoint
-
-
 
 
 def config_differences(a: dict, b: dict, ignore=RESUME_FREE_KEYS) -> list[str]:

@@ -30,7 +30,7 @@ from pix3d import geometry, synthetic
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
 
-PAIRS_VERSION = 1
+PAIRS_VERSION = 2  # 2: models from synthetic.build_model_pool
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,7 @@ def make_pairs(config: PairConfig, *, progress: bool = True) -> PairData:
     """Render `config.n` pairs (deterministic for the config)."""
     config.check()
     names = list(synthetic.CATEGORIES)
-    pool = {}
-    for c, (name, builder) in enumerate(synthetic.CATEGORIES.items()):
-        pool[name] = []
-        for m in range(config.models_per_category):
-            rng = np.random.default_rng([config.seed, 11, c, m])
-            pool[name].append((synthetic.boxes_to_mesh(builder(rng)), synthetic.model_palette(rng)))
+    pool = synthetic.build_model_pool(config.seed, config.models_per_category)
     S, n = config.size, config.n
     out = {
         "source": np.zeros((n, 3, S, S), np.uint8), "target": np.zeros((n, 3, S, S), np.uint8),

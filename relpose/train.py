@@ -19,7 +19,6 @@ leave). So a run answers the study's question directly: do (ImageNet) features g
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from pix3d import geometry
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path, save_figure, write_json
-from relpose.models import FUSIONS, RelPoseNet
+from pix3d.train import resolve_device
+from relpose.models import FUSIONS, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, PairData, load_or_make_pairs, rotation_angle_deg
 
 LOSSES = ("photometric", "pose")
@@ -69,18 +69,6 @@ class RelPoseConfig:
         if unknown:
             raise Pix3DError(f"unknown config key {unknown[0]!r}")
         return cls(**d)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise Pix3DError(f"config key 'device': unknown value {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise Pix3DError("config key 'device' is cuda but no CUDA device is available")
-    return device
 
 
 class PairTensors:
@@ -125,38 +113,45 @@ def loss_fn(kind: str, b: dict, twist: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: RelPoseNet, tensors: PairTensors, indices: torch.Tensor, batch_size: int = 64) -> dict:
-    """Validation errors of the model, of the identity motion and (photometric) of the true motion."""
-    model.eval()
-    sums = dict.fromkeys(("rot", "trans", "photo", "id_rot", "id_trans", "id_photo", "true_photo"), 0.0)
+def _mean_errors(tensors: PairTensors, indices: torch.Tensor, motion: Callable[[dict], torch.Tensor],
+                 batch_size: int = 64) -> tuple[float, float, float]:
+    """Mean (rotation error deg, translation error m, photometric L1) of `motion(batch)` (B x 4 x 4)."""
+    rot = trans = photo = 0.0
     for idx in indices.split(batch_size):
         b = tensors.batch(idx)
-        twist = model(b["source"], b["target"])
-        T_pred = geometry.se3_exp(twist)
-        identity = torch.eye(4, device=twist.device).expand_as(T_pred).contiguous()
-        rot, trans = pose_errors(T_pred, b["T"])
-        id_rot, id_trans = pose_errors(identity, b["T"])
-        sums["rot"] += float(rot.sum())
-        sums["trans"] += float(trans.sum())
-        sums["id_rot"] += float(id_rot.sum())
-        sums["id_trans"] += float(id_trans.sum())
-        sums["photo"] += float(photometric_l1(b, T_pred).sum())
-        sums["id_photo"] += float(photometric_l1(b, identity).sum())
-        sums["true_photo"] += float(photometric_l1(b, b["T"]).sum())
+        T = motion(b)
+        r, t = pose_errors(T, b["T"])
+        rot, trans = rot + float(r.sum()), trans + float(t.sum())
+        photo += float(photometric_l1(b, T).sum())
     n = len(indices)
-    return {
-        "val_rotation_err_deg": sums["rot"] / n, "val_translation_err_m": sums["trans"] / n,
-        "val_photometric_l1": sums["photo"] / n,
-        "identity_rotation_err_deg": sums["id_rot"] / n, "identity_translation_err_m": sums["id_trans"] / n,
-        "identity_photometric_l1": sums["id_photo"] / n, "true_motion_photometric_l1": sums["true_photo"] / n,
-    }
+    return rot / n, trans / n, photo / n
+
+
+def _identity(b: dict) -> torch.Tensor:
+    return torch.eye(4, device=b["T"].device).expand_as(b["T"]).contiguous()
+
+
+def baselines(tensors: PairTensors, indices: torch.Tensor) -> dict:
+    """What no motion gives (the "predict nothing" baseline), and the photometric error the
+    true motion leaves (the floor set by noise and occlusion). Fixed for a split."""
+    id_rot, id_trans, id_photo = _mean_errors(tensors, indices, _identity)
+    *_, true_photo = _mean_errors(tensors, indices, lambda b: b["T"])
+    return {"identity_rotation_err_deg": id_rot, "identity_translation_err_m": id_trans,
+            "identity_photometric_l1": id_photo, "true_motion_photometric_l1": true_photo}
+
+
+def evaluate(model: RelPoseNet, tensors: PairTensors, indices: torch.Tensor) -> dict:
+    """Validation rotation, translation and photometric errors of the model's predicted motion."""
+    model.eval()
+    rot, trans, photo = _mean_errors(tensors, indices, lambda b: geometry.se3_exp(model(b["source"], b["target"])))
+    return {"val_rotation_err_deg": rot, "val_translation_err_m": trans, "val_photometric_l1": photo}
 
 
 def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train and evaluate each epoch; returns {"config", "history", "final", "model"}."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     train_idx, val_idx = data.split(config.val_fraction, config.seed)
@@ -168,6 +163,7 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], Non
     optimizer = torch.optim.Adam(params, lr=config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    reference = baselines(tensors, val_t)  # computed once: they do not change with training
     history = []
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -184,7 +180,7 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], Non
             seen += len(idx)
         train_time = time.perf_counter() - started
         metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "pairs_per_s": seen / train_time,
-                   **evaluate(model, tensors, val_t), "n_train": len(train_idx), "n_val": len(val_idx)}
+                   **evaluate(model, tensors, val_t), **reference, "n_train": len(train_idx), "n_val": len(val_idx)}
         history.append(metrics)
         if on_epoch:
             on_epoch(metrics)
@@ -252,8 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                            freeze_backbone=args.freeze_backbone, lr=args.lr, batch_size=args.batch_size,
                            epochs=args.epochs, seed=args.seed, threads=args.threads, device=args.device)
     # Resolve the weights before rendering anything: a missing file is a one-line error at once.
-    from relpose.models import resolve_weights
-
     resolve_weights(config.weights)
     weights_tag = "scratch" if config.weights is None else ("imagenet" if config.weights == "imagenet" else "file")
     out = args.out or Path("runs") / f"relpose-{config.fusion}-{config.loss}-{weights_tag}-s{config.seed}"

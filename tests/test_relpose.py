@@ -209,7 +209,9 @@ def test_fit_reports_model_and_baselines_each_epoch(pairs):
     assert final["n_train"] + final["n_val"] == len(pairs)
 
 
-def test_config_rejects_bad_values():
+def test_config_rejects_bad_values(pairs):
+    with pytest.raises(Pix3DError, match="'device': unknown value 'tpu'"):
+        fit(RelPoseConfig(device="tpu"), pairs)
     with pytest.raises(Pix3DError, match="'loss': unknown value 'ssim'"):
         RelPoseConfig(loss="ssim")
     with pytest.raises(Pix3DError, match="'lr' must be positive"):
