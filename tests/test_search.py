@@ -272,7 +272,11 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
     assert set(after) == set(before)  # no trial started anew
     assert after[finished[0]] == all_epochs  # the finished one did not run again
     (unfinished,) = set(after) - set(finished)
-    epochs = after[unfinished]
-    assert epochs == sorted(set(epochs)) and epochs[-1] == epochs_per_trial  # went on, no epoch twice
-    assert trial_reports(sweep)[unfinished][-1]["resumed_from_epoch"] >= 1  # from its checkpoint
+    ran_before, resumed_from = before[unfinished], trial_reports(sweep)[unfinished][-1]["resumed_from_epoch"]
+    # From its checkpoint, not from scratch. Tune writes a trial's latest checkpoint into the
+    # experiment state periodically, so a SIGKILL can lose the last one or two: those epochs run
+    # again (at-least-once, seen once in CI: epoch 2 twice). Nothing before that checkpoint
+    # repeats and nothing is skipped.
+    assert 1 <= resumed_from <= ran_before[-1], (resumed_from, ran_before)
+    assert after[unfinished] == ran_before + list(range(resumed_from + 1, epochs_per_trial + 1))
     assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
