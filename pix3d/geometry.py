@@ -22,9 +22,19 @@ import torch.nn.functional as F
 
 SENSOR_WIDTH_MM = 32.0
 
-# Below this angle (radians) the closed forms divide 0 by 0; the Taylor series is exact to
-# float64 precision there.
+# Below this angle (radians) so3_log's closed form divides 0 by 0; its series is exact there.
 _SMALL_ANGLE = 1e-4
+
+# Rodrigues' coefficients sin(t)/t, (1 - cos t)/t^2 and (t - sin t)/t^3 lose digits to
+# cancellation near t = 0, and their derivatives lose about four times as many (the error of
+# d/dt (t - sin t)/t^3 grows like eps / t^4). Below these angles they are summed as power
+# series in t^2 instead, chosen per dtype so that both branches are accurate where they meet:
+# in float32 the closed forms' gradients are good to 1e-6 only above t ~ 1; in float64 above
+# t ~ 0.25. _SERIES_TERMS terms keep the series' truncation under float64 rounding up to
+# t = 1 (the next term of the slowest one, t^16 / 19!, is 8e-18).
+_SERIES_BELOW = {torch.float64: 0.25}
+_SERIES_BELOW_DEFAULT = 1.0  # float32 and narrower
+_SERIES_TERMS = 8
 
 
 def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -33,6 +43,39 @@ def _as_tensor(x, like: torch.Tensor | None = None) -> torch.Tensor:
     dtype = like.dtype if like is not None else torch.get_default_dtype()
     device = like.device if like is not None else None
     return torch.as_tensor(x, dtype=dtype, device=device)
+
+
+def _series(theta2: torch.Tensor, first_factorial: int) -> torch.Tensor:
+    """sum_k (-1)^k theta2^k / (2k + first_factorial)!, by Horner's rule."""
+    denominators = []
+    factorial = 1.0
+    for n in range(1, first_factorial + 2 * _SERIES_TERMS):
+        factorial *= n
+        if n >= first_factorial and (n - first_factorial) % 2 == 0:
+            denominators.append(factorial)
+    total = torch.full_like(theta2, 1.0 / denominators[-1])
+    for d in reversed(denominators[:-1]):
+        total = 1.0 / d - theta2 * total
+    return total
+
+
+def rodrigues_coefficients(omega: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sin t / t, (1 - cos t) / t^2, (t - sin t) / t^3) for t = |omega|, over omega's batch shape.
+
+    Exact in value and gradient at every angle in float32 and float64: the power series in
+    t^2 below the dtype's threshold (see _SERIES_BELOW), the closed forms above it. The
+    square root is only taken on the closed-form branch, so the gradient at omega = 0 is the
+    series' own (finite) one instead of 0 * inf.
+    """
+    theta2 = (omega * omega).sum(-1)
+    below = _SERIES_BELOW.get(omega.dtype, _SERIES_BELOW_DEFAULT)
+    small = theta2 < below * below
+    theta = torch.where(small, torch.ones_like(theta2), theta2).sqrt()
+    sin, cos = torch.sin(theta), torch.cos(theta)
+    a = torch.where(small, _series(theta2, 1), sin / theta)
+    b = torch.where(small, _series(theta2, 2), (1 - cos) / theta**2)
+    c = torch.where(small, _series(theta2, 3), (theta - sin) / theta**3)
+    return a, b, c
 
 
 def hat(omega: torch.Tensor) -> torch.Tensor:
@@ -53,16 +96,12 @@ def hat(omega: torch.Tensor) -> torch.Tensor:
 def so3_exp(omega: torch.Tensor) -> torch.Tensor:
     """Axis-angle (..., 3) -> rotation matrix (..., 3, 3) by Rodrigues' formula.
 
-    The coefficients sin(t)/t and (1 - cos t)/t^2 switch to their Taylor series near t = 0,
-    so the map and its gradient stay finite at the identity (where optimisation starts).
+    The coefficients sin(t)/t and (1 - cos t)/t^2 switch to their Taylor series near t = 0
+    (`rodrigues_coefficients`), so the map and its gradient are exact at and near the
+    identity (where optimisation starts), in float32 as in float64.
     """
     omega = _as_tensor(omega)
-    theta2 = (omega * omega).sum(-1)
-    theta = theta2.clamp_min(0).sqrt()
-    small = theta < _SMALL_ANGLE
-    safe_theta = torch.where(small, torch.ones_like(theta), theta)
-    a = torch.where(small, 1 - theta2 / 6, torch.sin(safe_theta) / safe_theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe_theta)) / safe_theta**2)
+    a, b, _ = rodrigues_coefficients(omega)
     K = hat(omega)
     eye = torch.eye(3, dtype=omega.dtype, device=omega.device).expand(K.shape)
     return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
@@ -157,17 +196,13 @@ def se3_exp(xi: torch.Tensor) -> torch.Tensor:
     """
     xi = _as_tensor(xi)
     v, omega = xi[..., :3], xi[..., 3:]
-    theta2 = (omega * omega).sum(-1)
-    theta = theta2.clamp_min(0).sqrt()
-    small = theta < _SMALL_ANGLE
-    safe = torch.where(small, torch.ones_like(theta), theta)
-    b = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / safe**2)
-    c = torch.where(small, 1.0 / 6 - theta2 / 120, (safe - torch.sin(safe)) / safe**3)
+    a, b, c = rodrigues_coefficients(omega)
     K = hat(omega)
+    K2 = K @ K
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device).expand(K.shape)
-    V = eye + b[..., None, None] * K + c[..., None, None] * (K @ K)
+    V = eye + b[..., None, None] * K + c[..., None, None] * K2
     T = torch.zeros(*xi.shape[:-1], 4, 4, dtype=xi.dtype, device=xi.device)
-    T[..., :3, :3] = so3_exp(omega)
+    T[..., :3, :3] = eye + a[..., None, None] * K + b[..., None, None] * K2
     T[..., :3, 3] = (V @ v[..., None])[..., 0]
     T[..., 3, 3] = 1.0
     return T
