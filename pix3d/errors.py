@@ -13,3 +13,26 @@ class UsageError(Pix3DError):
     """A bad command-line option or option combination (exit code 2)."""
 
     exit_code = 2
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """Any exception as one line of text, whatever its message: empty, multi-line or huge.
+
+    The first non-blank line of str(exc) (cut to `limit` characters), or the class name when
+    the text is empty; an OSError with a file name reads `PATH: reason`. Never raises: it is
+    used on error paths, where a crash would hide the error being reported.
+    """
+    try:
+        if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+            text = f"{exc.filename}: {exc.strerror}"
+        else:
+            text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not crash the error path
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return first

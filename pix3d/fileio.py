@@ -1,25 +1,110 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+
+Also the checks every writer shares: free space before a large write (`check_free_space`),
+a full disk as one Pix3DError naming the path and the space (`disk_full`), and an output
+folder checked writable before any work starts (`ensure_writable_dir`).
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pix3d.errors import Pix3DError
+
+# errno values that mean "the disk (or quota) is full"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent)."""
+    path = Path(path).expanduser().absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full(path: str | Path, needed: int | None = None, *, written: int | None = None) -> Pix3DError:
+    """The one-line error for a full disk: the path, the space needed and the space free."""
+    free = free_bytes(path)
+    if needed is not None:
+        need = f"needs {human_bytes(needed)}"
+    elif written:
+        need = f"needs more than the {human_bytes(written)} written before it filled up"
+    else:
+        need = "needs more space"
+    have = f"{human_bytes(free)} free" if free is not None else "free space unknown"
+    return Pix3DError(f"{path}: disk full ({need}, {have}); free some space and retry, nothing was changed")
+
+
+def check_free_space(path: str | Path, needed: int) -> None:
+    """Raise `disk_full` before writing `needed` bytes under `path` when they do not fit.
+
+    Needed before memory-mapped writes: a memmap that runs out of disk dies of SIGBUS,
+    which no handler can turn into an error message.
+    """
+    free = free_bytes(path)
+    if free is not None and free < needed:
+        raise disk_full(path, needed)
+
+
+def ensure_writable_dir(path: str | Path, option: str) -> Path:
+    """Create `path` (and parents) and prove it writable; a Pix3DError naming `option` if not.
+
+    Called before work starts, so a bad --out fails in a second, not after an epoch.
+    """
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path) from None
+        reason = exc.strerror or type(exc).__name__
+        raise Pix3DError(f"{option} {path}: not a writable folder ({reason})") from None
+    return path
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; it replaces `path` when the block succeeds and is
-    removed when it raises. The parent folder is created; permissions follow the umask."""
+    removed when it raises. The parent folder is created; permissions follow the umask.
+    A full disk raises `disk_full` (a Pix3DError naming `path`), with the old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if is_disk_full(exc):
+            written = tmp.stat().st_size if tmp.exists() else None
+            raise disk_full(path, written=written) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
