@@ -32,7 +32,7 @@ from analysis.tracking import (
     make_sweep_id,
     normalise_storage_path,
 )
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError
 
 # Tune's trial status -> the child run's final status (None: still running, leave open).
@@ -183,7 +183,7 @@ def build_parser() -> ArgumentParser:
                         help="the sweep's Ray Tune experiment folder (storage_path/name)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
-    parser.add_argument("--experiment", default=None,
+    parser.add_argument("--experiment", type=nonempty_str, default=None,
                         help="MLflow experiment (default: the one the sweep was logged to)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser

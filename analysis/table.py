@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.tracking import ROLE_TAG, check_reachable, default_tracking_uri
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.constants import (
     ABLATION_SUBSETS,
     PUBLISHED_AZIMUTH_ACC,
@@ -36,6 +36,7 @@ from pix3d.constants import (
     modalities_key,
 )
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import disk_full, ensure_writable_dir, is_disk_full
 
 AT_CHOICES = ("last", "best")
 FORMATS = ("md", "csv", "latex")
@@ -372,6 +373,10 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
             target = out_dir / path.name
             os.replace(path, target)
             final[kind] = target
+    except OSError as exc:
+        if is_disk_full(exc):  # the staging folder goes; the old table files stay as they were
+            raise disk_full(out_dir) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if log_to_mlflow and table.parent_run_id and table.tracking_uri:
@@ -387,7 +392,7 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m analysis.table", description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", required=True, help="MLflow experiment (the grid name by default)")
+    parser.add_argument("--experiment", type=nonempty_str, required=True, help="MLflow experiment (the grid name by default)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--metric", default="val_azimuth_acc", help="metric per run (a fraction)")
     parser.add_argument("--at", default="last", choices=AT_CHOICES,
@@ -403,8 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.experiment.strip():
         raise UsageError("--experiment: empty name")
     uri = args.mlflow_uri or default_tracking_uri()
-    table = build_table(uri, args.experiment, metric=args.metric, at=args.at)
     out = Path(args.out) if args.out else Path("table_out") / args.experiment
+    ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
+    table = build_table(uri, args.experiment, metric=args.metric, at=args.at)
     files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")

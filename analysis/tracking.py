@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pix3d.constants import modalities_key
-from pix3d.errors import Pix3DError
+from pix3d.errors import Pix3DError, one_line
 
 try:  # ray is only needed for the callback; sync and the table work without a Ray install
     from ray.tune import Callback as _TuneCallback
@@ -543,7 +543,7 @@ class MLflowTrackingCallback(_TuneCallback):
         if self.warnings_issued == 0:
             self.warnings_issued += 1
             warnings.warn(
-                f"MLflow at {self.tracking_uri} is unavailable ({str(exc).splitlines()[0][:300]}); "
+                f"MLflow at {self.tracking_uri} is unavailable ({one_line(exc)}); "
                 f"the sweep goes on without tracking. Replay it later with: python -m "
                 f"analysis.sync --storage {self.info.storage_path} --mlflow-uri "
                 f"{self.tracking_uri} --experiment {self.info.experiment}",

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
 from pix3d.constants import parse_modalities
 from pix3d.errors import UsageError
 from pix3d.fileio import save_figure
@@ -68,14 +68,14 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--data", default="synthetic", help="a Pix3D folder, or 'synthetic' (the built-in set)")
     p.add_argument("--model", default="combined_net", choices=list_models())
     p.add_argument("--modalities", default="rgb,mask")
-    p.add_argument("--lr", type=float, default=1e-3,
+    p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="learning rate (combined_net's published 1e-5 needs far more steps than a CPU minute)")
     p.add_argument("--budget", default="quick", choices=list(BUDGETS),
                    help="image size, batch size, precision and channels_last come from this budget")
     p.add_argument("--runs", default="300x3,allx4",
                    help="comma-separated IMAGESxEPOCHS (IMAGES a number or 'all' = the whole training split)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
     p.add_argument("--png", type=Path, default=Path("learning_curves.png"), help="where to draw the curves")
     p.add_argument("--cache", default=None, help="cache root for the synthetic set")

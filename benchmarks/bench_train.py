@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
 from pix3d.constants import PUBLISHED_LR, modality_channels, parse_modalities
 from pix3d.models import get_model, list_models
 from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss, resolve_device
@@ -64,10 +64,10 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--modalities", default="rgb,mask", help="subset for the throughput table")
     p.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     p.add_argument("--precisions", default="fp32,bf16")
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per cell")
+    p.add_argument("--seconds", type=positive_float, default=3.0, help="timed seconds per cell")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-trial", action="store_true", help="skip the quick-budget trial timing")
-    p.add_argument("--trial-threads", type=int, default=1, help="torch threads for the trial (1 = one Tune trial per core)")
+    p.add_argument("--trial-threads", type=positive_int, default=1, help="torch threads for the trial (1 = one Tune trial per core)")
     p.add_argument("--cache", default=None, help="cache root for the synthetic set")
     return p
 

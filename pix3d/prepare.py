@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import errno
 import hashlib
 import json
 import math
@@ -43,7 +44,7 @@ from pix3d.annotations import Annotation, parse_entries, read_entries
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import write_json
+from pix3d.fileio import check_free_space, disk_full, is_disk_full, write_json
 from pix3d.pose import angles
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
@@ -457,6 +458,10 @@ def prepare(
     log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, margin {margin}, {workers} workers -> {final}")
     prepared_root.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(prepared_root, log)
+    # The images go through a memmap, which dies of SIGBUS (no error, no clean-up) when the
+    # disk fills up under it: check the space first, and reserve it (_reserve) once created.
+    needed = cache_bytes(len(annotations), size)
+    check_free_space(prepared_root, needed)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=prepared_root))
     try:
         kept, decode_skipped = _build(
@@ -523,10 +528,33 @@ def prepare(
             if not (final / "manifest.json").is_file():
                 raise
             log(f"another process prepared {final} meanwhile; using it")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(final, needed) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"prepared {final}: {len(annotations)} entries, boundaries from {manifest['sources']['boundaries']}, normals {manifest['sources']['normals']}")
     return load_prepared(final)
+
+
+def cache_bytes(n: int, size: int) -> int:
+    """Disk space a cache of `n` entries at `size` px needs: images, plus meta/manifest."""
+    return n * CACHE_CHANNELS * size * size + 4096 * n + (1 << 20)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of a fresh (sparse) memmap file now, so a full disk is an
+    ENOSPC OSError here instead of a SIGBUS while writing pixels through the map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return  # file system without fallocate: the free-space check must do
+            raise
 
 
 def _build(
@@ -548,6 +576,7 @@ def _build(
         for i, a in enumerate(annotations)
     ]
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, CACHE_CHANNELS, size, size))
+    _reserve(tmp / "images.npy")
     failed: dict[int, str] = {}
     started = time.perf_counter()
     bar = tqdm(total=n, desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
@@ -581,6 +610,7 @@ def _build(
         compact = np.lib.format.open_memmap(
             tmp / "images.compact.npy", mode="w+", dtype=np.uint8, shape=(len(kept), CACHE_CHANNELS, size, size)
         )
+        _reserve(tmp / "images.compact.npy")
         for j, i in enumerate(kept):
             compact[j] = images[i]
         compact.flush()

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.errors import UsageError
-from pix3d.fileio import atomic_path
+from pix3d.fileio import atomic_path, disk_full, is_disk_full
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
@@ -792,8 +792,11 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
         stamp = _stamp(config)
         (tmp / STAMP_NAME).write_text(json.dumps(stamp, indent=1) + "\n")
         _replace_dir(tmp, out)
-    except BaseException:
+    except BaseException as exc:
+        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if is_disk_full(exc) else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):  # a worker's or this process's write: the old set is untouched
+            raise disk_full(out, written=written) from None
         raise
     elapsed = time.perf_counter() - started
     if log:

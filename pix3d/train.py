@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from pix3d.constants import HEADS, N_BINS, PUBLISHED_LR, modalities_key, modality_channels, parse_modalities
 from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
-from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import atomic_path, write_json
+from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.fileio import atomic_path, ensure_writable_dir, write_json
 from pix3d.models import get_model, list_models
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
@@ -418,7 +418,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, foreign or not a torch file
-        raise Pix3DError(f"checkpoint {path} cannot be read: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        raise Pix3DError(f"checkpoint {path} cannot be read: {exc.__class__.__name__}: {one_line(exc)}") from None
     missing = {"model", "optimizer", "scheduler", "epoch", "rng", "config"} - set(checkpoint if isinstance(checkpoint, dict) else {})
     if missing:
         raise Pix3DError(f"checkpoint {path} is not a pix3d.train checkpoint (missing {', '.join(sorted(missing))})")
@@ -599,23 +599,23 @@ def format_metrics(m: dict, epochs: int) -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def get_args_parser():
-    from pix3d.cli import ArgumentParser
+    from pix3d.cli import ArgumentParser, nonnegative_int, positive_float, positive_int
 
     p = ArgumentParser(prog="python -m pix3d.train", description="Train one pose classifier on a prepared Pix3D cache.")
     p.add_argument("--model", default="combined_net", help=f"one of {', '.join(list_models())}")
     p.add_argument("--modalities", default="rgb", help="comma- or plus-separated, e.g. rgb,mask")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the model's published lr)")
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the model's published lr)")
     p.add_argument("--data", default="synthetic", help="Pix3D folder (with pix3d.json) or 'synthetic'")
     p.add_argument("--cache", type=Path, default=None, help="cache root (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
     p.add_argument("--budget", default="auto", choices=["auto", *BUDGETS], help="auto = paper on a GPU, quick on CPU")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--image-size", type=int, default=None, help="override the budget's image size")
-    p.add_argument("--max-train-images", type=int, default=None, help="override the budget's cap (0 = all)")
+    p.add_argument("--max-train-images", type=nonnegative_int, default=None, help="override the budget's cap (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default=None)
     p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed-quirks", action="store_true", help="reproduce the published code's quirks")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step")
@@ -668,6 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume_from = load_checkpoint(checkpoint_path)
     elif checkpoint_path.exists():
         raise UsageError(f"{checkpoint_path} exists; pass --resume to continue it or choose another --out")
+    ensure_writable_dir(out, "--out")  # now, not after the first epoch
 
     from pix3d.prepare import prepare
 

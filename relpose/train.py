@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from pix3d import geometry
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import atomic_path, save_figure, write_json
+from pix3d.fileio import atomic_path, ensure_writable_dir, save_figure, write_json
 from pix3d.train import resolve_device
 from relpose.models import FUSIONS, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, PairData, load_or_make_pairs, rotation_angle_deg
@@ -222,14 +222,14 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--weights", default="none",
                    help="'none' (from scratch), 'imagenet' (torchvision's file in the torch hub cache) or a ResNet-18 state_dict path")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pose head (tests the features as they are)")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--pairs", type=int, default=PairConfig.n, help="number of rendered view pairs")
-    p.add_argument("--size", type=int, default=PairConfig.size, help="image width and height (px)")
-    p.add_argument("--max-orbit", type=float, default=PairConfig.max_orbit_deg, help="largest azimuth change between the views (deg)")
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--epochs", type=positive_int, default=6)
+    p.add_argument("--pairs", type=positive_int, default=PairConfig.n, help="number of rendered view pairs")
+    p.add_argument("--size", type=positive_int, default=PairConfig.size, help="image width and height (px)")
+    p.add_argument("--max-orbit", type=positive_float, default=PairConfig.max_orbit_deg, help="largest azimuth change between the views (deg)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--cache", type=Path, default=None, help="cache root (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/relpose-FUSION-LOSS-WEIGHTS-sSEED)")
@@ -253,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"relpose-{config.fusion}-{config.loss}-{weights_tag}-s{config.seed}"
     if (out / "model.pt").exists():
         raise UsageError(f"{out / 'model.pt'} exists; choose another --out (or remove that run)")
+    ensure_writable_dir(out, "--out")  # now, not after training
 
     from pix3d.prepare import default_cache_dir
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegative_int, positive_float,
+                       positive_int, run_cli)
 from pix3d.constants import parse_modalities
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path
 from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
 
@@ -56,17 +57,17 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data", default="synthetic", help="Pix3D folder, or 'synthetic' for the built-in set")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
     parser.add_argument("--budget", default="auto", help="auto | quick | paper (auto = paper on a GPU, quick otherwise)")
-    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of the budget and grid")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the grid's)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the epochs of the budget and grid")
+    parser.add_argument("--seeds", type=nonnegative_int, default=None, help="seeds per configuration (default: the grid's)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster: auto | HOST:PORT (default: local Ray)")
     parser.add_argument("--storage", default="ray_results", help="results/checkpoints root: PATH (shared on a cluster) or URI")
-    parser.add_argument("--experiment", default=None, help="sweep name under --storage and in MLflow (default: the grid name)")
+    parser.add_argument("--experiment", type=nonempty_str, default=None, help="sweep name under --storage and in MLflow (default: the grid name)")
     parser.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (sets torch threads)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions pack trials on one GPU")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="at most this many trials at once")
-    parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial from its last checkpoint")
+    parser.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="CPUs per trial (sets torch threads)")
+    parser.add_argument("--gpus-per-trial", type=nonnegative_float, default=0.0, help="GPUs per trial; fractions pack trials on one GPU")
+    parser.add_argument("--max-concurrent", type=positive_int, default=None, help="at most this many trials at once")
+    parser.add_argument("--max-failures", type=nonnegative_int, default=2, help="retries of a crashed trial from its last checkpoint")
     parser.add_argument("--resume", action="store_true", help="restore the interrupted sweep <storage>/<experiment>")
     return parser
 
@@ -307,7 +308,7 @@ def init_ray(address: str | None, log=print) -> None:
     try:
         ray.init(address=address, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {str(exc).splitlines()[0]}") from None
+        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {one_line(exc)}") from None
 
 
 def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
@@ -373,8 +374,8 @@ def _report_table(args, *, experiment: str) -> None:
     try:
         table = build_table(uri, experiment)
         paths = write_table(table, Path("table_out") / experiment)
-    except Pix3DError as exc:
-        print(f"note: could not build the azimuth table: {exc}")
+    except (Pix3DError, OSError) as exc:
+        print(f"note: could not build the azimuth table: {one_line(exc)}")
         return
     md = paths.get("md")
     if md and Path(md).exists():
