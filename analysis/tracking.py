@@ -50,8 +50,12 @@ FINAL_STATUSES = ("FINISHED", "FAILED")
 # Ray bookkeeping that is not a measurement of the model (or is a wall-clock stamp).
 _SKIP_METRICS = frozenset({
     "timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
-    "checkpoint_dir_name", "should_checkpoint",
+    "checkpoint_dir_name", "should_checkpoint", "started_at",
 })
+# Where a trial ran (trainables.pose reports them): tags (the latest placement; a retry may
+# move) and, once per run, params `placement.<key>` (where it first ran).
+PLACEMENT_KEYS = ("device_kind", "device_name", "gpu_ids", "gpus_given", "node",
+                  "cuda_visible_devices", "simulated_gpu", "precision")
 _CURVE_KEYS = ("train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc",
                "val_inplane_acc", "val_azimuth_acc_within1")
 _MAX_PARAM_CHARS = 6000   # MLflow's limit on one param value
@@ -256,6 +260,7 @@ class _ChildState:
     history: dict = field(default_factory=dict)
     complete: bool = True
     fresh: bool = True   # created in this session (no need to re-open it)
+    placement: dict = field(default_factory=dict)  # placement tags last set
 
 
 class SweepLogger:
@@ -428,10 +433,24 @@ class SweepLogger:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(state.run_id, metrics=metrics[i:i + 1000])
         state.last_step = step
+        self._log_placement(state, result)
         for key in _CURVE_KEYS + ("majority_azimuth_acc",):
             if key in scalars:
                 state.history.setdefault(key, []).append((step, scalars[key]))
         return True
+
+    def _log_placement(self, state: _ChildState, result: Mapping[str, Any]) -> None:
+        """Device, GPU ids, node, precision, simulation flag as tags when they change; as params
+        on the run's first placement (params cannot change, so a resumed run keeps its own)."""
+        from mlflow.entities import RunTag
+        where = {k: str(result[k]).lower() if isinstance(result[k], bool) else str(result[k])
+                 for k in PLACEMENT_KEYS if k in result}
+        if not where or where == state.placement:
+            return
+        if not state.placement and state.fresh:
+            self._log_params(state.run_id, {f"placement.{k}": v for k, v in where.items()})
+        self.client.log_batch(state.run_id, tags=[RunTag(k, v) for k, v in where.items()])
+        state.placement = where
 
     def end_trial(self, trial_id: str, status: str, *, last_result: Mapping[str, Any] | None,
                   error: str | None = None) -> None:

@@ -69,6 +69,12 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--max-concurrent", type=positive_int, default=None, help="at most this many trials at once")
     parser.add_argument("--max-failures", type=nonnegative_int, default=2, help="retries of a crashed trial from its last checkpoint")
     parser.add_argument("--resume", action="store_true", help="restore the interrupted sweep <storage>/<experiment>")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="auto: trials with GPUs must train on CUDA (fail at once if not), others on the CPU; "
+                             "cpu: train on the CPU even when given GPUs (a deliberate simulation, recorded per run)")
+    parser.add_argument("--gpu-memory-gib", type=float, default=None,
+                        help="GPU memory (GiB) to plan the packing of trials against (default $PIX3D_GPU_MEMORY_GIB, "
+                             "else what the cluster's GPUs report)")
     return parser
 
 
@@ -106,6 +112,10 @@ def check_options(args) -> None:
         raise UsageError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.max_failures < 0:
         raise UsageError(f"--max-failures must be >= 0, got {args.max_failures}")
+    if args.device == "cuda" and not args.gpus_per_trial > 0:
+        raise UsageError("--device cuda needs --gpus-per-trial > 0 (trials without GPUs train on the CPU)")
+    if args.gpu_memory_gib is not None and not args.gpu_memory_gib > 0:
+        raise UsageError(f"--gpu-memory-gib must be > 0, got {args.gpu_memory_gib}")
     if args.budget not in ("auto", "quick", "paper"):
         raise UsageError(f"--budget must be auto, quick or paper, got {args.budget!r}")
 
@@ -166,14 +176,19 @@ def _write_settings(path: str, settings: SweepSettings, command: str) -> None:
 # ---------------------------------------------------------------------------- budget / trials
 
 
-def resolve_run_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, dict]:
+def resolve_run_budget(budget: str, gpus_per_trial: float, log=print, device: str = "auto") -> tuple[str, dict]:
     """Budget overrides for the trials. `auto` follows the trials' GPUs, not the driver's.
 
     On a cluster the driver often has no GPU while the workers do, so with --gpus-per-trial
-    > 0 `auto` means `paper` even when this machine has none.
+    > 0 `auto` means `paper` even when this machine has none; with --device cpu (GPUs
+    simulated on the CPU) it means `quick`.
     """
     from pix3d.train import resolve_budget
 
+    if budget == "auto" and gpus_per_trial > 0 and device == "cpu":
+        name, overrides, _ = resolve_budget("quick")
+        log(f"budget auto -> quick (--device cpu: trials simulate their {gpus_per_trial:g} GPU on the CPU)")
+        return name, dict(overrides)
     if budget == "auto" and gpus_per_trial > 0:
         name, overrides, _ = resolve_budget("paper")
         log(f"budget auto -> paper (trials get {gpus_per_trial:g} GPU each)")
@@ -190,6 +205,8 @@ def build_param_space(grid: Grid, settings: SweepSettings, budget_overrides: dic
         space["epochs"] = settings.epochs
     space["cpus_per_trial"] = args.cpus_per_trial
     space["gpus_per_trial"] = args.gpus_per_trial
+    if getattr(args, "device", "auto") != "auto":
+        space["device"] = args.device  # "cpu" with GPUs: the trials simulate them (and record it)
     return space
 
 
@@ -398,8 +415,10 @@ def trial_status(result) -> str:
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts."""
+    from pix3d.devices import device_label
+
     header = (f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} "
-              f"{'final az':>8} {'best az':>8}  status")
+              f"{'final az':>8} {'best az':>8}  {'device':<22} status")
     rows, counts = [], {}
     for result in results:
         config, metrics = result.config or {}, result.metrics or {}
@@ -408,17 +427,17 @@ def summarize(results) -> tuple[list[str], dict[str, int]]:
         final = metrics.get("val_azimuth_acc")
         rows.append((str(config.get("model", "-")), str(config.get("modalities", "-")), config.get("lr"),
                      config.get("seed", "-"), metrics.get("epoch"), final,
-                     metrics.get("best_val_azimuth_acc", final), status))
+                     metrics.get("best_val_azimuth_acc", final), device_label(metrics), status))
     rows.sort(key=lambda r: tuple(str(x) for x in r[:4]))
 
     def pct(v) -> str:
         return f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
 
     lines = [header]
-    for model, modalities, lr, seed, epoch, final, best, status in rows:
+    for model, modalities, lr, seed, epoch, final, best, device, status in rows:
         lr_text = f"{lr:.0e}" if isinstance(lr, float) else "-"
         lines.append(f"{model:<13} {modalities:<28} {lr_text:>8} {str(seed):>4} {str(epoch or '-'):>6} "
-                     f"{pct(final):>8} {pct(best):>8}  {status}")
+                     f"{pct(final):>8} {pct(best):>8}  {device:<22} {status}")
     return lines, counts
 
 
@@ -466,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
     grid = get_grid(settings.grid)
-    budget_name, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial)
+    budget_name, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, device=args.device)
     if settings.seeds is None and budget_name == "quick" and not grid.is_search and grid.default_seeds > QUICK_SEEDS:
         settings = replace(settings, seeds=QUICK_SEEDS)
         print(f"quick budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
@@ -496,9 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
+    # With the GPU size given (--gpu-memory-gib / env), a packing that cannot fit fails before Ray starts.
+    planned = args.gpus_per_trial > 0 and plan_gpus(args, grid, space, data, None)
     init_ray(args.address)
     try:
         check_cluster_resources(args.cpus_per_trial, args.gpus_per_trial)
+        if args.gpus_per_trial > 0:
+            probes = probe_gpus(args)
+            if not planned:
+                plan_gpus(args, grid, space, data, probes)
         if not args.resume:
             _write_settings(sweep_path, settings, command)
         callbacks = _tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
@@ -527,6 +552,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{pending} trial(s) did not finish; continue with: python -m search.run --resume "
               f"--experiment {experiment} --storage {storage}")
     return 1 if failed or pending else 0
+
+
+def probe_gpus(args, log=print) -> list[dict]:
+    """Every GPU node must see CUDA before any trial starts (not with --device cpu: simulated)."""
+    from search.devices import probe_gpu_nodes
+
+    return probe_gpu_nodes(args.gpus_per_trial, log=log) if args.device != "cpu" else []
+
+
+def plan_gpus(args, grid: Grid, space: dict, data, probes: list[dict] | None, log=print) -> bool:
+    """Refuse trials that cannot share a GPU's memory (search.devices); False, saying nothing,
+    when `probes` is None and the GPU size is not given (the probes may tell it later)."""
+    from search.devices import estimate_trials, gpu_memory_to_plan, plan_gpu_packing
+
+    memory, source = gpu_memory_to_plan(args.gpu_memory_gib, probes or ())
+    if memory is None and probes is None:
+        return False
+    configs = [space] if grid.is_search else expand(space)
+    log(plan_gpu_packing(estimate_trials(configs, len(data)), args.gpus_per_trial, memory, source))
+    return True
 
 
 def _prepare_data(settings: SweepSettings, image_size: int):
@@ -559,6 +604,8 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
     """
     from ray import tune
 
+    from search.devices import NoRetryOnDeviceError
+
     trainable = make_trainable(data, cpus_per_trial, gpus_per_trial)
     sweep_path = experiment_path(storage, experiment)
     started = time.time()
@@ -572,7 +619,7 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             # The latest checkpoint is what a retry or --resume continues from. Two, not one:
             # with num_to_keep=1 Tune snapshots the whole experiment state at every report.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=list(callbacks),
+            callbacks=[*callbacks, NoRetryOnDeviceError()],
             verbose=1,
         )
         tune_config = tune.TuneConfig(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,7 +53,26 @@ def train_config_from_tune(config: Mapping[str, Any]):
         fields["threads"] = max(1, int(cpus))
     if fields.get("device", "auto") == "auto" and not config.get("gpus_per_trial"):
         fields["device"] = "cpu"
+    elif fields.get("device", "auto") == "auto":
+        # Given GPUs: train on CUDA or fail (check_trial_device), never fall back to the CPU.
+        fields["device"] = "cuda"
     return TrainConfig.from_dict(fields)
+
+
+def check_trial_device(config: Mapping[str, Any], train_config) -> dict:
+    """Before any training: a trial given GPUs must see CUDA (unless it simulates them on the
+    CPU, `device: cpu`). Returns where it runs (pix3d.devices.placement) for its reports."""
+    import socket
+
+    from pix3d.devices import placement, require_cuda
+
+    gpus = float(config.get("gpus_per_trial") or 0)
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()})"
+    if gpus > 0 and train_config.device != "cpu":
+        require_cuda(node, gpus)
+    gpu_ids = ray.get_gpu_ids() if gpus > 0 else []
+    return placement(train_config.device, gpus=gpus, gpu_ids=gpu_ids, node=node,
+                     simulated=gpus > 0 and train_config.device == "cpu")
 
 
 def _restore_state() -> dict | None:
@@ -84,7 +104,9 @@ def train_pose(config: dict, data=None) -> None:
 
     if data is None:
         raise Pix3DError("train_pose needs the prepared data: wrap it with tune.with_parameters(train_pose, data=...)")
+    started_at = time.time()
     train_config = train_config_from_tune(config)
+    where = check_trial_device(config, train_config)
     node_id = ray.get_runtime_context().get_node_id()
     resume_from = _restore_state()
     if resume_from is not None and int(resume_from["epoch"]) >= train_config.epochs:
@@ -101,6 +123,9 @@ def train_pose(config: dict, data=None) -> None:
         # Where the trial ran (two nodes on one host share hostname and IP, not node id).
         report["node_id"] = node_id
         report["resumed_from_epoch"] = resumed_from_epoch
+        # Device kind/name, GPU ids, node, simulation flag, and the arithmetic that ran.
+        report.update(where, precision="bf16" if metrics.get("bf16_autocast") else "fp32",
+                      started_at=started_at)
         with tempfile.TemporaryDirectory(prefix="pose-ckpt-") as directory:
             save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), checkpoint)
             # ray.tune.report persists the checkpoint to the sweep's storage before returning.
