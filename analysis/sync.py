@@ -3,9 +3,11 @@
     python -m analysis.sync --storage ~/ray_results/ablation [--mlflow-uri URI] [--experiment NAME]
 
 Reads the experiment folder Tune wrote (per trial: params.json, result.json lines, error.txt;
-the latest experiment_state-*.json for trial status; callback-states-*.pkl for the sweep's
-identity, grid, command and data manifest as the tracking callback saved them) and logs it
-through the same `SweepLogger` as the live callback. Idempotent: runs are found by their
+the latest experiment_state-*.json for trial status; pix3d_sweep.json for the sweep's
+identity, grid, command and data manifest as the tracking callback saved them, else
+search_run.json) and logs it through the same `SweepLogger` as the live callback. Only data
+formats are read (JSON): nothing in the folder is unpickled, so a crafted file in a shared
+--storage cannot run code here, and a file that is not what it should be is refused. Idempotent: runs are found by their
 sweep_id / trial_id tags and only steps after the last logged one are added, so a second
 replay adds nothing.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import glob
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from analysis.tracking import (
-    STATE_KIND,
+    SWEEP_INFO_FILE,
     SweepInfo,
     SweepLogger,
     check_reachable,
@@ -33,7 +34,7 @@ from analysis.tracking import (
     normalise_storage_path,
 )
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, one_line
 
 # Tune's trial status -> the child run's final status (None: still running, leave open).
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
@@ -66,19 +67,38 @@ def _latest(folder: Path, pattern: str) -> Path | None:
     return Path(found[-1]) if found else None
 
 
-def read_sweep_state(folder: Path) -> dict | None:
-    """The tracking callback's saved state (sweep_id, grid, command, manifest), if Tune saved it."""
-    path = _latest(folder, "callback-states-*.pkl")
-    if path is None:
-        return None
+# Fields of pix3d_sweep.json / search_run.json that sync uses, and the types they must have.
+_INFO_TYPES = {"sweep_id": str, "sweep_name": str, "experiment": str, "grid": str, "command": str,
+               "data_manifest": dict, "code_version": str, "storage_path": str}
+
+
+def _read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from `path`, or a Pix3DError saying the file is not `what`."""
     try:
-        with open(path, "rb") as fh:
-            states = pickle.load(fh)  # written by Tune on the same machine: trusted input
-    except Exception:  # noqa: BLE001 - a torn or foreign file only costs the metadata
-        return None
-    for state in (states or {}).values():
-        if isinstance(state, dict) and state.get("kind") == STATE_KIND:
-            return state
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Pix3DError(f"{path}: not a readable {what} ({one_line(exc)}); refusing to read it") from None
+    if not isinstance(value, dict):
+        raise Pix3DError(f"{path}: not a {what} (a JSON {type(value).__name__}, not an object); refusing to read it")
+    return value
+
+
+def read_sweep_state(folder: Path) -> dict | None:
+    """The sweep's identity (sweep_id, grid, command, manifest) from JSON files only.
+
+    pix3d_sweep.json (written by the tracking callback), else the grid and command from
+    search_run.json; None when neither exists. Tune's callback-states-*.pkl is never read.
+    """
+    for name in (SWEEP_INFO_FILE, "search_run.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        state = _read_json_object(path, "pix3d sweep record")
+        for key, kind in _INFO_TYPES.items():
+            if state.get(key) is not None and not isinstance(state[key], kind):
+                raise Pix3DError(f"{path}: not a pix3d sweep record ({key!r} is a "
+                                 f"{type(state[key]).__name__}); refusing to read it")
+        return state
     return None
 
 
@@ -89,13 +109,16 @@ def _trial_status_table(folder: Path) -> dict[str, tuple[str | None, str | None]
         return {}
     try:
         state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise Pix3DError(f"{path}: unreadable Tune experiment state ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise Pix3DError(f"{path}: unreadable Tune experiment state ({one_line(exc)})") from None
     table: dict[str, tuple[str | None, str | None]] = {}
-    for entry in state.get("trial_data", []):
-        raw = entry[0] if isinstance(entry, (list, tuple)) else entry
-        trial = json.loads(raw) if isinstance(raw, str) else raw
-        table[trial["trial_id"]] = (_STATUS.get(trial.get("status")), trial.get("experiment_tag"))
+    try:
+        for entry in state.get("trial_data", []):
+            raw = entry[0] if isinstance(entry, (list, tuple)) else entry
+            trial = json.loads(raw) if isinstance(raw, str) else raw
+            table[trial["trial_id"]] = (_STATUS.get(trial.get("status")), trial.get("experiment_tag"))
+    except (AttributeError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
+        raise Pix3DError(f"{path}: not a Tune experiment state ({one_line(exc)}); refusing to read it") from None
     return table
 
 
@@ -109,13 +132,17 @@ def read_trials(folder: Path) -> list[StoredTrial]:
     trials: list[StoredTrial] = []
     for params_path in sorted(folder.glob("*/params.json")):
         trial_dir = params_path.parent
-        try:
-            config = json.loads(params_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise Pix3DError(f"{params_path}: unreadable trial params ({exc})") from None
+        config = _read_json_object(params_path, "trial params file")
         result_path = trial_dir / "result.json"
-        results = list(iter_results(result_path.read_text().splitlines())) if result_path.exists() else []
+        try:
+            results = list(iter_results(result_path.read_text().splitlines())) if result_path.exists() else []
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Pix3DError(f"{result_path}: unreadable trial results ({one_line(exc)})") from None
+        if not all(isinstance(r, dict) for r in results):
+            raise Pix3DError(f"{result_path}: not Tune results (a line is not a JSON object); refusing to read it")
         trial_id = next((r["trial_id"] for r in results if "trial_id" in r), None)
+        if trial_id is not None and not isinstance(trial_id, str):
+            raise Pix3DError(f"{result_path}: not Tune results (trial_id {trial_id!r} is not text)")
         if trial_id is None:
             continue  # never reported: nothing to replay
         error_path = trial_dir / "error.txt"

@@ -44,6 +44,9 @@ except ImportError:  # pragma: no cover - ray is a project dependency
     _TuneCallback = object
 
 STATE_KIND = "pix3d.mlflow_tracking"   # marks our entry in Tune's callback-state file
+# The sweep's identity as plain JSON in its experiment folder: analysis.sync reads this, never
+# Tune's pickled callback state (a crafted pickle in a shared --storage would run code).
+SWEEP_INFO_FILE = "pix3d_sweep.json"
 ROLE_TAG = "pix3d.role"                # "sweep" on the parent, "trial" on children
 FINAL_STATUSES = ("FINISHED", "FAILED")
 
@@ -98,12 +101,43 @@ def make_sweep_id(experiment_dir: str) -> str:
     return digest[:12]
 
 
+# Tracking URI schemes MLflow has stores for ("" and file: a local folder).
+TRACKING_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql",
+                    "databricks", "databricks-uc", "uc")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_tracking_uri(tracking_uri: str) -> None:
+    """Raise Pix3DError naming the URI when it cannot be a tracking store, without connecting:
+    an unknown scheme, or an sqlite URI whose file exists but is not an SQLite database."""
+    parsed = urllib.parse.urlparse(tracking_uri)
+    if not tracking_uri.strip():
+        raise Pix3DError("--mlflow-uri: empty tracking URI")
+    scheme = parsed.scheme.split("+")[0]  # postgresql+psycopg2://...
+    if len(scheme) == 1:  # a Windows drive letter is a path, not a scheme
+        scheme = ""
+    if scheme not in TRACKING_SCHEMES:
+        raise Pix3DError(f"--mlflow-uri {tracking_uri}: unknown scheme {parsed.scheme!r}; use sqlite:///PATH.db, "
+                         "http(s)://HOST:PORT, a folder, or a database URI")
+    if scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
+        db_path = Path(tracking_uri[len("sqlite:///"):])
+        if db_path.is_file() and db_path.stat().st_size > 0:
+            try:
+                with open(db_path, "rb") as fh:
+                    head = fh.read(len(_SQLITE_MAGIC))
+            except OSError as exc:
+                raise Pix3DError(f"MLflow store {tracking_uri}: cannot read {db_path} ({one_line(exc)})") from None
+            if head != _SQLITE_MAGIC:
+                raise Pix3DError(f"MLflow store {tracking_uri}: {db_path} is not an SQLite database")
+
+
 def check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
     """Raise Pix3DError naming the URI when the tracking store cannot be reached.
 
     Probing first matters for HTTP: MLflow's own client retries with back-off for minutes
     before giving up, which a sweep (or a table command) should not sit through.
     """
+    check_tracking_uri(tracking_uri)
     parsed = urllib.parse.urlparse(tracking_uri)
     if parsed.scheme in ("http", "https"):
         url = tracking_uri.rstrip("/") + "/health"
@@ -579,6 +613,7 @@ class MLflowTrackingCallback(_TuneCallback):
 
     # -- Tune hooks ----------------------------------------------------------------------
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        self._guard(save_sweep_info, self.info)
         # Don't let MLflow's HTTP client retry for minutes inside a sweep (user may override).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -622,6 +657,26 @@ class MLflowTrackingCallback(_TuneCallback):
         if state.get("kind") == STATE_KIND and state.get("sweep_id"):
             self.info.sweep_id = state["sweep_id"]
             self._logger = None
+            self._guard(save_sweep_info, self.info)
+
+
+def save_sweep_info(info: SweepInfo) -> None:
+    """Write SWEEP_INFO_FILE (JSON, atomically) into the sweep's folder, local or a URI."""
+    payload = json.dumps({k: v for k, v in asdict(info).items() if k != "tracking_uri"},
+                         indent=1, default=str).encode()
+    folder = info.storage_path
+    if "://" in folder:
+        import pyarrow.fs
+
+        fs, sub = pyarrow.fs.FileSystem.from_uri(folder)
+        fs.create_dir(sub, recursive=True)
+        with fs.open_output_stream(f"{sub}/{SWEEP_INFO_FILE}") as stream:
+            stream.write(payload)
+        return
+    from pix3d.fileio import atomic_path
+
+    with atomic_path(Path(folder) / SWEEP_INFO_FILE) as tmp:
+        tmp.write_bytes(payload)
 
 
 def iter_results(lines: Iterable[str]) -> Iterable[dict]:

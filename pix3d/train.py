@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import math
 import random
 import re
@@ -33,7 +34,7 @@ from tqdm import tqdm
 from pix3d.constants import HEADS, N_BINS, PUBLISHED_LR, modalities_key, modality_channels, parse_modalities
 from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
 from pix3d.errors import Pix3DError, UsageError, one_line
-from pix3d.fileio import atomic_path, ensure_writable_dir, write_json
+from pix3d.fileio import atomic_path, check_free_space, ensure_writable_dir, write_json
 from pix3d.models import get_model, list_models
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
@@ -404,9 +405,15 @@ def evaluate(model: nn.Module, data, indices, bins: Bins, *, modalities, norm: d
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
-    """torch.save to a temp file beside `path`, then os.replace: never a half-written file."""
+    """torch.save to a temp file beside `path`, then os.replace: never a half-written file.
+
+    Serialised in memory first: torch's zip writer turns a full disk into an opaque
+    RuntimeError, a plain write gives ENOSPC, which atomic_path reports naming the path."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    check_free_space(path, buffer.getbuffer().nbytes)
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)
 
 

@@ -155,7 +155,15 @@ def _read_settings(path: str) -> dict | None:
         except (OSError, FileNotFoundError):
             return None
     file = Path(path) / SWEEP_SETTINGS_FILE
-    return json.loads(file.read_text()) if file.exists() else None
+    if not file.exists():
+        return None
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise Pix3DError(f"--resume: {file} is torn or foreign ({one_line(exc)}); nothing was changed") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("grid"), str):
+        raise Pix3DError(f"--resume: {file} is not a search.run settings file (no grid); nothing was changed")
+    return saved
 
 
 def _write_settings(path: str, settings: SweepSettings, command: str) -> None:
@@ -506,9 +514,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise Pix3DError(f"--resume: no Tune sweep to restore at {sweep_path}")
     if not args.resume and tune.Tuner.can_restore(sweep_path):
         raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
+    if args.resume and not is_uri(sweep_path):
+        # Before Tuner.restore: a torn state would be restored as a different sweep.
+        from search.resume_check import verify_resume_state
+
+        verify_resume_state(sweep_path, None if grid.is_search else expand(space))
 
     if args.address not in (None, "auto"):
         _check_reachable(args.address)  # before minutes of data preparation
+    if args.mlflow_uri and not args.no_mlflow:
+        from analysis.tracking import check_tracking_uri
+
+        check_tracking_uri(args.mlflow_uri)  # a bad scheme or a garbage .db: now, not after the sweep
     data = _prepare_data(settings, int(space.get("image_size", 224)))
     _check_grid_modalities(grid, data)
     command = shlex.join([sys.executable, "-m", "search.run", *(argv if argv is not None else sys.argv[1:])])
