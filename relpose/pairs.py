@@ -79,6 +79,12 @@ class PairData:
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def manifest(self) -> dict:
+        """Provenance for MLflow (as PreparedData.manifest): which settings rendered this set."""
+        return {"dataset": "relpose view pairs (built-in renderer)", "key": PairConfig(**self.config).key(),
+                **self.config}
+
     def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Train / validation pair indices, by model: a validation model is never trained on."""
         if not 0 < val_fraction < 1:

@@ -37,6 +37,17 @@ from relpose.pairs import PairConfig, PairData, load_or_make_pairs, rotation_ang
 
 LOSSES = ("photometric", "pose")
 
+# Sweep budgets (search.run's `fusion` grid): the pair set each trial trains on, and the
+# training settings. Measured on the built-in renderer (issue 14): with the original
+# 64 px / +-15 deg / 1200 pairs nothing beat the no-motion baseline in a CPU run; orbits of
+# +-30 deg and 96 px give a motion that is large against the pixel grid.
+BUDGETS: dict[str, dict] = {
+    "quick": {"pairs": {"n": 1600, "size": 96, "max_orbit_deg": 30.0},
+              "train": {"epochs": 4, "batch_size": 32, "lr": 1e-3}},
+    "paper": {"pairs": {"n": 8000, "size": 128, "max_orbit_deg": 30.0},
+              "train": {"epochs": 20, "batch_size": 32, "lr": 3e-4}},
+}
+
 
 @dataclass
 class RelPoseConfig:
@@ -147,8 +158,14 @@ def evaluate(model: RelPoseNet, tensors: PairTensors, indices: torch.Tensor) -> 
     return {"val_rotation_err_deg": rot, "val_translation_err_m": trans, "val_photometric_l1": photo}
 
 
-def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train and evaluate each epoch; returns {"config", "history", "final", "model"}."""
+def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] | None = None,
+        resume_from: dict | None = None) -> dict:
+    """Train and evaluate each epoch; returns {"config", "history", "final", "model"}.
+
+    `on_epoch(metrics, checkpoint)` after every epoch; `checkpoint` (model, optimizer, epoch,
+    shuffle state, history, config) is ready for torch.save and, given back as `resume_from`,
+    continues the run at the next epoch exactly where it stopped.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
@@ -164,8 +181,14 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], Non
     shuffle = torch.Generator().manual_seed(config.seed)
     train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
     reference = baselines(tensors, val_t)  # computed once: they do not change with training
-    history = []
-    for epoch in range(1, config.epochs + 1):
+    history, first_epoch = [], 1
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        shuffle.set_state(resume_from["shuffle"])
+        history = list(resume_from["history"])
+        first_epoch = int(resume_from["epoch"]) + 1
+    for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for step, idx in enumerate(train_t[torch.randperm(len(train_t), generator=shuffle)].split(config.batch_size), 1):
@@ -183,7 +206,9 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[[dict], Non
                    **evaluate(model, tensors, val_t), **reference, "n_train": len(train_idx), "n_val": len(val_idx)}
         history.append(metrics)
         if on_epoch:
-            on_epoch(metrics)
+            on_epoch(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "shuffle": shuffle.get_state(), "epoch": epoch, "history": history,
+                               "config": dataclasses.asdict(config)})
     return {"config": dataclasses.asdict(config), "history": history, "final": history[-1], "model": model}
 
 
@@ -263,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{' (frozen)' if config.freeze_backbone else ''}, {n_train} training / {n_val} validation pairs "
           f"(held-out models), {pairs.size} px -> {out}", flush=True)
 
-    def report(m: dict) -> None:
+    def report(m: dict, _checkpoint: dict) -> None:
         print(f"epoch {m['epoch']:>3}/{config.epochs}  train_loss {m['train_loss']:.4f}  "
               f"rot {m['val_rotation_err_deg']:.2f} deg (identity {m['identity_rotation_err_deg']:.2f})  "
               f"trans {m['val_translation_err_m']:.3f} m (identity {m['identity_translation_err_m']:.3f})  "
