@@ -33,6 +33,7 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
 from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path
+from search import fusion
 from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
 
 SWEEP_SETTINGS_FILE = "search_run.json"
@@ -69,6 +70,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--max-concurrent", type=positive_int, default=None, help="at most this many trials at once")
     parser.add_argument("--max-failures", type=nonnegative_int, default=2, help="retries of a crashed trial from its last checkpoint")
     parser.add_argument("--resume", action="store_true", help="restore the interrupted sweep <storage>/<experiment>")
+    parser.add_argument("--skip-missing-weights", action="store_true",
+                        help="fusion grids: without the ImageNet weights file, run only the weights=scratch trials")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="auto: trials with GPUs must train on CUDA (fail at once if not), others on the CPU; "
                              "cpu: train on the CPU even when given GPUs (a deliberate simulation, recorded per run)")
@@ -357,13 +360,17 @@ def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> Non
     )
 
 
-def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float):
-    """train_pose with the prepared cache in the object store (once) and its resources."""
+def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable: str = "pose"):
+    """The grid's trainable (train_pose, or train_relpose for fusion grids) with the data in the
+    object store (once) and its resources."""
     from ray import tune
 
-    from trainables.pose import train_pose
+    if trainable == "relpose":
+        from trainables.relpose import train_relpose as train
+    else:
+        from trainables.pose import train_pose as train
 
-    trainable = tune.with_parameters(train_pose, data=data)
+    trainable = tune.with_parameters(train, data=data)
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
 
 
@@ -385,12 +392,15 @@ def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manif
                                    data_manifest=manifest, storage_path=storage)]
 
 
-def _report_table(args, *, experiment: str) -> None:
+def _report_table(args, *, experiment: str, trainable: str = "pose") -> None:
     """Rebuild the azimuth table from MLflow and write md/csv/png (analysis.table)."""
     if args.no_mlflow:
         return
     try:
-        from analysis.table import build_table, write_table
+        if trainable == "relpose":  # rotation error by fusion x weights x loss
+            from analysis.fusion_table import build_table, write_table
+        else:
+            from analysis.table import build_table, write_table
         from analysis.tracking import default_tracking_uri
     except ImportError as exc:
         print(f"note: azimuth table unavailable ({exc})")
@@ -493,7 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
     grid = get_grid(settings.grid)
-    budget_name, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, device=args.device)
+    if grid.trainable == "relpose":
+        budget_name, budget_overrides = fusion.resolve_budget(settings.budget, args.gpus_per_trial)
+    else:
+        budget_name, budget_overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, device=args.device)
     if settings.seeds is None and budget_name == "quick" and not grid.is_search and grid.default_seeds > QUICK_SEEDS:
         settings = replace(settings, seeds=QUICK_SEEDS)
         print(f"quick budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
@@ -503,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
 
     space = build_param_space(grid, settings, budget_overrides, args)
+    if grid.trainable == "relpose":  # a missing ImageNet file stops it here, before anything starts
+        space = fusion.check_imagenet_weights(grid, space, skip_missing=args.skip_missing_weights)
     if args.dry_run:
         print_dry_run(grid, space)
         print(f"results would go to {sweep_path}")
@@ -526,8 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from analysis.tracking import check_tracking_uri
 
         check_tracking_uri(args.mlflow_uri)  # a bad scheme or a garbage .db: now, not after the sweep
-    data = _prepare_data(settings, int(space.get("image_size", 224)))
-    _check_grid_modalities(grid, data)
+    if grid.trainable == "relpose":
+        data = fusion.prepare_pairs(settings, space)
+    else:
+        data = _prepare_data(settings, int(space.get("image_size", 224)))
+        _check_grid_modalities(grid, data)
     command = shlex.join([sys.executable, "-m", "search.run", *(argv if argv is not None else sys.argv[1:])])
 
     import ray
@@ -558,11 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         ray.shutdown()
 
-    lines, counts = summarize(results)
+    lines, counts = (fusion.summarize if grid.trainable == "relpose" else summarize)(results)
     failed = counts.get("ERROR", 0)
     print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
     print("\n".join(lines))
-    _report_table(args, experiment=experiment)
+    _report_table(args, experiment=experiment, trainable=grid.trainable)
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not grid.is_search else 0)
     if pending:
         # Interrupted (Ctrl-C): Tune saved its state; the same sweep continues from here.
@@ -623,7 +641,7 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
 
     from search.devices import NoRetryOnDeviceError
 
-    trainable = make_trainable(data, cpus_per_trial, gpus_per_trial)
+    trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable)
     sweep_path = experiment_path(storage, experiment)
     started = time.time()
     if resume:

@@ -1,0 +1,101 @@
+"""What `search.run` does differently for the relative-pose grids (`FusionGrid`, trainables.relpose).
+
+Budgets come from `relpose.train.BUDGETS` (a pair set and training settings), the data is a
+rendered pair set instead of a prepared Pix3D cache, the ImageNet weights file is checked on
+the driver before anything starts, and the end-of-sweep summary shows rotation errors.
+Everything else (storage, resume, retries, MLflow parent/child runs) is the pose sweeps' own.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from pix3d.errors import Pix3DError, UsageError
+
+PAIR_KEYS = ("pairs_n", "pairs_size", "pairs_max_orbit_deg")
+
+
+def resolve_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, dict]:
+    """(name, Tune config overrides) for a fusion grid: the pair set as pairs_* keys, then training."""
+    from relpose.train import BUDGETS
+
+    name = budget
+    if budget == "auto":
+        import torch
+
+        name = "paper" if gpus_per_trial > 0 or torch.cuda.is_available() else "quick"
+    if name not in BUDGETS:
+        raise UsageError(f"--budget must be auto, {', '.join(BUDGETS)}; got {budget!r}")
+    chosen = BUDGETS[name]
+    pairs, train = chosen["pairs"], chosen["train"]
+    log(f"budget {name}: {pairs['n']} view pairs at {pairs['size']} px, orbits up to +-{pairs['max_orbit_deg']:g} deg; "
+        + ", ".join(f"{k} {v:g}" for k, v in train.items()))
+    overrides: dict[str, Any] = {f"pairs_{k}": v for k, v in pairs.items()}
+    overrides.update(train)
+    return name, overrides
+
+
+def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) -> dict:
+    """Resolve the ImageNet file on the driver, into `imagenet_weights`; without it, fail in one
+    line naming where to put it, or (skip_missing) keep only the scratch trials."""
+    from ray import tune
+
+    from relpose.models import imagenet_weights_path
+
+    weights = space.get("weights")
+    wanted = list(weights["grid_search"]) if isinstance(weights, dict) else [weights]
+    if "imagenet" not in wanted:
+        return space
+    path = imagenet_weights_path()
+    if path.is_file():
+        space["imagenet_weights"] = str(path)
+        return space
+    rest = [w for w in wanted if w != "imagenet"]
+    if not skip_missing or not rest:
+        raise Pix3DError(
+            f"grid {grid.name} needs the ImageNet ResNet-18 weights at {path} (torchvision's file; nothing is "
+            "downloaded: copy it there, or set TORCH_HOME), or add --skip-missing-weights to run the scratch half")
+    log(f"note: no ImageNet weights at {path}: --skip-missing-weights runs only the weights={'/'.join(rest)} trials")
+    space["weights"] = tune.grid_search(rest)
+    return space
+
+
+def prepare_pairs(settings, space: dict):
+    """The sweep's pair set (rendered once into the cache, reused by every later sweep)."""
+    from pix3d.prepare import default_cache_dir
+    from relpose.pairs import PairConfig, load_or_make_pairs
+
+    config = PairConfig(n=int(space["pairs_n"]), size=int(space["pairs_size"]),
+                        max_orbit_deg=float(space["pairs_max_orbit_deg"]))
+    config.check()
+    cache = Path(settings.cache) if settings.cache else default_cache_dir()
+    return load_or_make_pairs(config, cache, progress=False)
+
+
+def summarize(results) -> tuple[list[str], dict[str, int]]:
+    """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
+    from search.run import trial_status
+
+    header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
+              f"{'rot deg':>8} {'no-motion':>9}  status")
+    rows, counts = [], {}
+    for result in results:
+        config, metrics = result.config or {}, result.metrics or {}
+        status = trial_status(result)
+        counts[status] = counts.get(status, 0) + 1
+        rows.append((str(config.get("fusion", "-")), str(config.get("weights", "-")), str(config.get("loss", "-")),
+                     config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
+                     metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"), status))
+    rows.sort(key=lambda r: tuple(str(x) for x in r[:5]))
+
+    def deg(v) -> str:
+        return f"{v:.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
+
+    lines = [header]
+    for fusion, weights, loss, lr, seed, epoch, rot, identity, status in rows:
+        lr_text = f"{lr:.0e}" if isinstance(lr, float) else "-"
+        lines.append(f"{fusion:<6} {weights:<8} {loss:<11} {lr_text:>7} {str(seed):>4} {str(epoch or '-'):>6} "
+                     f"{deg(rot):>8} {deg(identity):>9}  {status}")
+    return lines, counts
