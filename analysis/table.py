@@ -410,6 +410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = args.mlflow_uri or default_tracking_uri()
     out = Path(args.out) if args.out else Path("table_out") / args.experiment
     ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
+    from analysis import fusion_table
+
+    if fusion_table.is_fusion_experiment(uri, args.experiment):
+        # Relative-pose sweeps (fusion grids): rotation error by fusion x weights x loss.
+        table = fusion_table.build_table(uri, args.experiment, at=args.at)
+        files = fusion_table.write_table(table, out, log_to_mlflow=not args.no_log)
+        print(table.render(args.format), end="")
+        print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+        return 0
     table = build_table(uri, args.experiment, metric=args.metric, at=args.at)
     files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")

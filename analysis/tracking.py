@@ -207,9 +207,14 @@ def result_step(result: Mapping[str, Any]) -> int:
     return 0
 
 
+RELPOSE_TAG_KEYS = ("fusion", "weights", "loss")  # trainables.relpose's grid axes
+
+
 def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
-    """`combined_net rgb+mask lr=1e-05 s0` (+ ` quirks`): a sweep reads as a list in the UI."""
-    parts = [str(config.get("model", "trial"))]
+    """`combined_net rgb+mask lr=1e-05 s0` (+ ` quirks`): a sweep reads as a list in the UI.
+    Relative-pose trials (fusion grids): `relpose early scratch pose lr=0.001 s0`."""
+    parts = [str(config.get("model", "relpose" if "fusion" in config else "trial"))]
+    parts += [str(config[k]) for k in RELPOSE_TAG_KEYS if k in config]
     if "modalities" in config:
         try:
             parts.append(modalities_key(config["modalities"]))
@@ -232,7 +237,7 @@ def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
 def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
     """The tags the table and the UI filter on (docs/interfaces.md)."""
     tags: dict[str, str] = {}
-    for key in ("model", "seed", "seed_quirks", "lr"):
+    for key in ("model", "seed", "seed_quirks", "lr", *RELPOSE_TAG_KEYS):
         if key in config:
             tags[key] = str(config[key])
     if "modalities" in config:

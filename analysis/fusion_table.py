@@ -1,0 +1,175 @@
+"""The relative-pose table (fusion grids), rebuilt from what MLflow logged.
+
+    python -m analysis.table --experiment fusion      # dispatches here for fusion experiments
+
+One row per fusion x weights x loss (x lr when several were run): the held-out rotation
+error in degrees, mean ± std over seeds, beside the no-motion baseline (predicting the
+identity) on the same validation pairs and their ratio (below 1 = the network predicts
+some of the motion), then translation error and the photometric L1 beside that of no motion.
+Files: table.md and table.csv, written atomically and logged to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.tracking import ROLE_TAG, check_reachable
+from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import atomic_path
+
+METRIC = "val_rotation_err_deg"
+BASELINE = "identity_rotation_err_deg"
+EXTRA_METRICS = ("val_translation_err_m", "identity_translation_err_m", "val_photometric_l1",
+                 "identity_photometric_l1", "true_motion_photometric_l1")
+KEYS = ("fusion", "weights", "loss")
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def _pm(values, digits: int) -> str:
+    mean, std = _mean_std(values)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if not math.isnan(std) else "")
+
+
+@dataclass
+class FusionTable:
+    experiment: str
+    at: str
+    records: pd.DataFrame  # one row per finished run
+    notes: list[str] = field(default_factory=list)
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+
+    def groups(self) -> list[tuple[tuple, pd.DataFrame]]:
+        by = list(KEYS) + (["lr"] if self.records["lr"].nunique() > 1 else [])
+        return [(key if isinstance(key, tuple) else (key,), g) for key, g in self.records.groupby(by, sort=True)]
+
+    def to_frame(self) -> pd.DataFrame:
+        rows = []
+        for key, g in self.groups():
+            rot, rot_std = _mean_std(g[METRIC])
+            base, _ = _mean_std(g[BASELINE])
+            row = dict(zip(KEYS, key[:3]))
+            row.update(lr=float(g["lr"].iloc[0]) if len(key) == 3 else float(key[3]),
+                       rotation_err_deg=round(rot, 4), rotation_err_std=round(rot_std, 4) if g.shape[0] > 1 else "",
+                       no_motion_rotation_err_deg=round(base, 4), ratio=round(rot / base, 4) if base else "",
+                       n=len(g), values=" ".join(f"{v:.4f}" for v in g[METRIC]))
+            for metric in EXTRA_METRICS:
+                row[metric] = round(float(g[metric].mean()), 5)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def to_markdown(self) -> str:
+        several_lrs = self.records["lr"].nunique() > 1
+        lines = [f"### held-out rotation error (deg, {self.at} epoch), mean ± std over seeds: experiment "
+                 f"`{self.experiment}`", "",
+                 "| fusion | weights | loss |" + (" lr |" if several_lrs else "")
+                 + " rotation (deg) | no motion (deg) | ratio | translation (m) | photometric L1 (no motion) | n |",
+                 "|---|---|---|" + ("---|" if several_lrs else "") + "---|---|---|---|---|---|"]
+        for key, g in self.groups():
+            base = float(g[BASELINE].mean())
+            ratio = float(g[METRIC].mean()) / base if base else math.nan
+            lines.append("| " + " | ".join(key[:3]) + " |" + (f" {key[3]:g} |" if several_lrs else "")
+                         + f" {_pm(g[METRIC], 2)} | {base:.2f} | {ratio:.2f} | {_pm(g['val_translation_err_m'], 3)} |"
+                         f" {g['val_photometric_l1'].mean():.4f} ({g['identity_photometric_l1'].mean():.4f}) | {len(g)} |")
+        lines += ["", "- ratio = rotation error / no-motion error on the same held-out pairs (< 1: the network "
+                  "predicts part of the motion; 1: it learned nothing)"]
+        lines += [f"- {note}" for note in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def to_csv(self) -> str:
+        return self.to_frame().to_csv(index=False)
+
+    def render(self, fmt: str) -> str:
+        if fmt == "csv":
+            return self.to_csv()
+        if fmt != "md":
+            raise UsageError(f"--format {fmt}: fusion tables are written as md or csv")
+        return self.to_markdown()
+
+
+def _client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _trial_runs(tracking_uri: str, experiment: str, max_results: int = 5000) -> list:
+    check_reachable(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise Pix3DError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} (run a sweep first, or pass --mlflow-uri)")
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: {', '.join(names) or '(none)'}")
+    return client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
+                              max_results=max_results)
+
+
+def is_fusion_experiment(tracking_uri: str, experiment: str) -> bool:
+    """True when the experiment's trial runs are relative-pose ones (they carry a fusion tag)."""
+    try:
+        runs = _trial_runs(tracking_uri, experiment, max_results=1)
+    except Pix3DError:
+        return False  # the pose table's loader says what is wrong
+    return bool(runs) and "fusion" in runs[0].data.tags
+
+
+def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_ignored) -> FusionTable:
+    """The fusion table of `experiment` from its finished MLflow trial runs."""
+    runs = _trial_runs(tracking_uri, experiment)
+    finished = [r for r in runs if r.info.status == "FINISHED" and METRIC in r.data.metrics]
+    notes = []
+    if len(finished) < len(runs):
+        notes.append(f"left out: {len(runs) - len(finished)} trial run(s) not finished or without {METRIC}")
+    if not finished:
+        raise Pix3DError(f"experiment {experiment!r} has no finished trial runs with {METRIC} ({len(runs)} trial runs in all)")
+    client = _client(tracking_uri) if at == "best" else None
+    records = []
+    for run in finished:
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        value = metrics[METRIC]
+        if client is not None:
+            values = [m.value for m in client.get_metric_history(run.info.run_id, METRIC) if math.isfinite(m.value)]
+            value = min(values) if values else math.nan
+        record = {k: tags.get(k, params.get(k, "?")) for k in KEYS}
+        record.update(lr=float(tags.get("lr", params.get("lr", "nan"))), seed=tags.get("seed", params.get("seed", "?")),
+                      end_time=run.info.end_time or 0, parent_run_id=tags.get("mlflow.parentRunId"))
+        record[METRIC] = value
+        record[BASELINE] = metrics.get(BASELINE, math.nan)
+        for metric in EXTRA_METRICS:
+            record[metric] = metrics.get(metric, math.nan)
+        records.append(record)
+    frame = pd.DataFrame(records)
+    parents = frame.sort_values("end_time")["parent_run_id"].dropna()
+    return FusionTable(experiment, at, frame, notes, parents.iloc[-1] if len(parents) else None, tracking_uri)
+
+
+def write_table(table: FusionTable, out_dir: str | Path, *, formats: Sequence[str] = (),
+                log_to_mlflow: bool = True) -> dict[str, Path]:
+    """table.md and table.csv (atomic writes) in `out_dir`, logged to the sweep's parent run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for kind, name, text in (("md", "table.md", table.to_markdown()), ("csv", "table.csv", table.to_csv())):
+        with atomic_path(out_dir / name) as tmp:
+            Path(tmp).write_text(text)
+        written[kind] = out_dir / name
+    if log_to_mlflow and table.parent_run_id and table.tracking_uri:
+        try:
+            client = _client(table.tracking_uri)
+            for path in written.values():
+                client.log_artifact(table.parent_run_id, str(path), artifact_path="table")
+        except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
+            raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
+                             f"{table.parent_run_id} failed: {exc}") from None
+    return written
