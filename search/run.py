@@ -604,6 +604,9 @@ def plan_gpus(args, grid: Grid, space: dict, data, probes: list[dict] | None, lo
     memory, source = gpu_memory_to_plan(args.gpu_memory_gib, probes or ())
     if memory is None and probes is None:
         return False
+    if getattr(grid, "trainable", "pose") != "pose":  # the estimate models pix3d.train.fit only
+        log(f"GPU memory plan: not estimated for {grid.trainable} trials")
+        return True
     configs = [space] if grid.is_search else expand(space)
     log(plan_gpu_packing(estimate_trials(configs, len(data)), args.gpus_per_trial, memory, source))
     return True
