@@ -53,6 +53,14 @@ def _whole_pickle(path: Path) -> str | None:
     return None
 
 
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return True
+
+
 def read_state_configs(folder: Path) -> list[dict]:
     """The trials' configs from the latest experiment_state-*.json; Pix3DError when torn."""
     path = _latest(folder, "experiment_state-*.json")
@@ -96,13 +104,11 @@ def verify_resume_state(folder: str | Path, expected: list[dict] | None) -> int:
     problem = _whole_pickle(folder / "tuner.pkl") if (folder / "tuner.pkl").exists() else "missing"
     if problem:
         raise _refuse(folder, f"tuner.pkl is {problem}")
+    # The search generator's state: a pickle despite its .json name (Ray 2.60); checked whole.
     for pattern in ("basic-variant-state-*.json", "search_gen_state-*.json"):
         path = _latest(folder, pattern)
-        if path is not None:
-            try:
-                json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                raise _refuse(folder, f"{path.name} is torn ({one_line(exc)})") from None
+        if path is not None and (problem := _whole_pickle(path)) and not _is_json(path):
+            raise _refuse(folder, f"{path.name} is {problem}")
     saved = read_state_configs(folder)
     if expected is None:
         return len(saved)

@@ -421,6 +421,7 @@ def _tear(sweep: Path, target: str, how: str) -> None:
     ("experiment_state-*.json", "drop-trial", "holds 1 trial(s) where the saved settings make 2"),
     ("tuner.pkl", "empty", "tuner.pkl is empty (0 bytes)"),
     ("tuner.pkl", "truncate", "tuner.pkl is not a complete pickle"),
+    ("basic-variant-state-*.json", "truncate", "basic-variant-state-"),
     ("search_run.json", "truncate", "search_run.json is torn or foreign"),
 ])
 def test_resume_refuses_a_torn_state_and_changes_nothing(finished_smoke_sweep, tmp_path, target, how, needle):
