@@ -17,7 +17,7 @@ import pytest
 from pix3d.errors import Pix3DError
 from relpose.models import IMAGENET_FILE
 from search import run as search_run
-from search.grids import get_grid
+from search.grids import GRIDS, get_grid
 from tests.test_relpose import _fake_resnet18_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,3 +131,20 @@ def test_relpose_trial_crash_is_retried_from_its_checkpoint(ray_session, tmp_pat
     assert reported == sorted(set(reported)) and reported[-1] == 2
     assert result.metrics["resumed_from_epoch"] == 1
     assert result.checkpoint is not None
+
+
+@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.trainable == "relpose"])
+def test_every_fusion_trial_is_a_valid_relpose_config(name, tmp_path):
+    from relpose.train import BUDGETS, RelPoseConfig
+    from search.fusion import resolve_budget
+    from trainables.relpose import relpose_config_from_tune
+
+    _, budget = resolve_budget("quick", 0, log=lambda _: None)
+    assert budget["pairs_size"] == BUDGETS["quick"]["pairs"]["size"]
+    weights_file = str(tmp_path / IMAGENET_FILE)
+    for trial in get_grid(name).trials(1, budget):
+        config = relpose_config_from_tune({**trial, "imagenet_weights": weights_file, "cpus_per_trial": 2,
+                                           "gpus_per_trial": 0})
+        assert isinstance(config, RelPoseConfig)
+        assert config.threads == 2 and config.device == "cpu"
+        assert config.weights == (weights_file if trial["weights"] == "imagenet" else None)

@@ -25,8 +25,8 @@ def test_size_matches_tunes_own_expansion(name, seeds):
     assert len({tuple(sorted((k, repr(v)) for k, v in t.items())) for t in trials}) == len(trials)
 
 
-@pytest.mark.parametrize("name", list(GRIDS))
-def test_every_trial_is_a_valid_train_config(name):
+@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.trainable == "pose"])
+def test_every_trial_is_a_valid_train_config(name):  # fusion grids: tests/test_fusion_sweep.py
     grid = get_grid(name)
     trials = grid.trials(1, BUDGETS["quick"]) or [
         # A search: resolve each domain once, as Tune would for one sample.
