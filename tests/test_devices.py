@@ -172,3 +172,40 @@ def test_trial_given_a_gpu_torch_cannot_see_fails_at_once_and_is_not_retried_on(
         assert error_file.read_text().count("Failure #") <= 2
         assert not (result.metrics or {}).get("epoch")  # nothing trained
     assert elapsed < 120
+
+
+@pytest.mark.slow
+def test_gpu_sweep_on_a_node_without_cuda_stops_before_any_trial_in_one_line(tmp_path):
+    """The issue's scenario: a loopback cluster advertising a GPU, a sweep without --device cpu."""
+    import shutil
+    import tempfile
+
+    from tests.test_cluster import free_port, start_node, stop_group
+    from tests.test_search import cli_env
+
+    folder, cache = make_tiny_dataset(tmp_path)
+    temp_dir = tempfile.mkdtemp(prefix="rn-", dir="/tmp")
+    port = free_port()
+    env = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    group = None
+    try:
+        group = start_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
+                            "--num-cpus", "2", "--num-gpus", "1", "--temp-dir", temp_dir,
+                            "--include-dashboard", "false", "--dashboard-port", str(free_port()),
+                            "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"], env)
+        proc = run_search("--grid", "smoke", "--address", f"127.0.0.1:{port}", "--data", str(folder),
+                          "--cache", str(cache), "--storage", str(tmp_path / "rr"), "--no-mlflow",
+                          "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=300)
+    finally:
+        if group is not None:
+            stop_group(group)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # stderr also carries the progress bars of preparing the 224 px cache; the error is one line.
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: node "), proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == errors[0] and "Traceback" not in proc.stderr
+    assert "CUDA_VISIBLE_DEVICES='0'" in errors[0] and "device_count()=0" in errors[0]
+    assert "--device cpu" in errors[0]
+    assert "budget auto -> paper" in proc.stdout  # what the driver chose: it would have crawled on CPU
+    assert not list((tmp_path / "rr" / "smoke").glob("train_pose_*"))  # no trial started
