@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import io
 import math
+import os
 import random
 import re
 import time
@@ -322,11 +323,32 @@ def cpu_has_fast_bf16() -> bool:
     return bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
+PRECISION_ENV = "PIX3D_PRECISION"
+
+
+def forced_precision() -> str | None:
+    """The precision that `$PIX3D_PRECISION` forces on 'auto' ('fp32' or 'bf16'), or None.
+
+    Unset, empty or 'auto' force nothing. Lets a whole test suite (or a sweep) run in bf16 on a
+    machine whose hardware check would pick fp32, and the other way round.
+    """
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("fp32", "bf16"):
+        raise UsageError(f"environment variable {PRECISION_ENV}: unknown value {value!r}; "
+                         "choose from fp32, bf16, auto")
+    return value
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> 'bf16' where the hardware runs it fast (CUDA with bf16, CPU with AMX or
-    AVX512-BF16), else 'fp32'. Explicit 'fp32' / 'bf16' are kept as they are."""
+    """'auto' -> `$PIX3D_PRECISION` when set; else 'bf16' where the hardware runs it fast (CUDA
+    with bf16, CPU with AMX or AVX512-BF16), else 'fp32'. Explicit 'fp32' / 'bf16' are kept."""
     if precision != "auto":
         return precision
+    forced = forced_precision()
+    if forced is not None:
+        return forced
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"

@@ -62,8 +62,9 @@ def pose_pattern_data(n: int = 48, size: int = SIZE, *, normals: bool = True, se
 
 
 def small_config(**changes) -> TrainConfig:
+    # precision "auto": follows $PIX3D_PRECISION, so the suite runs once in fp32 and once in bf16.
     base = dict(model="separate_net", modalities=("rgb",), lr=1e-3, batch_size=8, epochs=3,
-                image_size=SIZE, threads=1, device="cpu", val_fraction=0.25)
+                image_size=SIZE, threads=1, device="cpu", val_fraction=0.25, precision="auto")
     return TrainConfig.from_dict({**base, **changes})
 
 
@@ -341,27 +342,24 @@ def test_cli_trains_writes_outputs_and_guards_resume(tmp_path, monkeypatch, caps
 
 # ----------------------------------------------------------------------------- learning (slow)
 
-def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None) -> dict:
+def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None, **changes) -> dict:
+    """One fit on the built-in set at the quick budget's size and precision ('auto', so it follows
+    $PIX3D_PRECISION), with `changes` (epochs, max_train_images) on top."""
     _, overrides, _ = resolve_budget("quick")
     data = prepare("synthetic", overrides["image_size"], progress=False, log=lambda s: None)
-    config = TrainConfig.from_dict({**overrides, "model": model, "modalities": modalities,
+    config = TrainConfig.from_dict({**overrides, **changes, "model": model, "modalities": modalities,
                                     "lr": lr or PUBLISHED_LR[model], "threads": 2, "device": "cpu"})
     return fit(config, data)["final"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 4's criterion is not met on this 2-core CPU; measured with benchmarks/"
-    "bench_learning.py: combined_net RGB+mask reaches 2x the majority baseline (0.26 vs 0.13) "
-    "only after ~6,500 image passes (~160 s on 2 cores, lr 1e-3); the quick budget's 900 passes "
-    "(~25 s) give 0.19 at lr 1e-3 and 0.14 at the published 1e-5. 76 px, 108 px, batch 4, "
-    "lr 3e-4..1e-2 and 1,620 images x 1 epoch all stay at 0.18-0.21.",
-)
-def test_quick_budget_combined_net_rgb_mask_learns():
-    """The issue's criterion, at the learning rate most favourable to it (1e-3; the published
-    1e-5 moves less in so few steps): combined_net on RGB+mask >= 2x the majority baseline."""
-    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3)
+def test_combined_net_rgb_mask_learns_at_the_measured_budget():
+    """The claim the project keeps for combined_net (README, benchmarks/bench_learning.py): on
+    RGB+mask at lr 1e-3 it reaches twice the majority baseline after ~6,500 image passes (the
+    whole training split x 4 epochs at the quick budget's 64 px; a few minutes on 2 cores). The
+    quick budget's 900 passes are not enough, which is why `quick` is only a smoke run."""
+    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3, max_train_images=None, epochs=4)
+    assert final["n_train"] * 4 >= 6000, final["n_train"]  # the budget measured, not a smaller one
     assert final["val_azimuth_acc"] >= 2 * final["majority_azimuth_acc"], final
 
 
@@ -373,13 +371,32 @@ def test_quick_budget_learns_the_synthetic_set():
     assert final["val_azimuth_acc"] >= 2 * final["majority_azimuth_acc"], final
 
 
-def test_precision_auto_follows_the_hardware():
+def test_precision_auto_follows_the_hardware(monkeypatch):
     """'auto' is bf16 only where the CPU has bf16 units (read from /proc/cpuinfo), fp32 otherwise."""
     from pix3d.train import cpu_has_fast_bf16, resolve_precision
 
+    monkeypatch.delenv("PIX3D_PRECISION", raising=False)
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("bf16", cpu) == "bf16"
     flags = open("/proc/cpuinfo").read()
     assert cpu_has_fast_bf16() == (" amx_bf16" in flags or " avx512_bf16" in flags)
+
+
+def test_precision_env_forces_auto_only(monkeypatch, data):
+    """$PIX3D_PRECISION decides what 'auto' means (both ways), leaves explicit precisions alone,
+    and a bad value is one error naming the variable."""
+    from pix3d.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    for forced in ("fp32", "bf16", "BF16 "):
+        monkeypatch.setenv("PIX3D_PRECISION", forced)
+        assert resolve_precision("auto", cpu) == forced.strip().lower()
+        assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    monkeypatch.setenv("PIX3D_PRECISION", "bf16")
+    history = fit(small_config(epochs=1), data)["history"]
+    assert history[-1]["bf16_autocast"] == 1.0  # what ran is recorded
+    monkeypatch.setenv("PIX3D_PRECISION", "fp16")
+    with pytest.raises(Pix3DError, match=r"environment variable PIX3D_PRECISION: unknown value 'fp16'"):
+        resolve_precision("auto", cpu)
