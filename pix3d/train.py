@@ -35,6 +35,7 @@ from tqdm import tqdm
 from pix3d.constants import HEADS, N_BINS, PUBLISHED_LR, modalities_key, modality_channels, parse_modalities
 from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
 from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.metrics import azimuth_angle_metrics, per_category_metrics
 from pix3d.fileio import atomic_path, check_free_space, ensure_writable_dir, write_json
 from pix3d.models import get_model, list_models
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
@@ -377,6 +378,14 @@ def train_batches(n: int, batch_size: int, generator: torch.Generator) -> list[t
 
 # ----------------------------------------------------------------------------- evaluation
 
+def majority_angle_baseline(train_labels: np.ndarray, val_azimuth_deg, azimuth_centres) -> dict[str, float]:
+    """MedErr and Acc@pi/6 on val of always predicting the most frequent training azimuth bin."""
+    majority = np.bincount(train_labels[:, 0], minlength=N_BINS).argmax()
+    angle = azimuth_angle_metrics(np.full(len(val_azimuth_deg), majority), val_azimuth_deg, azimuth_centres)
+    return {"majority_azimuth_mederr": angle["val_azimuth_mederr"],
+            "majority_azimuth_acc_pi6": angle["val_azimuth_acc_pi6"]}
+
+
 def majority_baseline(train_labels: np.ndarray, val_labels: np.ndarray) -> dict[str, float]:
     """Accuracy on val of always predicting each head's most frequent training bin."""
     out = {}
@@ -387,22 +396,49 @@ def majority_baseline(train_labels: np.ndarray, val_labels: np.ndarray) -> dict[
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, source: BatchSource, indices: torch.Tensor, precision: str,
-              batch_size: int = 128) -> dict:
+def _predict(model: nn.Module, source: BatchSource, indices: torch.Tensor, precision: str,
+             batch_size: int = 128, shuffle: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N x 3 x N_BINS) and per-sample loss (N) for cache rows `indices`, in their order.
+
+    Batches are consecutive rows, or with `shuffle` a seeded random order (as the published
+    notebook validated); either way the outputs are put back in the order of `indices`.
+    """
     model.eval()
-    predictions, losses = [], []
-    for idx in indices.split(batch_size):
+    n = len(indices)
+    order = torch.randperm(n, generator=shuffle) if shuffle is not None else torch.arange(n)
+    logits_out = torch.empty((n, len(HEADS), N_BINS), dtype=torch.float32)
+    losses_out = torch.empty(n, dtype=torch.float32)
+    for positions in order.split(batch_size):
+        idx = indices[positions]
         with _autocast(source.device, precision):
             logits = model(source.inputs(idx))
-        predictions.append(logits.float().argmax(dim=2).cpu())
-        losses.append(pose_loss(logits, source.targets(idx), reduction="none").cpu())
-    predicted = torch.cat(predictions).numpy()
+        logits_out[positions] = logits.float().cpu()
+        losses_out[positions] = pose_loss(logits, source.targets(idx), reduction="none").float().cpu()
+    return logits_out, losses_out
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, source: BatchSource, indices: torch.Tensor, precision: str,
+              batch_size: int = 128, *, shuffle: torch.Generator | None = None,
+              azimuth_deg: np.ndarray | None = None, azimuth_centres: np.ndarray | None = None,
+              categories: Sequence[str] | None = None) -> dict:
+    """Validation metrics. With the true azimuths (degrees, all cache rows) and the bin
+    centres, also MedErr and Acc@pi/6; with `categories` (all cache rows), per-category ones."""
+    logits, losses = _predict(model, source, indices, precision, batch_size, shuffle)
+    predicted = logits.argmax(dim=2).numpy()
     truth = source.labels.index_select(0, indices.to(source.device)).cpu().numpy()
-    metrics = {"val_loss": float(torch.cat(losses).mean())}
+    metrics = {"val_loss": float(losses.mean())}
     for h, head in enumerate(HEADS):
         metrics[f"val_{head}_acc"] = float((predicted[:, h] == truth[:, h]).mean())
     az_pred, az_true = predicted[:, 0], truth[:, 0]
     metrics["val_azimuth_acc_within1"] = float((circular_bin_distance(az_pred, az_true) <= 1).mean())
+    if azimuth_deg is not None and azimuth_centres is not None:
+        rows = indices.numpy()
+        true_deg = np.asarray(azimuth_deg, dtype=np.float64)[rows]
+        metrics.update(azimuth_angle_metrics(az_pred, true_deg, azimuth_centres))
+        if categories is not None:
+            val_categories = [categories[i] for i in rows]
+            metrics.update(per_category_metrics(az_pred, az_true, true_deg, azimuth_centres, val_categories))
     confusion = np.zeros((N_BINS, N_BINS), dtype=np.int64)
     np.add.at(confusion, (az_true, az_pred), 1)
     metrics["val_azimuth_confusion"] = confusion.tolist()
@@ -418,9 +454,13 @@ def evaluate(model: nn.Module, data, indices, bins: Bins, *, modalities, norm: d
     labels = bins.labels(data.azimuth, data.elevation, data.inplane)
     source = BatchSource(data.images, labels, modalities, norm, device, channels_last)
     indices = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
-    metrics = _evaluate(model.to(device), source, indices, precision, batch_size)
+    centres = bins.centres("azimuth")
+    metrics = _evaluate(model.to(device), source, indices, precision, batch_size,
+                        azimuth_deg=data.azimuth, azimuth_centres=centres, categories=data.categories)
     if train_indices is not None:
         metrics.update(majority_baseline(labels[np.asarray(train_indices)], labels[indices.numpy()]))
+        metrics.update(majority_angle_baseline(labels[np.asarray(train_indices)],
+                                               data.azimuth[indices.numpy()], centres))
     return metrics
 
 
@@ -507,6 +547,8 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
     bins = fit_bins(config.bins, data.azimuth[train_idx], data.elevation[train_idx], data.inplane[train_idx])
     labels = bins.labels(data.azimuth, data.elevation, data.inplane)
     baseline = majority_baseline(labels[train_idx], labels[val_idx])
+    azimuth_centres = bins.centres("azimuth")
+    baseline.update(majority_angle_baseline(labels[train_idx], data.azimuth[val_idx], azimuth_centres))
 
     channels = modality_channels(config.modalities)
     train_t = torch.as_tensor(train_idx, dtype=torch.int64)
@@ -569,7 +611,18 @@ def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | N
             scheduler.step()
 
         metrics = {"epoch": epoch, "train_loss": float(loss_sum) / seen}
-        val = _evaluate(model, source, val_t, precision)
+        val_shuffle = None
+        if config.seed_quirks:
+            # The notebook validated in shuffled batches of the training batch size; with the
+            # batch-mixing concatenation a prediction depends on its batch mates, so sorted
+            # batches of 128 (neighbouring, same-category rows) would not be what it measured.
+            # Its own generator (seed, epoch): the training shuffle and resume stay exact.
+            val_shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        val = _evaluate(model, source, val_t, precision,
+                        config.batch_size if config.seed_quirks else 128, shuffle=val_shuffle,
+                        azimuth_deg=data.azimuth, azimuth_centres=azimuth_centres,
+                        # Per-category numbers at the end of the trial only (not per epoch).
+                        categories=data.categories if epoch == config.epochs else None)
         confusion = val.pop("val_azimuth_confusion")
         metrics.update(val)
         metrics.update(baseline)
@@ -620,7 +673,8 @@ def format_metrics(m: dict, epochs: int) -> str:
     return (
         f"epoch {m['epoch']:>3}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
         f"az {m['val_azimuth_acc']:.3f} (+-1 bin {m['val_azimuth_acc_within1']:.3f}, majority "
-        f"{m['majority_azimuth_acc']:.3f})  el {m['val_elevation_acc']:.3f}  ip {m['val_inplane_acc']:.3f}  "
+        f"{m['majority_azimuth_acc']:.3f}; MedErr {m.get('val_azimuth_mederr', math.nan):.1f} deg, "
+        f"Acc@pi/6 {m.get('val_azimuth_acc_pi6', math.nan):.3f})  el {m['val_elevation_acc']:.3f}  ip {m['val_inplane_acc']:.3f}  "
         f"lr {m['lr']:.1e}  {m['images_per_s']:.0f} img/s  {m['epoch_time_s']:.1f}s"
     )
 
