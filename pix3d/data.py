@@ -5,7 +5,8 @@ Splits (a registry; the split is a config key):
             category's entries with torch.Generator().manual_seed(seed), val = int(n / 10).
   random    one seeded permutation of all entries, val = int(N * val_fraction).
   by_model  whole 3D models go to one side: images of one model share its appearance at
-            nearby poses, so a model on both sides leaks pose through appearance.
+            nearby poses, so a model on both sides leaks pose through appearance. Stratified:
+            val_fraction of each category's models (at least one where it has two or more).
 
 `ModalityView` hands trials the channels of a modality subset without copying the cache:
 the published subsets are prefixes of the channel order, so they are plain slices.
@@ -61,22 +62,34 @@ def random_split(categories: Sequence[str], model_ids: Sequence[str], *, seed: i
 
 
 def by_model_split(categories: Sequence[str], model_ids: Sequence[str], *, seed: int, val_fraction: float = 0.1):
-    """Whole models to validation, in seeded order, until it holds val_fraction of the images."""
+    """Whole models to validation, stratified by category: per category (sorted by name) a
+    seeded draw of val_fraction of its CAD models (int(n / 10) for the default), at least one
+    where the category has two or more, so every such category is on both sides. A model
+    belongs to the category most of its images carry."""
     models = sorted(set(model_ids))
     if len(models) < 2:
         raise Pix3DError(f"the by_model split needs at least 2 distinct models, the data has {len(models)}")
-    order = torch.randperm(len(models), generator=torch.Generator().manual_seed(seed)).tolist()
-    target = max(1, _val_count(len(model_ids), val_fraction))
-    counts: dict[str, int] = {}
-    for m in model_ids:
-        counts[m] = counts.get(m, 0) + 1
+    votes: dict[str, dict[str, int]] = {}
+    for category, model in zip(categories, model_ids):
+        votes.setdefault(model, {}).setdefault(category, 0)
+        votes[model][category] += 1
+    by_category: dict[str, list[str]] = {}
+    for model in models:
+        home = max(sorted(votes[model]), key=lambda c: votes[model][c])
+        by_category.setdefault(home, []).append(model)
     val_models: set[str] = set()
-    taken = 0
-    for k in order:
-        if taken >= target or len(val_models) == len(models) - 1:
-            break  # never move every model to validation
-        val_models.add(models[k])
-        taken += counts[models[k]]
+    # One generator drawn category by category: same-sized categories get different draws.
+    generator = torch.Generator().manual_seed(seed)
+    for category in sorted(by_category):
+        members = by_category[category]
+        if len(members) < 2:
+            continue  # one model cannot be on both sides: it stays in training
+        n_val = max(1, _val_count(len(members), val_fraction))
+        order = torch.randperm(len(members), generator=generator).tolist()
+        val_models.update(members[k] for k in order[:n_val])
+    if not val_models:
+        raise Pix3DError("the by_model split needs a category with at least 2 distinct models; "
+                         f"each of the {len(by_category)} categories has one")
     val = [i for i, m in enumerate(model_ids) if m in val_models]
     train = [i for i, m in enumerate(model_ids) if m not in val_models]
     return train, val

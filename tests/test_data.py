@@ -61,7 +61,9 @@ def test_every_split_partitions_and_is_seeded(name):
     other = split_indices(name, categories, models, seed=4)
     assert np.array_equal(again[1], val)
     assert not np.array_equal(other[1], val)
-    assert 0.05 * len(categories) <= len(val) <= 0.2 * len(categories)
+    # by_model moves at least one model per category: with 4 models each, a quarter of them.
+    high = 0.3 if name == "by_model" else 0.2
+    assert 0.05 * len(categories) <= len(val) <= high * len(categories)
 
 
 def test_by_model_keeps_each_model_on_one_side():
