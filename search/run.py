@@ -315,6 +315,12 @@ def _enable_token_auth() -> None:
     enable()
 
 
+def _forwarded_env() -> dict | None:
+    """A runtime_env that carries the driver's $PIX3D_PRECISION to every trial, on any node."""
+    value = os.environ.get("PIX3D_PRECISION")
+    return {"env_vars": {"PIX3D_PRECISION": value}} if value else None
+
+
 def init_ray(address: str | None, log=print) -> None:
     """Join `address` or start a private local Ray (all of this machine's cores)."""
     import ray
@@ -323,7 +329,7 @@ def init_ray(address: str | None, log=print) -> None:
         # address="local" always starts a fresh instance: a bare ray.init() would silently
         # join whatever `ray start` cluster happens to run on this machine.
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
+                 log_to_driver=True, configure_logging=False, runtime_env=_forwarded_env())
         return
     if address != "auto":
         _check_reachable(address)
@@ -334,7 +340,7 @@ def init_ray(address: str | None, log=print) -> None:
         log("RAY_AUTH_MODE not set: using token auth to join the cluster (set RAY_AUTH_MODE=disabled to opt out)")
     _probe_cluster(address)
     try:
-        ray.init(address=address, configure_logging=False)
+        ray.init(address=address, configure_logging=False, runtime_env=_forwarded_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {one_line(exc)}") from None
 
