@@ -169,9 +169,12 @@ def _read_settings(path: str) -> dict | None:
     return saved
 
 
-def _write_settings(path: str, settings: SweepSettings, command: str) -> None:
-    """Save the sweep settings atomically (temp file + rename; a plain write for URIs)."""
-    payload = json.dumps({**settings.to_dict(), "command": command}, indent=2).encode()
+def _write_settings(path: str, settings: SweepSettings, command: str, mlflow_uri: str | None = None) -> None:
+    """Save the sweep settings atomically (temp file + rename; a plain write for URIs).
+
+    `mlflow_uri` is the store the sweep's tracking callback logs to: a resumed sweep keeps
+    logging there (Tune restores the callback), so its closing table is read from there too."""
+    payload = json.dumps({**settings.to_dict(), "command": command, "mlflow_uri": mlflow_uri}, indent=2).encode()
     if is_uri(path):
         import pyarrow.fs
 
@@ -383,7 +386,8 @@ def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable
 # ---------------------------------------------------------------------------- tracking / table
 
 
-def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manifest: dict, storage: str) -> list:
+def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manifest: dict, storage: str,
+                        uri: str | None = None) -> list:
     """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed."""
     if args.no_mlflow:
         return []
@@ -392,14 +396,28 @@ def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manif
     except ImportError as exc:
         print(f"note: MLflow tracking unavailable ({exc}); results stay in Ray storage")
         return []
-    uri = args.mlflow_uri or default_tracking_uri()
+    uri = uri or args.mlflow_uri or default_tracking_uri()
     print(f"MLflow: {uri} (experiment {experiment})")
     return [MLflowTrackingCallback(uri, experiment, sweep_name=experiment, grid=grid, command=command,
                                    data_manifest=manifest, storage_path=storage)]
 
 
-def _report_table(args, *, experiment: str, trainable: str = "pose") -> None:
-    """Rebuild the azimuth table from MLflow and write md/csv/png (analysis.table)."""
+def sweep_tracking_uri(args, sweep_path: str) -> str | None:
+    """The MLflow store of this sweep: for --resume the one recorded in its search_run.json
+    (where the restored callback logs), else --mlflow-uri or ./mlflow.db; None with --no-mlflow."""
+    if args.no_mlflow:
+        return None
+    if args.resume:
+        saved = _read_settings(sweep_path) or {}
+        if isinstance(saved.get("mlflow_uri"), str) and saved["mlflow_uri"]:
+            return saved["mlflow_uri"]
+    from analysis.tracking import default_tracking_uri
+
+    return args.mlflow_uri or default_tracking_uri()
+
+
+def _report_table(args, *, experiment: str, trainable: str = "pose", uri: str | None = None) -> None:
+    """Rebuild the azimuth table from MLflow (`uri`: the sweep's store) and write md/csv/png."""
     if args.no_mlflow:
         return
     try:
@@ -411,7 +429,7 @@ def _report_table(args, *, experiment: str, trainable: str = "pose") -> None:
     except ImportError as exc:
         print(f"note: azimuth table unavailable ({exc})")
         return
-    uri = args.mlflow_uri or default_tracking_uri()
+    uri = uri or args.mlflow_uri or default_tracking_uri()
     try:
         table = build_table(uri, experiment)
         paths = write_table(table, Path("table_out") / experiment)
@@ -566,9 +584,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not planned:
                 plan_gpus(args, grid, space, data, probes)
         if not args.resume:
-            _write_settings(sweep_path, settings, command)
+            _write_settings(sweep_path, settings, command, sweep_tracking_uri(args, sweep_path))
         callbacks = _tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
-                                        manifest=getattr(data, "manifest", {}), storage=storage)
+                                        manifest=getattr(data, "manifest", {}), storage=storage,
+                                        uri=sweep_tracking_uri(args, sweep_path))
         if args.resume:
             print(f"resuming sweep {sweep_path}")
             if args.mlflow_uri:
@@ -586,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = counts.get("ERROR", 0)
     print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
     print("\n".join(lines))
-    _report_table(args, experiment=experiment, trainable=grid.trainable)
+    _report_table(args, experiment=experiment, trainable=grid.trainable, uri=sweep_tracking_uri(args, sweep_path))
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not grid.is_search else 0)
     if pending:
         # Interrupted (Ctrl-C): Tune saved its state; the same sweep continues from here.
