@@ -1,7 +1,7 @@
 """The azimuth accuracy table, rebuilt from what MLflow logged.
 
     python -m analysis.table --experiment ablation [--mlflow-uri URI] [--metric val_azimuth_acc]
-                             [--at last|best] [--format md|csv|latex] [--out DIR]
+                             [--by subset|category] [--at last|best] [--format md|csv|latex] [--out DIR]
 
 Rows are models (split by seed_quirks on/off when both were run, and by learning rate when
 a model was run at several), columns the four modality subsets of the published table.
@@ -9,6 +9,10 @@ Each cell is mean ± std over seeds with n, in %, and the published value beside
 majority-class row says what 'learned nothing' scores. Files: table.md, table.csv,
 table.png (and lr.png for learning-rate sweeps), written atomically to --out and logged to
 the sweep's parent run.
+
+`--metric` picks any metric of `METRICS` (accuracies in %, the median angular error in
+degrees, labelled lower-is-better); `--by category` gives the per-category breakdown (rows =
+model x subset, columns = categories) of the metrics logged per category at the end of a trial.
 
 `summarise` is pure (a frame of one value per run in, a Table out) so that the same
 arithmetic can be checked against Tune's own results.
@@ -40,7 +44,49 @@ from pix3d.fileio import disk_full, ensure_writable_dir, is_disk_full
 
 AT_CHOICES = ("last", "best")
 FORMATS = ("md", "csv", "latex")
+BY_CHOICES = ("subset", "category")
 BASELINE_METRIC = "majority_azimuth_acc"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a logged metric reads in a table: unit, direction, the baseline logged beside it."""
+
+    name: str
+    unit: str = "%"                 # "%": a fraction shown x100; "deg"; "": as logged
+    lower_is_better: bool = False
+    baseline: str | None = None     # the majority-class value of the same metric
+    per_category: bool = False      # also logged as `<name>.<category>` at a trial's end
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "%" else 1.0
+
+    def describe(self) -> str:
+        unit = {"%": "%", "deg": "degrees"}.get(self.unit, "as logged")
+        return unit + (", lower is better" if self.lower_is_better else "")
+
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("val_azimuth_acc", baseline="majority_azimuth_acc", per_category=True),
+    MetricSpec("val_azimuth_mederr", unit="deg", lower_is_better=True,
+               baseline="majority_azimuth_mederr", per_category=True),
+    MetricSpec("val_azimuth_acc_pi6", baseline="majority_azimuth_acc_pi6", per_category=True),
+    MetricSpec("val_azimuth_acc_within1"),
+    MetricSpec("best_val_azimuth_acc", baseline="majority_azimuth_acc"),
+    MetricSpec("val_elevation_acc", baseline="majority_elevation_acc"),
+    MetricSpec("val_inplane_acc", baseline="majority_inplane_acc"),
+    MetricSpec("val_loss", unit="", lower_is_better=True),
+    MetricSpec("train_loss", unit="", lower_is_better=True),
+)}
+
+
+def metric_spec(metric: str) -> MetricSpec:
+    """The spec of a known metric; another name (Python API only) reads as a fraction in %."""
+    if metric in METRICS:
+        return METRICS[metric]
+    return MetricSpec(metric, lower_is_better="loss" in metric or "err" in metric,
+                      baseline=BASELINE_METRIC if metric == "val_azimuth_acc" else None)
 PAPER_COLUMNS: tuple[str, ...] = tuple("+".join(s) for s in ABLATION_SUBSETS)
 MODEL_ORDER = ("combined_net", "separate_net")
 RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
@@ -86,6 +132,7 @@ class Row:
     seed_quirks: bool | None
     lr: float | None
     cells: dict[str, Cell]
+    modalities: str | None = None  # set in per-category tables (one row per model x subset)
 
 
 @dataclass
@@ -102,10 +149,14 @@ class Table:
     records: pd.DataFrame = field(default_factory=pd.DataFrame)
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    by: str = "subset"
 
     # -- renderings ----------------------------------------------------------------------
     def _title(self) -> str:
-        return f"{self.metric} ({self.at} epoch), % over seeds: experiment `{self.experiment}`"
+        spec = metric_spec(self.metric)
+        by = ", by category" if self.by == "category" else ""
+        return (f"{self.metric} ({self.at} epoch{by}), mean over seeds in {spec.describe()}: "
+                f"experiment `{self.experiment}`")
 
     def to_markdown(self) -> str:
         labels = [SUBSET_LABELS.get(c, c) for c in self.columns]
@@ -127,12 +178,14 @@ class Table:
         for row, cells in [(r, r.cells) for r in self.rows] + [(None, self.baseline)]:
             for column in self.columns:
                 cell = cells.get(column, Cell([]))
+                placement = ({"modalities": row.modalities if row else "", "category": column}
+                             if self.by == "category" else {"modalities": column})
                 out.append({
                     "row": row.label if row else "majority class",
                     "model": row.model if row else "",
                     "seed_quirks": "" if row is None or row.seed_quirks is None else row.seed_quirks,
                     "lr": "" if row is None or row.lr is None else row.lr,
-                    "modalities": column, "column": SUBSET_LABELS.get(column, column),
+                    **placement, "column": SUBSET_LABELS.get(column, column),
                     "mean_pct": round(cell.mean, 4) if cell.n else "",
                     "std_pct": round(cell.std, 4) if cell.n > 1 else "",
                     "n": cell.n,
@@ -188,6 +241,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     columns = list(PAPER_COLUMNS) + sorted(
         set(records["modalities"]) - set(PAPER_COLUMNS), key=lambda s: (s.count("+"), s))
     published_source = PUBLISHED_AZIMUTH_ACC if metric == "val_azimuth_acc" else {}
+    scale = metric_spec(metric).scale
 
     rows: list[Row] = []
     group_keys = ["model", "seed_quirks", "lr"]
@@ -201,7 +255,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
             label += f" lr={lr:g}"
         cells = {}
         for column in columns:
-            values = [100 * v for v in group.loc[group["modalities"] == column, "value"]]
+            values = [scale * v for v in group.loc[group["modalities"] == column, "value"]]
             cells[column] = Cell(values, published_source.get(model, {}).get(column))
         rows.append(Row(label, model, bool(quirks) if split_quirks else None,
                         float(lr) if lrs_per_model[model] > 1 else None, cells))
@@ -211,7 +265,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
         for column in columns:
             values = records.loc[(records["modalities"] == column) & records["baseline"].notna(),
                                  "baseline"]
-            baseline[column] = Cell([100 * v for v in values])
+            baseline[column] = Cell([scale * v for v in values])
     counts = sorted({cell.n for row in rows for cell in row.cells.values() if cell.n})
     if len(counts) > 1:
         notes.append(f"cells have unequal n ({', '.join(map(str, counts))} seeds): compare "
@@ -221,6 +275,46 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     if missing:
         notes.append("no finished runs for: " + ", ".join(missing))
     return Table(experiment, metric, at, columns, rows, baseline, notes, records)
+
+
+def summarise_by_category(records: pd.DataFrame, *, experiment: str,
+                          metric: str = "val_azimuth_acc", at: str = "last") -> Table:
+    """One value per run and category -> Table: rows model (x quirks x lr) x subset, columns
+    the categories, cells mean ± std over seeds."""
+    records = records.copy()
+    records["modalities"] = [modalities_key(m) for m in records["modalities"]]
+    notes: list[str] = []
+    key = ["model", "modalities", "lr", "seed_quirks", "seed", "category"]
+    records = records.sort_values("end_time", kind="stable")
+    duplicated = records.duplicated(key, keep="last")
+    if duplicated.any():
+        notes.append(f"{int(duplicated.sum())} value(s) repeat a model/subset/lr/seed/category of a "
+                     "later run and were left out (latest kept)")
+        records = records[~duplicated]
+    scale = metric_spec(metric).scale
+    split_quirks = records["seed_quirks"].nunique() > 1
+    lrs_per_model = records.groupby("model")["lr"].nunique()
+    columns = sorted(set(records["category"]))
+    subset_order = {s: i for i, s in enumerate(PAPER_COLUMNS)}
+    rows: list[Row] = []
+    groups = records.groupby(["model", "seed_quirks", "lr", "modalities"], sort=False)
+    for (model, quirks, lr, subset), group in sorted(
+            groups, key=lambda item: (_model_rank(item[0][0]), bool(item[0][1]), item[0][2],
+                                      subset_order.get(item[0][3], len(subset_order)), item[0][3])):
+        label = model
+        if split_quirks:
+            label += " (quirks on)" if quirks else " (quirks off)"
+        if lrs_per_model[model] > 1:
+            label += f" lr={lr:g}"
+        label += f" · {SUBSET_LABELS.get(subset, subset)}"
+        cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]])
+                 for c in columns}
+        rows.append(Row(label, model, bool(quirks) if split_quirks else None,
+                        float(lr) if lrs_per_model[model] > 1 else None, cells, modalities=subset))
+    empty = [f"{row.label} / {c}" for row in rows for c in columns if not row.cells[c].n]
+    if empty:
+        notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")
+    return Table(experiment, metric, at, columns, rows, {}, notes, records, by="category")
 
 
 # -- MLflow -> records -----------------------------------------------------------------------
@@ -244,18 +338,45 @@ def _best(history, metric: str) -> float:
     values = [m.value for m in history if math.isfinite(m.value)]
     if not values:
         return math.nan
-    return min(values) if "loss" in metric else max(values)
+    return min(values) if metric_spec(metric.split(".")[0]).lower_is_better else max(values)
+
+
+def _run_label(run) -> str:
+    return run.data.tags.get("mlflow.runName") or run.info.run_id[:8]
+
+
+def _runs_lacking(runs, metric: str, limit: int = 8) -> str:
+    """'a, b, c (+N more)': the runs (by name) that did not log `metric`."""
+    names = sorted(_run_label(r) for r in runs)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimuth_acc",
-                 at: str = "last") -> tuple[pd.DataFrame, list[str], str | None]:
+                 at: str = "last", by: str = "subset") -> tuple[pd.DataFrame, list[str], str | None]:
     """Finished trial runs of `experiment` -> (one row per run, notes, latest parent run id).
 
-    Raises Pix3DError naming what is wrong: unknown experiment (listing the existing ones),
-    no finished runs, no run with the metric, unreachable store.
+    With by="category": one row per run and category (`<metric>.<category>`, logged at the
+    end of a trial), with a `category` column. Runs that lack the metric (logged by older
+    code) are left out and named in a note. Raises Pix3DError naming what is wrong: unknown
+    experiment (listing the existing ones), no finished runs, no run with the metric,
+    unreachable store.
     """
     if at not in AT_CHOICES:
         raise UsageError(f"--at {at!r}: choose from {', '.join(AT_CHOICES)}")
+    if by not in BY_CHOICES:
+        raise UsageError(f"--by {by!r}: choose from {', '.join(BY_CHOICES)}")
+    spec = metric_spec(metric)
+    if by == "category" and not spec.per_category:
+        per_category = [m.name for m in METRICS.values() if m.per_category]
+        raise UsageError(f"--by category: only {', '.join(per_category)} are logged per category, "
+                         f"not {metric}")
+    prefix = f"{metric}."
+
+    def has_metric(run) -> bool:
+        if by == "category":
+            return any(key.startswith(prefix) for key in run.data.metrics)
+        return metric in run.data.metrics
     check_reachable(tracking_uri)
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         # Opening it would create an empty store (and say so on stderr): refuse instead.
@@ -276,39 +397,55 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
     if not finished:
         raise Pix3DError(f"experiment {experiment!r} has no finished trial runs "
                          f"({len(runs)} trial runs in all)")
-    with_metric = [r for r in finished if metric in r.data.metrics]
+    what = f"{metric} per category" if by == "category" else repr(metric)
+    with_metric = [r for r in finished if has_metric(r)]
     if not with_metric:
-        logged = sorted(set().union(*(r.data.metrics for r in finished)))
+        logged = sorted(k for k in set().union(*(r.data.metrics for r in finished)) if "." not in k)
         raise Pix3DError(f"no finished run of experiment {experiment!r} logged metric "
-                         f"{metric!r}; logged: {', '.join(logged) or '(none)'}")
+                         f"{what} (runs from older code lack the newer metrics); logged: "
+                         f"{', '.join(logged) or '(none)'}")
     if len(with_metric) < len(finished):
-        notes.append(f"{len(finished) - len(with_metric)} finished run(s) without {metric} left out")
+        lacking = [r for r in finished if not has_metric(r)]
+        notes.append(f"{len(lacking)} finished run(s) lack {what} (logged before it existed?) "
+                     f"and were left out: {_runs_lacking(lacking, metric)}")
     records = []
     for run in with_metric:
         tags, params = run.data.tags, run.data.params
-        value = run.data.metrics[metric]
-        if at == "best":
-            value = _best(client.get_metric_history(run.info.run_id, metric), metric)
-        lr_text = tags.get("lr", params.get("lr", "nan"))
-        records.append({
-            "run_id": run.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
-            "sweep_id": tags.get("sweep_id"), "end_time": run.info.end_time or 0,
-            "model": tags.get("model", params.get("model", "?")),
-            "modalities": tags.get("modalities", params.get("modalities", "rgb")),
-            "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
-            "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
-            "value": value, "baseline": run.data.metrics.get(BASELINE_METRIC, math.nan),
-        })
-    frame = pd.DataFrame(records, columns=list(RECORD_COLUMNS))
+        keys = ([k for k in sorted(run.data.metrics) if k.startswith(prefix)]
+                if by == "category" else [metric])
+        for key in keys:
+            value = run.data.metrics[key]
+            if at == "best":
+                value = _best(client.get_metric_history(run.info.run_id, key), key)
+            lr_text = tags.get("lr", params.get("lr", "nan"))
+            record = {
+                "run_id": run.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
+                "sweep_id": tags.get("sweep_id"), "end_time": run.info.end_time or 0,
+                "model": tags.get("model", params.get("model", "?")),
+                "modalities": tags.get("modalities", params.get("modalities", "rgb")),
+                "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
+                "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
+                "value": value,
+                "baseline": (run.data.metrics.get(spec.baseline, math.nan)
+                             if spec.baseline and by == "subset" else math.nan),
+            }
+            if by == "category":
+                record["category"] = key[len(prefix):]
+            records.append(record)
+    columns = list(RECORD_COLUMNS) + (["category"] if by == "category" else [])
+    frame = pd.DataFrame(records, columns=columns)
     latest_parent = frame.sort_values("end_time")["parent_run_id"].dropna()
     return frame, notes, (latest_parent.iloc[-1] if len(latest_parent) else None)
 
 
 def build_table(tracking_uri: str, experiment: str, *, metric: str = "val_azimuth_acc",
-                at: str = "last") -> Table:
+                at: str = "last", by: str = "subset") -> Table:
     """The table of `experiment` from its finished MLflow trial runs (see module doc)."""
-    records, notes, parent = load_records(tracking_uri, experiment, metric=metric, at=at)
-    table = summarise(records, experiment=experiment, metric=metric, at=at)
+    records, notes, parent = load_records(tracking_uri, experiment, metric=metric, at=at, by=by)
+    if by == "category":
+        table = summarise_by_category(records, experiment=experiment, metric=metric, at=at)
+    else:
+        table = summarise(records, experiment=experiment, metric=metric, at=at)
     table.notes = notes + table.notes
     table.parent_run_id = parent
     table.tracking_uri = tracking_uri
@@ -320,7 +457,7 @@ def lr_points(table: Table) -> list[dict]:
     """Mean ± std over seeds per (model, subset, lr), for the learning-rate view."""
     points = []
     for (model, subset, lr), group in table.records.groupby(["model", "modalities", "lr"]):
-        values = 100 * group["value"].to_numpy()
+        values = metric_spec(table.metric).scale * group["value"].to_numpy()
         points.append({"model": model, "modalities": subset, "lr": float(lr),
                        "mean": float(values.mean()),
                        "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
@@ -330,7 +467,7 @@ def lr_points(table: Table) -> list[dict]:
 
 def has_lr_sweep(table: Table) -> bool:
     """True when some model and subset were run at several learning rates."""
-    if table.records.empty:
+    if table.records.empty or table.by != "subset":
         return False
     return bool((table.records.groupby(["model", "modalities"])["lr"].nunique() > 1).any())
 
@@ -363,7 +500,7 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
             bar_rows, table.columns, staging / "table.png",
             baseline={c: cell.mean for c, cell in table.baseline.items() if cell.n},
             title=f"{table.experiment}: {table.metric} ({table.at}), mean ± std over seeds",
-            ylabel=f"{table.metric} (%)")
+            ylabel=f"{table.metric} ({metric_spec(table.metric).describe()})")
         if has_lr_sweep(table):
             written["lr"] = plots.plot_lr_view(
                 lr_points(table), staging / "lr.png",
@@ -394,7 +531,11 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m analysis.table", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=nonempty_str, required=True, help="MLflow experiment (the grid name by default)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
-    parser.add_argument("--metric", default="val_azimuth_acc", help="metric per run (a fraction)")
+    parser.add_argument("--metric", default="val_azimuth_acc", choices=tuple(METRICS),
+                        help="metric per run: " + "; ".join(f"{m.name} ({m.describe()})" for m in METRICS.values()))
+    parser.add_argument("--by", default="subset", choices=BY_CHOICES,
+                        help="columns: the modality subsets (the published table), or the categories "
+                             "(per-category values logged at the end of each trial)")
     parser.add_argument("--at", default="last", choices=AT_CHOICES,
                         help="value at the last epoch, or the best over epochs")
     parser.add_argument("--format", default="md", choices=FORMATS, help="what to print")
@@ -419,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table.render(args.format), end="")
         print(f"\nwrote {', '.join(str(p) for p in files.values())}")
         return 0
-    table = build_table(uri, args.experiment, metric=args.metric, at=args.at)
+    table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
     files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")

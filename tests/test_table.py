@@ -141,12 +141,11 @@ def test_cli_unreachable_server_one_line(tmp_path):
 def test_cli_missing_metric_and_bad_option(store, capsys, tmp_path):
     uri = store[0]
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, ["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "val_top5",
-                       "--out", str(tmp_path)])
-    assert exit_info.value.code == 1
+        run_cli(main, ["--experiment", "smoke", "--mlflow-uri", uri, "--metric", "val_loss",
+                       "--by", "category", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2  # val_loss is not logged per category
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(
-        "error: no finished run of experiment 'smoke' logged metric 'val_top5'; logged: ")
+    assert len(err) == 1 and err[0].startswith("error: --by category: only val_azimuth_acc")
     with pytest.raises(SystemExit) as exit_info:
         run_cli(main, ["--experiment", "ablation", "--at", "median"])
     assert exit_info.value.code == 2
