@@ -69,7 +69,7 @@ def test_skip_missing_weights_keeps_the_scratch_half(tmp_path, monkeypatch, caps
     assert "grid fusion: 8 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
 
 
-@pytest.mark.slow  # 8 ResNet-18 trials behind a Ray start-up: 7 min on the shared 2-core machine (load 16)
+@pytest.mark.slow  # 8 ResNet-18 trials behind a Ray start-up: 2.5 min on the shared 2-core machine, 7 at load 16
 def test_fusion_smoke_grid_end_to_end_with_mlflow_rows(tmp_path, torch_home):
     storage = tmp_path / "results"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
