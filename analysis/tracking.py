@@ -669,19 +669,9 @@ def save_sweep_info(info: SweepInfo) -> None:
     """Write SWEEP_INFO_FILE (JSON, atomically) into the sweep's folder, local or a URI."""
     payload = json.dumps({k: v for k, v in asdict(info).items() if k != "tracking_uri"},
                          indent=1, default=str).encode()
-    folder = info.storage_path
-    if "://" in folder:
-        import pyarrow.fs
+    from pix3d.fileio import write_bytes_to
 
-        fs, sub = pyarrow.fs.FileSystem.from_uri(folder)
-        fs.create_dir(sub, recursive=True)
-        with fs.open_output_stream(f"{sub}/{SWEEP_INFO_FILE}") as stream:
-            stream.write(payload)
-        return
-    from pix3d.fileio import atomic_path
-
-    with atomic_path(Path(folder) / SWEEP_INFO_FILE) as tmp:
-        tmp.write_bytes(payload)
+    write_bytes_to(info.storage_path, SWEEP_INFO_FILE, payload)
 
 
 def iter_results(lines: Iterable[str]) -> Iterable[dict]:

@@ -123,3 +123,23 @@ def save_figure(fig, path: str | Path, *, dpi: int = 110) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return Path(path)
+
+
+def is_uri(location: str) -> bool:
+    """s3://, gs://, file://... (handed to pyarrow) rather than a local path."""
+    return "://" in str(location)
+
+
+def write_bytes_to(folder: str | Path, name: str, payload: bytes) -> None:
+    """`payload` as `folder/name`: atomically on a local path, through pyarrow for a URI
+    (Ray's storage may be s3://, gs://, ...; pyarrow comes with Ray)."""
+    if is_uri(str(folder)):
+        import pyarrow.fs
+
+        fs, sub = pyarrow.fs.FileSystem.from_uri(str(folder))
+        fs.create_dir(sub, recursive=True)
+        with fs.open_output_stream(f"{sub}/{name}") as stream:
+            stream.write(payload)
+        return
+    with atomic_path(Path(folder) / name) as tmp:
+        tmp.write_bytes(payload)

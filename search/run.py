@@ -32,7 +32,7 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
                        positive_int, run_cli)
 from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError, one_line
-from pix3d.fileio import atomic_path
+from pix3d.fileio import is_uri, write_bytes_to
 from search import fusion
 from search.grids import GRIDS, Grid, describe_grids, expand, get_grid
 
@@ -123,11 +123,6 @@ def check_options(args) -> None:
         raise UsageError(f"--budget must be auto, quick or paper, got {args.budget!r}")
 
 
-def is_uri(storage: str) -> bool:
-    """s3://, gs://, file://... are handed to Tune (pyarrow) as they are."""
-    return "://" in storage
-
-
 def resolve_storage(storage: str) -> str:
     """Absolute storage path (created, checked writable) or a URI unchanged."""
     if is_uri(storage):
@@ -175,16 +170,7 @@ def _write_settings(path: str, settings: SweepSettings, command: str, mlflow_uri
     `mlflow_uri` is the store the sweep's tracking callback logs to: a resumed sweep keeps
     logging there (Tune restores the callback), so its closing table is read from there too."""
     payload = json.dumps({**settings.to_dict(), "command": command, "mlflow_uri": mlflow_uri}, indent=2).encode()
-    if is_uri(path):
-        import pyarrow.fs
-
-        fs, sub = pyarrow.fs.FileSystem.from_uri(path)
-        fs.create_dir(sub, recursive=True)
-        with fs.open_output_stream(f"{sub}/{SWEEP_SETTINGS_FILE}") as stream:
-            stream.write(payload)
-        return
-    with atomic_path(Path(path) / SWEEP_SETTINGS_FILE) as tmp:
-        tmp.write_bytes(payload)
+    write_bytes_to(path, SWEEP_SETTINGS_FILE, payload)
 
 
 # ---------------------------------------------------------------------------- budget / trials

@@ -64,6 +64,7 @@ def check_pairs(config: Mapping[str, Any], data) -> None:
 
 def train_relpose(config: dict, data=None) -> None:
     """Function trainable: one relative-pose training run, reported epoch by epoch."""
+    from pix3d.train import save_checkpoint
     from relpose.train import fit
 
     if data is None:
@@ -75,7 +76,8 @@ def train_relpose(config: dict, data=None) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume_from = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            # weights_only: a checkpoint in (possibly shared) storage is data, never code to run.
+            resume_from = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         if int(resume_from["epoch"]) >= relpose_config.epochs:
             return  # reported in full before the driver died: nothing left to train
     resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
@@ -84,7 +86,7 @@ def train_relpose(config: dict, data=None) -> None:
         _maybe_crash(config, int(metrics["epoch"]))
         report = {**metrics, "node_id": node_id, "resumed_from_epoch": resumed_from_epoch}
         with tempfile.TemporaryDirectory(prefix="relpose-ckpt-") as directory:
-            torch.save(state, os.path.join(directory, CHECKPOINT_FILE))
+            save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), state)  # a full disk: one line
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(directory))
 
     fit(relpose_config, data, on_epoch=on_epoch, resume_from=resume_from)
