@@ -20,7 +20,7 @@ def ray_session():
         # address file happens to be on this machine (that would refuse num_cpus).
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
-    yield
+    yield ray
     ray.shutdown()
 
 

@@ -71,14 +71,7 @@ def tiny(tmp_path_factory):
     return folder, cache, data
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+# Ray: the session-wide `ray_session` fixture of conftest.py (one local instance for the suite).
 
 
 # ------------------------------------------------------------------------- bad input, no Ray
