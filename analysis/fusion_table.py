@@ -164,12 +164,8 @@ def write_table(table: FusionTable, out_dir: str | Path, *, formats: Sequence[st
         with atomic_path(out_dir / name) as tmp:
             Path(tmp).write_text(text)
         written[kind] = out_dir / name
-    if log_to_mlflow and table.parent_run_id and table.tracking_uri:
-        try:
-            client = _client(table.tracking_uri)
-            for path in written.values():
-                client.log_artifact(table.parent_run_id, str(path), artifact_path="table")
-        except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
-            raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
-                             f"{table.parent_run_id} failed: {exc}") from None
+    if log_to_mlflow:
+        from analysis.table import log_table_files
+
+        log_table_files(table, written.values(), out_dir)
     return written

@@ -39,7 +39,7 @@ from pix3d.constants import (
     SUBSET_LABELS,
     modalities_key,
 )
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import disk_full, ensure_writable_dir, is_disk_full
 
 AT_CHOICES = ("last", "best")
@@ -516,15 +516,23 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    if log_to_mlflow and table.parent_run_id and table.tracking_uri:
-        try:
-            client = _client(table.tracking_uri)
-            for path in final.values():
-                client.log_artifact(table.parent_run_id, str(path), artifact_path="table")
-        except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
-            raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
-                             f"{table.parent_run_id} failed: {exc}") from None
+    if log_to_mlflow:
+        log_table_files(table, final.values(), out_dir)
     return final
+
+
+def log_table_files(table, paths, out_dir: Path) -> None:
+    """The written table files as `table/` artifacts of the sweep's parent run (when the table
+    knows it: `parent_run_id`, `tracking_uri`); a failure names the run, the files stay."""
+    if not (table.parent_run_id and table.tracking_uri):
+        return
+    try:
+        client = _client(table.tracking_uri)
+        for path in paths:
+            client.log_artifact(table.parent_run_id, str(path), artifact_path="table")
+    except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
+        raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
+                         f"{table.parent_run_id} failed: {one_line(exc)}") from None
 
 
 def build_parser() -> ArgumentParser:
