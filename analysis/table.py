@@ -540,7 +540,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--experiment", type=nonempty_str, required=True, help="MLflow experiment (the grid name by default)")
     parser.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--metric", default="val_azimuth_acc", choices=tuple(METRICS),
-                        help="metric per run: " + "; ".join(f"{m.name} ({m.describe()})" for m in METRICS.values()))
+                        help="metric per run: " + "; ".join(f"{m.name} ({m.describe()})" for m in METRICS.values())
+                        .replace("%", "%%"))  # argparse %-formats help text ('%' units)
     parser.add_argument("--by", default="subset", choices=BY_CHOICES,
                         help="columns: the modality subsets (the published table), or the categories "
                              "(per-category values logged at the end of each trial)")
