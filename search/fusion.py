@@ -76,19 +76,17 @@ def prepare_pairs(settings, space: dict):
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
-    from search.run import trial_status
+    from search.run import trial_rows
 
     header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
               f"{'rot deg':>8} {'no-motion':>9}  status")
-    rows, counts = [], {}
-    for result in results:
-        config, metrics = result.config or {}, result.metrics or {}
-        status = trial_status(result)
-        counts[status] = counts.get(status, 0) + 1
-        rows.append((str(config.get("fusion", "-")), str(config.get("weights", "-")), str(config.get("loss", "-")),
-                     config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
-                     metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"), status))
-    rows.sort(key=lambda r: tuple(str(x) for x in r[:5]))
+
+    def row(config: dict, metrics: dict) -> tuple:
+        return (str(config.get("fusion", "-")), str(config.get("weights", "-")), str(config.get("loss", "-")),
+                config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
+                metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"))
+
+    rows, counts = trial_rows(results, row, sort_by=5)
 
     def deg(v) -> str:
         return f"{v:.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"

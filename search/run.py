@@ -441,22 +441,32 @@ def trial_status(result) -> str:
     return "ok" if metrics["epoch"] >= config.get("epochs", metrics["epoch"]) else "unfinished"
 
 
+def trial_rows(results, row, *, sort_by: int) -> tuple[list[tuple], dict[str, int]]:
+    """The summaries' shared part: `row(config, metrics) + (status,)` per trial, sorted on the
+    first `sort_by` fields, and how many trials ended in each status."""
+    rows, counts = [], {}
+    for result in results:
+        status = trial_status(result)
+        counts[status] = counts.get(status, 0) + 1
+        rows.append((*row(result.config or {}, result.metrics or {}), status))
+    rows.sort(key=lambda r: tuple(str(x) for x in r[:sort_by]))
+    return rows, counts
+
+
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts."""
     from pix3d.devices import device_label
 
     header = (f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} "
               f"{'final az':>8} {'best az':>8}  {'device':<22} status")
-    rows, counts = [], {}
-    for result in results:
-        config, metrics = result.config or {}, result.metrics or {}
-        status = trial_status(result)
-        counts[status] = counts.get(status, 0) + 1
+
+    def row(config: dict, metrics: dict) -> tuple:
         final = metrics.get("val_azimuth_acc")
-        rows.append((str(config.get("model", "-")), str(config.get("modalities", "-")), config.get("lr"),
-                     config.get("seed", "-"), metrics.get("epoch"), final,
-                     metrics.get("best_val_azimuth_acc", final), device_label(metrics), status))
-    rows.sort(key=lambda r: tuple(str(x) for x in r[:4]))
+        return (str(config.get("model", "-")), str(config.get("modalities", "-")), config.get("lr"),
+                config.get("seed", "-"), metrics.get("epoch"), final,
+                metrics.get("best_val_azimuth_acc", final), device_label(metrics))
+
+    rows, counts = trial_rows(results, row, sort_by=4)
 
     def pct(v) -> str:
         return f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
