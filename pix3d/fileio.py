@@ -1,4 +1,7 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one.
+"""Atomic writes, the project's only way to write results: a reader sees the old file (or
+folder) or the new one, never half of one. `atomic_path` for one file (`write_json`,
+`save_figure`, `write_bytes_to` build on it), `atomic_dir` for a folder written as a whole
+(the synthetic set, a prepared cache).
 
 Also the checks every writer shares: free space before a large write (`check_free_space`),
 a full disk as one Pix3DError naming the path and the space (`disk_full`), and an output
@@ -11,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,6 +111,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, needed: int | None = None, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temp folder beside `path`; when the block succeeds it becomes `path` in
+    one rename, and when it raises it is removed and `path` is untouched.
+
+    An existing non-empty `path` is swapped out and removed after the rename, unless
+    `keep_existing`: then a `path` that appeared meanwhile (another process wrote the same
+    content) is kept and the new folder dropped. A full disk raises `disk_full` naming `path`
+    (with `needed` when the caller knows it). Worker processes may write into the folder.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if keep_existing and path.exists():
+            return
+        if path.exists() and any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / "previous")
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                os.replace(old / "previous", path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            if path.exists():
+                path.rmdir()
+            os.replace(tmp, path)
+    except BaseException as exc:
+        if is_disk_full(exc):
+            written = _tree_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full(path, needed, written=written) from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj, *, indent: int = 1) -> Path:

@@ -29,7 +29,6 @@ import math
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,7 +43,7 @@ from pix3d.annotations import Annotation, parse_entries, read_entries
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import check_free_space, disk_full, is_disk_full, write_json
+from pix3d.fileio import atomic_dir, check_free_space, write_json
 from pix3d.pose import angles
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
@@ -336,13 +335,13 @@ STALE_TEMP_S = 3600
 
 
 def _remove_stale_temp_dirs(prepared_root: Path, log) -> None:
-    """Delete `.tmp-*` folders left by a killed preparation (untouched for an hour).
+    """Delete `.*.tmp-*` folders (`fileio.atomic_dir`) left by a killed preparation (untouched for an hour).
 
     A live preparation keeps writing into its folder, so an hour without a change means its
     process is gone; younger folders may belong to a concurrent run and are left alone.
     """
     now = time.time()
-    for tmp in prepared_root.glob(".tmp-*"):
+    for tmp in prepared_root.glob(".*.tmp-*"):
         try:
             newest = max([tmp.stat().st_mtime, *(f.stat().st_mtime for f in tmp.iterdir())])
         except OSError:
@@ -462,8 +461,7 @@ def prepare(
     # disk fills up under it: check the space first, and reserve it (_reserve) once created.
     needed = cache_bytes(len(annotations), size)
     check_free_space(prepared_root, needed)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=prepared_root))
-    try:
+    with atomic_dir(final, needed=needed, keep_existing=True) as tmp:
         kept, decode_skipped = _build(
             tmp, root, annotations, boundaries, normals, size, margin, workers, progress, skip_invalid
         )
@@ -522,18 +520,8 @@ def prepare(
         }
         write_json(tmp / "meta.json", meta)
         write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "manifest.json").is_file():
-                raise
+        if (final / "manifest.json").is_file():
             log(f"another process prepared {final} meanwhile; using it")
-    except OSError as exc:
-        if is_disk_full(exc):
-            raise disk_full(final, needed) from None
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log(f"prepared {final}: {len(annotations)} entries, boundaries from {manifest['sources']['boundaries']}, normals {manifest['sources']['normals']}")
     return load_prepared(final)
 

@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ from tqdm import tqdm
 
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.errors import UsageError
-from pix3d.fileio import atomic_path, disk_full, is_disk_full
+from pix3d.fileio import atomic_dir, atomic_path
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
@@ -759,8 +758,7 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, config.n))
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:  # a worker's or this process's full disk leaves the old set untouched
         pool = build_models(config)
         for category, models in pool.items():
             for m, (mesh, _) in enumerate(models):
@@ -791,33 +789,11 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
         (tmp / "pix3d.json").write_text(json.dumps(entries, indent=1) + "\n")
         stamp = _stamp(config)
         (tmp / STAMP_NAME).write_text(json.dumps(stamp, indent=1) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException as exc:
-        written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if is_disk_full(exc) else 0
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(exc):  # a worker's or this process's write: the old set is untouched
-            raise disk_full(out, written=written) from None
-        raise
     elapsed = time.perf_counter() - started
     if log:
         log(f"wrote {config.n} synthetic Pix3D images ({config.size} px) to {out} in "
             f"{elapsed:.1f} s: {config.n / elapsed:.1f} images/s with {workers} worker(s)")
     return stamp
-
-
-def _replace_dir(new: Path, out: Path) -> None:
-    """Move `new` to `out`; an existing `out` is swapped out first and removed after."""
-    if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "set")
-        try:
-            os.replace(new, out)
-        except OSError:
-            os.replace(old / "set", out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
 
 
 def ensure_builtin(cache_dir: Path, *, log=print, config: SyntheticConfig = BUILTIN,

@@ -309,7 +309,7 @@ def test_builtin_synthetic_set_prepares(tmp_path):
 
 
 def test_stale_temp_folders_of_killed_runs_are_removed(tmp_path):
-    """A `.tmp-*` folder untouched for over an hour (a SIGKILLed preparation) is cleaned up;
+    """A `.<key>.tmp-*` folder (fileio.atomic_dir) untouched for over an hour (a SIGKILLed preparation) is cleaned up;
     a fresh one (maybe a concurrent run) is left alone."""
     import os
     import time
@@ -317,7 +317,7 @@ def test_stale_temp_folders_of_killed_runs_are_removed(tmp_path):
     root = write_pix3d_folder(tmp_path / "pix3d", 2)
     cache = tmp_path / "cache"
     prepared = cache / "prepared"
-    stale, fresh = prepared / ".tmp-deadbeef-1", prepared / ".tmp-cafe-2"
+    stale, fresh = prepared / ".deadbeef.tmp-1", prepared / ".cafe.tmp-2"
     for folder in (stale, fresh):
         folder.mkdir(parents=True)
         (folder / "images.npy").write_bytes(b"partial")
