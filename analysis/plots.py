@@ -1,15 +1,13 @@
 """The pictures a researcher looks at: azimuth confusion, learning curves, the table, lr view.
 
 Every function takes plain data (lists, dicts, a pandas frame), writes one PNG atomically
-(temp file + os.replace, so a crashed sweep never leaves half a picture) and returns its
+(pix3d.fileio.save_figure: a crashed sweep never leaves half a picture) and returns its
 path. matplotlib runs on the Agg backend: sweeps run on headless machines.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,23 +17,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from pix3d.constants import N_BINS, PUBLISHED_LR, SUBSET_LABELS  # noqa: E402
+from pix3d.constants import N_BINS, subset_label  # noqa: E402
+from pix3d.fileio import save_figure  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    """Write the figure next to its final name, then rename: readers never see half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    """Write the figure atomically (fileio.save_figure) and close it."""
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def azimuth_bin_labels(n_bins: int = N_BINS) -> list[str]:
@@ -161,7 +152,7 @@ def plot_table_bars(rows: Sequence[Mapping], columns: Sequence[str], path: Path,
     for i, c in enumerate(columns):
         if all(not np.isfinite(row["means"].get(c, np.nan)) for row in rows):
             ax.text(i, 2, "no runs", ha="center", va="bottom", fontsize=8, color="dimgray")
-    ax.set_xticks(x, [SUBSET_LABELS.get(c, c).replace("+", "+\n") for c in columns],
+    ax.set_xticks(x, [subset_label(c).replace("+", "+\n") for c in columns],
                   fontsize=8)
     ax.set_xlim(-0.6, len(columns) - 0.4)  # keep empty trailing columns in view
     ax.set_ylabel(ylabel)
@@ -174,13 +165,19 @@ def plot_table_bars(rows: Sequence[Mapping], columns: Sequence[str], path: Path,
 
 
 def plot_lr_view(points: Sequence[Mapping], path: Path, *, title: str = "",
-                 baselines: Mapping[str, float] = PUBLISHED_LR) -> Path:
+                 baselines: Mapping[str, float] | None = None) -> Path:
     """Final azimuth accuracy against learning rate, one panel per model, one line per subset.
 
     points: [{"model", "modalities", "lr", "mean", "std", "n"}] with mean/std in %.
-    The published learning rates (combined 1e-5, separate 1e-3) are marked as vertical
-    lines in every panel, so a model's own baseline and the other model's are both visible.
+    The published learning rates (by default every registered model's, e.g. combined_net
+    1e-5, separate_net 1e-3) are marked as vertical lines in every panel, so a model's own
+    baseline and the other model's are both visible.
     """
+    if baselines is None:
+        from pix3d import models as model_registry
+
+        baselines = {name: model_registry.model_spec(name).published_lr for name in model_registry.list_models()
+                     if model_registry.model_spec(name).published_lr is not None}
     models = sorted({p["model"] for p in points})
     fig, axes = plt.subplots(1, max(len(models), 1), figsize=(5.2 * max(len(models), 1), 4.0),
                              squeeze=False, sharey=True)
@@ -193,7 +190,7 @@ def plot_lr_view(points: Sequence[Mapping], path: Path, *, title: str = "",
             means = [p["mean"] for p in line]
             stds = [0.0 if not np.isfinite(p["std"]) else p["std"] for p in line]  # n=1: none
             ax.errorbar(lrs, means, yerr=stds, marker="o", markersize=4, capsize=3,
-                        label=SUBSET_LABELS.get(subset, subset))
+                        label=subset_label(subset))
         for name, lr in baselines.items():
             ax.axvline(lr, color="grey", linestyle=":", linewidth=1)
             # Labelled above the frame so the label never sits on a data point.

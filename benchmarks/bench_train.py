@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 
 from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
-from pix3d.constants import PUBLISHED_LR, modality_channels, parse_modalities
+from pix3d.constants import modality_channels, parse_modalities
+from pix3d.models import published_lr
 from pix3d.models import get_model, list_models
 from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss, resolve_device
 
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.trial_threads} thread(s)")
     for name in list_models():
         for subset in (("rgb",), ("rgb", "mask", "boundaries", "normals")):
-            config = TrainConfig.from_dict({**budget, "model": name, "modalities": subset, "lr": PUBLISHED_LR[name],
+            config = TrainConfig.from_dict({**budget, "model": name, "modalities": subset, "lr": published_lr(name),
                                             "threads": args.trial_threads, "device": args.device})
             started = time.perf_counter()
             final = fit(config, data)["final"]

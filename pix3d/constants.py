@@ -1,53 +1,77 @@
-"""Names and numbers every package shares: modalities, channels, heads, published results."""
+"""Names and numbers every package shares: the table of modalities, the heads, the bins.
+
+`MODALITY_TABLE` is the single source for modalities: the prepared cache's channel layout,
+where `pix3d.prepare` gets each one, which rendered buffer the synthetic writer saves for it,
+the label tables and plots show, and the ablation's columns (its prefixes) all come from it.
+Adding a modality is one row here plus, when it needs new code, a loader or a render buffer
+(docs/design.md, "Adding a modality"). What was published per model lives with the model's
+registration (`pix3d.models`).
+"""
 
 from __future__ import annotations
 
-# Channel layout of the prepared cache (uint8, N x 8 x S x S). Order is fixed: the
-# published modality subsets are prefixes of it, so their channel slices are views.
-MODALITIES: tuple[str, ...] = ("rgb", "mask", "boundaries", "normals")
-MODALITY_CHANNELS: dict[str, tuple[int, int]] = {
-    "rgb": (0, 3),
-    "mask": (3, 4),
-    "boundaries": (4, 5),
-    "normals": (5, 8),
-}
-CACHE_CHANNELS = 8
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One input modality.
+
+    name: its key in configs, tags and tables; channels: uint8 channels in the cache;
+    label: how tables and plots name it; decode: how its image files are read ("rgb"|"gray");
+    annotation: the pix3d.json key of its file, for modalities every entry has (img, mask);
+    folder: the folder mirroring img/ that holds its maps, for maps users bring;
+    fallback: what `prepare` does for an entry without a map ("canny": edges of the RGB;
+    None: the modality is unavailable); render: the synthetic renderer's buffer it is saved from.
+    """
+
+    name: str
+    channels: int
+    label: str
+    decode: str
+    annotation: str | None = None
+    folder: str | None = None
+    fallback: str | None = None
+    render: str = ""
+
+
+# In cache order; the published modality subsets are prefixes of it, so their channel slices
+# are views of the cache.
+MODALITY_TABLE: tuple[Modality, ...] = (
+    Modality("rgb", 3, "RGB", "rgb", annotation="img", render="rgb"),
+    Modality("mask", 1, "Mask", "gray", annotation="mask", render="mask"),
+    Modality("boundaries", 1, "Boundaries", "gray", folder="boundaries", fallback="canny", render="boundaries"),
+    Modality("normals", 3, "Normals", "rgb", folder="normals", render="normals"),
+)
+MODALITY: dict[str, Modality] = {m.name: m for m in MODALITY_TABLE}
+MODALITIES: tuple[str, ...] = tuple(MODALITY)
+
+
+def _channel_ranges() -> dict[str, tuple[int, int]]:
+    ranges, start = {}, 0
+    for m in MODALITY_TABLE:
+        ranges[m.name] = (start, start + m.channels)
+        start += m.channels
+    return ranges
+
+
+MODALITY_CHANNELS: dict[str, tuple[int, int]] = _channel_ranges()  # cache channels [lo, hi)
+CACHE_CHANNELS = sum(m.channels for m in MODALITY_TABLE)
 
 HEADS: tuple[str, ...] = ("azimuth", "elevation", "inplane")
 N_BINS = 8
 
-# The four columns of the published ablation table, in order.
-ABLATION_SUBSETS: tuple[tuple[str, ...], ...] = (
-    ("rgb",),
-    ("rgb", "mask"),
-    ("rgb", "mask", "boundaries"),
-    ("rgb", "mask", "boundaries", "normals"),
-)
-SUBSET_LABELS: dict[str, str] = {
-    "rgb": "RGB",
-    "rgb+mask": "RGB+Mask",
-    "rgb+mask+boundaries": "RGB+Mask+Boundaries",
-    "rgb+mask+boundaries+normals": "RGB+Mask+Boundaries+Normals",
-}
+# The columns of the ablation table: every prefix of the modality table, in order.
+ABLATION_SUBSETS: tuple[tuple[str, ...], ...] = tuple(MODALITIES[:k] for k in range(1, len(MODALITIES) + 1))
 
-# Published azimuth accuracy (%, 8 bins, random 10% validation), one value per subset above.
-PUBLISHED_AZIMUTH_ACC: dict[str, dict[str, float]] = {
-    "combined_net": {
-        "rgb": 56.8862,
-        "rgb+mask": 72.0559,
-        "rgb+mask+boundaries": 64.3713,
-        "rgb+mask+boundaries+normals": 65.5329,
-    },
-    "separate_net": {
-        "rgb": 50.7984,
-        "rgb+mask": 36.9261,
-        "rgb+mask+boundaries": 38.1238,
-        "rgb+mask+boundaries+normals": 41.1178,
-    },
-}
 
-# Learning rates of the published README: each model at its own.
-PUBLISHED_LR: dict[str, float] = {"combined_net": 1e-5, "separate_net": 1e-3}
+def subset_label(key: str) -> str:
+    """'rgb+mask' -> 'RGB+Mask' (a key with an unknown modality is shown as it is)."""
+    names = key.split("+")
+    return "+".join(MODALITY[n].label for n in names) if all(n in MODALITY for n in names) else key
+
+
+SUBSET_LABELS: dict[str, str] = {"+".join(s): subset_label("+".join(s)) for s in ABLATION_SUBSETS}
 
 
 def parse_modalities(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -1,9 +1,16 @@
-"""The two published pose classifiers, as a small registry: name -> builder.
+"""The pose classifiers and their registry: name -> builder + what the project knows of it.
 
-Both networks are reproduced layer for layer from the published work (unpadded convolutions,
-BatchNorm, ReLU, 2x2 max-pooling, an FC-128 trunk and three 8-way heads: azimuth,
-elevation, in-plane). The width of the first FC layer is computed from the input size, so
-the same code runs at the published 224 px and at the small sizes of the CPU budget.
+A model is registered once, with its builder and what was published about it (its learning
+rate and its ablation-table values); grids, budgets, the table and the plots read those from
+here, so adding a model is one decorated function (see docs/design.md, "Adding a model").
+Models defined outside the project are loaded from the modules named in the environment
+variable `PIX3D_MODELS` (comma-separated), in every process that asks the registry, Ray
+trials included (search.run forwards the variable).
+
+Both published networks are reproduced layer for layer (unpadded convolutions, BatchNorm,
+ReLU, 2x2 max-pooling, an FC-128 trunk and three 8-way heads: azimuth, elevation, in-plane).
+The width of the first FC layer is computed from the input size, so the same code runs at the
+published 224 px and at the small sizes of the CPU budget.
 
 `seed_quirks=True` reproduces two behaviours of the published code that explain its table:
 a ReLU on the head logits (both nets) and, in `separate_net`, a concatenation that
@@ -14,7 +21,10 @@ different samples as soon as two or more modalities are used. (The third quirk, 
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,24 +33,89 @@ from pix3d.constants import HEADS, MODALITY_CHANNELS, N_BINS, modality_channels,
 from pix3d.errors import Pix3DError
 
 ModelBuilder = Callable[..., nn.Module]
-_MODELS: dict[str, ModelBuilder] = {}
+PLUGINS_ENV = "PIX3D_MODELS"
+TABLE_METRIC = "val_azimuth_acc"  # the metric of the published ablation table
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator adding a builder to the registry; a second builder under one name is a bug."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: how to build it and what was published about it.
+
+    `published_lr` is the learning rate the published work trained it at (None: none was
+    published, so grids that use published rates need explicit ones); `published` maps a
+    metric to {modality subset key: published value} (the table shows them beside ours).
+    """
+
+    name: str
+    builder: ModelBuilder
+    description: str = ""
+    published_lr: float | None = None
+    published: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+_MODELS: dict[str, ModelSpec] = {}
+_plugins_loaded: set[str] = set()
+
+
+def register_model(name: str, *, published_lr: float | None = None,
+                   published: Mapping[str, Mapping[str, float]] | None = None,
+                   ) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator adding a builder (and what was published about it) to the registry.
+
+    The builder is called as `builder(modalities, image_size=..., seed_quirks=...)` with the
+    modalities in canonical order. A second builder under one name is a bug.
+    """
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
+        doc = (builder.__doc__ or "").strip().splitlines()
+        _MODELS[name] = ModelSpec(name, builder, doc[0] if doc else "", published_lr,
+                                  {k: dict(v) for k, v in (published or {}).items()})
         return builder
 
     return decorate
 
 
+def load_plugins() -> None:
+    """Import the modules named in PIX3D_MODELS (once each): they register their models."""
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        if module in _plugins_loaded:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the user's module
+            raise Pix3DError(f"{PLUGINS_ENV}: cannot import {module!r} ({type(exc).__name__}: {exc})") from None
+        _plugins_loaded.add(module)
+
+
 def list_models() -> list[str]:
-    """Registered model names, sorted."""
-    return sorted(_MODELS)
+    """Registered model names, in registration order (the table's row order)."""
+    load_plugins()
+    return list(_MODELS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The registration of model `name`; a Pix3DError listing the registered ones if unknown."""
+    load_plugins()
+    if name not in _MODELS:
+        raise Pix3DError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def published_lr(name: str) -> float:
+    """The learning rate model `name` was published at; a Pix3DError when none was."""
+    lr = model_spec(name).published_lr
+    if lr is None:
+        raise Pix3DError(f"model {name!r} has no published learning rate; give one (--lr, or a grid with lrs)")
+    return lr
+
+
+def published_value(name: str, metric: str, subset_key: str) -> float | None:
+    """The published value of `metric` for model `name` on a modality subset, if any."""
+    load_plugins()
+    spec = _MODELS.get(name)
+    return spec.published.get(metric, {}).get(subset_key) if spec else None
 
 
 def get_model(
@@ -55,13 +130,12 @@ def get_model(
     Raises Pix3DError for an unknown name (listing the registered ones), a bad modality list,
     or an input too small for the unpadded convolutions.
     """
-    if name not in _MODELS:
-        raise Pix3DError(f"unknown model {name!r}; choose from {', '.join(list_models())}")
+    spec = model_spec(name)
     try:
         mods = parse_modalities(modalities)
     except ValueError as exc:
         raise Pix3DError(f"modalities: {exc}") from None
-    return _MODELS[name](mods, image_size=int(image_size), seed_quirks=bool(seed_quirks))
+    return spec.builder(mods, image_size=int(image_size), seed_quirks=bool(seed_quirks))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -152,7 +226,9 @@ class CombinedNet(nn.Module):
         return self.heads(self.trunk(features))
 
 
-@register_model("combined_net")
+# Published azimuth accuracy (%, 8 bins, random 10% validation) per modality subset.
+@register_model("combined_net", published_lr=1e-5, published={TABLE_METRIC: {
+    "rgb": 56.8862, "rgb+mask": 72.0559, "rgb+mask+boundaries": 64.3713, "rgb+mask+boundaries+normals": 65.5329}})
 def combined_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
     """The published early-fusion network (conv 64/7, 256/7, 256/3, 8/3 -> FC 128 -> 3 heads)."""
     return CombinedNet(modalities, image_size, seed_quirks)
@@ -213,7 +289,8 @@ class SeparateNet(nn.Module):
         return self.heads(fused)
 
 
-@register_model("separate_net")
+@register_model("separate_net", published_lr=1e-3, published={TABLE_METRIC: {
+    "rgb": 50.7984, "rgb+mask": 36.9261, "rgb+mask+boundaries": 38.1238, "rgb+mask+boundaries+normals": 41.1178}})
 def separate_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
     """The published late-fusion network (per modality conv 32/7, 64/7, 8/3 -> FC 128)."""
     return SeparateNet(modalities, image_size, seed_quirks)

@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pix3d.constants import HEADS, N_BINS, PUBLISHED_LR, modalities_key, modality_channels, parse_modalities
+from pix3d.constants import HEADS, N_BINS, modalities_key, modality_channels, parse_modalities
 from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.metrics import azimuth_angle_metrics, per_category_metrics
 from pix3d.fileio import atomic_path, check_free_space, ensure_writable_dir, write_json
-from pix3d.models import get_model, list_models
+from pix3d.models import get_model, list_models, published_lr
 from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -732,7 +732,7 @@ def config_from_args(args) -> tuple[TrainConfig, str]:
         d["max_train_images"] = args.max_train_images or None
     d.update(model=args.model, modalities=modalities, seed=args.seed, device=args.device,
              seed_quirks=args.seed_quirks, lr_schedule=args.lr_schedule, bins=args.bins, split=args.split,
-             lr=args.lr if args.lr is not None else PUBLISHED_LR[args.model])
+             lr=args.lr if args.lr is not None else published_lr(args.model))
     try:
         return TrainConfig.from_dict(d), message
     except Pix3DError as exc:

@@ -19,32 +19,34 @@ from typing import Any, ClassVar, Mapping
 
 from ray import tune
 
-from pix3d.constants import ABLATION_SUBSETS, PUBLISHED_LR, modalities_key
+from pix3d import models as model_registry
+from pix3d.constants import ABLATION_SUBSETS, modalities_key
 from pix3d.errors import UsageError
 
-MODELS: tuple[str, ...] = ("combined_net", "separate_net")
 OPTUNA_METRIC = "val_azimuth_acc"
 OPTUNA_MODE = "max"
 
 
 def published_lr(config: Mapping[str, Any]) -> float:
-    """Tune `sample_from` rule: each model at the learning rate of the published README.
+    """Tune `sample_from` rule: each model at its published learning rate (its registration's).
 
     A module-level function (not a lambda) so the param space pickles by reference and a
     restored sweep resolves it the same way.
     """
-    return PUBLISHED_LR[config["model"]]
+    return model_registry.published_lr(config["model"])
 
 
 @dataclass(frozen=True)
 class Grid:
-    """One named sweep. Empty `lrs` means: each model at its published learning rate."""
+    """One named sweep. Empty `models` means every registered model (pix3d.models, read when
+    the grid is expanded, so a model registered later is in it); empty `lrs` means each model
+    at its published learning rate."""
 
     trainable: ClassVar[str] = "pose"  # which trainable search.run builds (trainables.pose)
 
     name: str
     description: str
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = ()
     subsets: tuple[tuple[str, ...], ...] = ABLATION_SUBSETS
     lrs: tuple[float, ...] = ()
     axes: Mapping[str, tuple] = field(default_factory=dict)  # extra grid axes (TrainConfig fields)
@@ -59,6 +61,11 @@ class Grid:
     def is_search(self) -> bool:
         return bool(self.search_space)
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models this grid trains: its own list, else every registered one."""
+        return self.models or tuple(model_registry.list_models())
+
     def size(self, seeds: int | None = None) -> int:
         """Number of trials this grid launches with `seeds` seeds (its default when None)."""
         if self.is_search:
@@ -66,7 +73,7 @@ class Grid:
         seeds = self.default_seeds if seeds is None else seeds
         n_lrs = len(self.lrs) or 1
         n_axes = math.prod(len(v) for v in self.axes.values())
-        return len(self.models) * len(self.subsets) * n_lrs * seeds * n_axes
+        return len(self.model_names) * len(self.subsets) * n_lrs * seeds * n_axes
 
     def param_space(self, seeds: int | None = None, budget: Mapping[str, Any] | None = None) -> dict:
         """The Tune param space: budget overrides, then this grid's fixed keys and axes."""
@@ -76,11 +83,11 @@ class Grid:
         if self.is_search:
             space.setdefault("seed", 0)
             space.setdefault("modalities", modalities_key(self.subsets[-1]))
-            if len(self.models) == 1:
-                space["model"] = self.models[0]
+            if len(self.model_names) == 1:
+                space["model"] = self.model_names[0]
             space.update(self.search_space)
             return space
-        space["model"] = tune.grid_search(list(self.models))
+        space["model"] = tune.grid_search(list(self.model_names))
         space["modalities"] = tune.grid_search([modalities_key(s) for s in self.subsets])
         space["lr"] = tune.grid_search(list(self.lrs)) if self.lrs else tune.sample_from(published_lr)
         space["seed"] = tune.grid_search(list(range(seeds)))
@@ -170,7 +177,7 @@ class FusionGrid:
         return None
 
 
-# The published notebook's final loop as it ran (DESIGN.md): every model at lr 1e-4 (set per
+# The published notebook's final loop as it ran: every model at lr 1e-4 (set per
 # grid), a StepLR created and never stepped, fp32 arithmetic (pinned: a budget's "auto" would
 # pick bf16 on GPUs and AMX CPUs), batches of 10. Fixed keys win over the budget.
 AS_RUN: dict[str, Any] = {"lr_schedule": "none", "precision": "fp32", "batch_size": 10}
@@ -201,7 +208,7 @@ GRIDS: dict[str, Grid | FusionGrid] = {
             "optuna",
             "TPE over lr, batch size, weight decay (model a choice, all four modalities), ASHA early stop",
             search_space={
-                "model": tune.choice(list(MODELS)),
+                "model": tune.choice(model_registry.list_models()),
                 "lr": tune.loguniform(1e-5, 1e-2),
                 "batch_size": tune.choice([8, 10, 16, 32]),
                 "weight_decay": tune.loguniform(1e-6, 1e-2),

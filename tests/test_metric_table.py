@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.table import METRICS, build_table, main
+from analysis.cells import METRICS
+from analysis.table import build_table, main
 from analysis.tracking import ROLE_TAG
 from pix3d.cli import run_cli
 

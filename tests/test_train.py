@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from pix3d.cli import run_cli
-from pix3d.constants import N_BINS, PUBLISHED_LR
+from pix3d.constants import N_BINS
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.models import published_lr
 from pix3d.prepare import PreparedData, prepare
 from pix3d.train import (
     BUDGETS,
@@ -348,7 +349,7 @@ def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None,
     _, overrides, _ = resolve_budget("quick")
     data = prepare("synthetic", overrides["image_size"], progress=False, log=lambda s: None)
     config = TrainConfig.from_dict({**overrides, **changes, "model": model, "modalities": modalities,
-                                    "lr": lr or PUBLISHED_LR[model], "threads": 2, "device": "cpu"})
+                                    "lr": lr or published_lr(model), "threads": 2, "device": "cpu"})
     return fit(config, data)["final"]
 
 

@@ -1,0 +1,181 @@
+"""The table as data: how a metric reads (`MetricSpec`, `METRICS`), cells, rows, and the
+`Table` with its renderings (markdown, CSV, LaTeX). No MLflow, no files: `analysis.summary`
+fills a Table from records, `analysis.table` writes and logs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pix3d.constants import subset_label
+
+BASELINE_METRIC = "majority_azimuth_acc"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """How a logged metric reads in a table: unit, direction, the baseline logged beside it."""
+
+    name: str
+    unit: str = "%"                 # "%": a fraction shown x100; "deg"; "": as logged
+    lower_is_better: bool = False
+    baseline: str | None = None     # the majority-class value of the same metric
+    per_category: bool = False      # also logged as `<name>.<category>` at a trial's end
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "%" else 1.0
+
+    def describe(self) -> str:
+        unit = {"%": "%", "deg": "degrees"}.get(self.unit, "as logged")
+        return unit + (", lower is better" if self.lower_is_better else "")
+
+
+METRICS: dict[str, MetricSpec] = {m.name: m for m in (
+    MetricSpec("val_azimuth_acc", baseline="majority_azimuth_acc", per_category=True),
+    MetricSpec("val_azimuth_mederr", unit="deg", lower_is_better=True,
+               baseline="majority_azimuth_mederr", per_category=True),
+    MetricSpec("val_azimuth_acc_pi6", baseline="majority_azimuth_acc_pi6", per_category=True),
+    MetricSpec("val_azimuth_acc_within1"),
+    MetricSpec("best_val_azimuth_acc", baseline="majority_azimuth_acc"),
+    MetricSpec("val_elevation_acc", baseline="majority_elevation_acc"),
+    MetricSpec("val_inplane_acc", baseline="majority_inplane_acc"),
+    MetricSpec("val_loss", unit="", lower_is_better=True),
+    MetricSpec("train_loss", unit="", lower_is_better=True),
+)}
+
+
+def metric_spec(metric: str) -> MetricSpec:
+    """The spec of a known metric; another name (Python API only) reads as a fraction in %."""
+    if metric in METRICS:
+        return METRICS[metric]
+    return MetricSpec(metric, lower_is_better="loss" in metric or "err" in metric,
+                      baseline=BASELINE_METRIC if metric == "val_azimuth_acc" else None)
+
+
+@dataclass
+class Cell:
+    """One table cell: a metric over seeds, in %."""
+
+    values: list[float]
+    published: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        # Sample std over seeds; undefined for one seed (shown without ±).
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+    def text(self, *, published: bool = True) -> str:
+        if not self.values:
+            body = "–"
+        elif self.n == 1:
+            body = f"{self.mean:.1f} (n=1)"
+        else:
+            body = f"{self.mean:.1f} ± {self.std:.1f} (n={self.n})"
+        if published and self.published is not None:
+            body += f" · paper {self.published:.1f}"
+        return body
+
+
+@dataclass
+class Row:
+    label: str
+    model: str
+    seed_quirks: bool | None
+    lr: float | None
+    cells: dict[str, Cell]
+    modalities: str | None = None  # set in per-category tables (one row per model x subset)
+
+
+@dataclass
+class Table:
+    """The table plus where it came from (for notes, files and the parent run)."""
+
+    experiment: str
+    metric: str
+    at: str
+    columns: list[str]
+    rows: list[Row]
+    baseline: dict[str, Cell]
+    notes: list[str] = field(default_factory=list)
+    records: pd.DataFrame = field(default_factory=pd.DataFrame)
+    parent_run_id: str | None = None
+    tracking_uri: str | None = None
+    by: str = "subset"
+
+    # -- renderings ----------------------------------------------------------------------
+    def _title(self) -> str:
+        spec = metric_spec(self.metric)
+        by = ", by category" if self.by == "category" else ""
+        return (f"{self.metric} ({self.at} epoch{by}), mean over seeds in {spec.describe()}: "
+                f"experiment `{self.experiment}`")
+
+    def to_markdown(self) -> str:
+        labels = [subset_label(c) for c in self.columns]
+        lines = [f"### {self._title()}", "", "| model | " + " | ".join(labels) + " |",
+                 "|---|" + "---|" * len(labels)]
+        for row in self.rows:
+            lines.append(f"| {row.label} | " + " | ".join(row.cells[c].text() for c in self.columns) + " |")
+        if self.baseline:
+            lines.append("| majority class | " + " | ".join(
+                self.baseline.get(c, Cell([])).text(published=False) for c in self.columns) + " |")
+        if self.notes:
+            lines.append("")
+            lines.extend(f"- {note}" for note in self.notes)
+        return "\n".join(lines) + "\n"
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form, one line per (row, column): easy to load back or plot elsewhere."""
+        out = []
+        for row, cells in [(r, r.cells) for r in self.rows] + [(None, self.baseline)]:
+            for column in self.columns:
+                cell = cells.get(column, Cell([]))
+                placement = ({"modalities": row.modalities if row else "", "category": column}
+                             if self.by == "category" else {"modalities": column})
+                out.append({
+                    "row": row.label if row else "majority class",
+                    "model": row.model if row else "",
+                    "seed_quirks": "" if row is None or row.seed_quirks is None else row.seed_quirks,
+                    "lr": "" if row is None or row.lr is None else row.lr,
+                    **placement, "column": subset_label(column),
+                    "mean_pct": round(cell.mean, 4) if cell.n else "",
+                    "std_pct": round(cell.std, 4) if cell.n > 1 else "",
+                    "n": cell.n,
+                    "published_pct": "" if cell.published is None else cell.published,
+                    "values_pct": " ".join(f"{v:.4f}" for v in cell.values),
+                })
+        return pd.DataFrame(out)
+
+    def to_csv(self) -> str:
+        return self.to_frame().to_csv(index=False)
+
+    def to_latex(self) -> str:
+        def tex(cell: Cell, published=True) -> str:
+            return cell.text(published=published).replace("±", r"$\pm$").replace("·", r"\,/")
+        labels = [subset_label(c) for c in self.columns]
+        lines = [r"\begin{tabular}{l" + "c" * len(labels) + "}", r"\toprule",
+                 "model & " + " & ".join(labels) + r" \\", r"\midrule"]
+        for row in self.rows:
+            lines.append(row.label.replace("_", r"\_") + " & " +
+                         " & ".join(tex(row.cells[c]) for c in self.columns) + r" \\")
+        if self.baseline:
+            lines.append("majority class & " + " & ".join(
+                tex(self.baseline.get(c, Cell([])), False) for c in self.columns) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+    def render(self, fmt: str) -> str:
+        return {"md": self.to_markdown, "csv": self.to_csv, "latex": self.to_latex}[fmt]()
+

@@ -1,0 +1,142 @@
+"""MLflow -> records: the finished trial runs of an experiment as one row per run (or per
+run and category), with the notes a reader needs (left-out runs, runs lacking the metric).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.cells import METRICS, metric_spec
+from analysis.tracking import ROLE_TAG, check_reachable
+from pix3d.errors import Pix3DError, UsageError
+
+AT_CHOICES = ("last", "best")
+BY_CHOICES = ("subset", "category")
+RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
+                  "lr", "seed", "seed_quirks", "value", "baseline")
+
+
+
+def client_for(tracking_uri: str):
+    """An MlflowClient for `tracking_uri` (mlflow imported only when a store is read)."""
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _best(history, metric: str) -> float:
+    values = [m.value for m in history if math.isfinite(m.value)]
+    if not values:
+        return math.nan
+    return min(values) if metric_spec(metric.split(".")[0]).lower_is_better else max(values)
+
+
+def _run_label(run) -> str:
+    return run.data.tags.get("mlflow.runName") or run.info.run_id[:8]
+
+
+def _runs_lacking(runs, metric: str, limit: int = 8) -> str:
+    """'a, b, c (+N more)': the runs (by name) that did not log `metric`."""
+    names = sorted(_run_label(r) for r in runs)
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimuth_acc",
+                 at: str = "last", by: str = "subset") -> tuple[pd.DataFrame, list[str], str | None]:
+    """Finished trial runs of `experiment` -> (one row per run, notes, latest parent run id).
+
+    With by="category": one row per run and category (`<metric>.<category>`, logged at the
+    end of a trial), with a `category` column. Runs that lack the metric (logged by older
+    code) are left out and named in a note. Raises Pix3DError naming what is wrong: unknown
+    experiment (listing the existing ones), no finished runs, no run with the metric,
+    unreachable store.
+    """
+    if at not in AT_CHOICES:
+        raise UsageError(f"--at {at!r}: choose from {', '.join(AT_CHOICES)}")
+    if by not in BY_CHOICES:
+        raise UsageError(f"--by {by!r}: choose from {', '.join(BY_CHOICES)}")
+    spec = metric_spec(metric)
+    if by == "category" and not spec.per_category:
+        per_category = [m.name for m in METRICS.values() if m.per_category]
+        raise UsageError(f"--by category: only {', '.join(per_category)} are logged per category, "
+                         f"not {metric}")
+    prefix = f"{metric}."
+
+    def has_metric(run) -> bool:
+        if by == "category":
+            return any(key.startswith(prefix) for key in run.data.metrics)
+        return metric in run.data.metrics
+    check_reachable(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        # Opening it would create an empty store (and say so on stderr): refuse instead.
+        raise Pix3DError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} "
+                         "(run a sweep first, or pass --mlflow-uri)")
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: "
+                         f"{', '.join(names) if names else '(none)'}")
+    runs = _search_all(client, found.experiment_id, f"tags.`{ROLE_TAG}` = 'trial'")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    notes = []
+    if len(finished) < len(runs):
+        by_status = pd.Series([r.info.status for r in runs if r.info.status != "FINISHED"]).value_counts()
+        notes.append("left out (not finished): " + ", ".join(f"{n} {s}" for s, n in by_status.items()))
+    if not finished:
+        raise Pix3DError(f"experiment {experiment!r} has no finished trial runs "
+                         f"({len(runs)} trial runs in all)")
+    what = f"{metric} per category" if by == "category" else repr(metric)
+    with_metric = [r for r in finished if has_metric(r)]
+    if not with_metric:
+        logged = sorted(k for k in set().union(*(r.data.metrics for r in finished)) if "." not in k)
+        raise Pix3DError(f"no finished run of experiment {experiment!r} logged metric "
+                         f"{what} (runs from older code lack the newer metrics); logged: "
+                         f"{', '.join(logged) or '(none)'}")
+    if len(with_metric) < len(finished):
+        lacking = [r for r in finished if not has_metric(r)]
+        notes.append(f"{len(lacking)} finished run(s) lack {what} (logged before it existed?) "
+                     f"and were left out: {_runs_lacking(lacking, metric)}")
+    records = []
+    for run in with_metric:
+        tags, params = run.data.tags, run.data.params
+        keys = ([k for k in sorted(run.data.metrics) if k.startswith(prefix)]
+                if by == "category" else [metric])
+        for key in keys:
+            value = run.data.metrics[key]
+            if at == "best":
+                value = _best(client.get_metric_history(run.info.run_id, key), key)
+            lr_text = tags.get("lr", params.get("lr", "nan"))
+            record = {
+                "run_id": run.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
+                "sweep_id": tags.get("sweep_id"), "end_time": run.info.end_time or 0,
+                "model": tags.get("model", params.get("model", "?")),
+                "modalities": tags.get("modalities", params.get("modalities", "rgb")),
+                "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
+                "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
+                "value": value,
+                "baseline": (run.data.metrics.get(spec.baseline, math.nan)
+                             if spec.baseline and by == "subset" else math.nan),
+            }
+            if by == "category":
+                record["category"] = key[len(prefix):]
+            records.append(record)
+    columns = list(RECORD_COLUMNS) + (["category"] if by == "category" else [])
+    frame = pd.DataFrame(records, columns=columns)
+    latest_parent = frame.sort_values("end_time")["parent_run_id"].dropna()
+    return frame, notes, (latest_parent.iloc[-1] if len(latest_parent) else None)
+

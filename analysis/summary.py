@@ -1,0 +1,114 @@
+"""Pure table arithmetic: a frame of one value per run in, a `Table` of mean ± std over
+seeds out (`summarise` by modality subset, `summarise_by_category` per category). Rows come
+in the model registry's order; published values come from each model's registration.
+Pure, so the same arithmetic can be checked against Tune's own results.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.cells import Cell, Row, Table, metric_spec
+from pix3d import models as model_registry
+from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
+
+PAPER_COLUMNS: tuple[str, ...] = tuple("+".join(s) for s in ABLATION_SUBSETS)
+
+
+def _model_rank(model: str) -> tuple[int, str]:
+    """Rows in the registry's order (its registration order); unregistered models last."""
+    order = model_registry.list_models()
+    return (order.index(model) if model in order else len(order), model)
+
+
+def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.DataFrame, list[str]]:
+    """Canonical modality keys, and one record per `key`: the same grid point and seed logged
+    twice (two sweeps in one experiment) keeps the latest, so a re-run replaces rather than
+    double-counts a seed. Returns the records and a note when some were left out."""
+    records = records.copy()
+    records["modalities"] = [modalities_key(m) for m in records["modalities"]]
+    records = records.sort_values("end_time", kind="stable")
+    duplicated = records.duplicated(key, keep="last")
+    if not duplicated.any():
+        return records, []
+    return records[~duplicated], [f"{int(duplicated.sum())} {what} of a later run and were left out (latest kept)"]
+
+
+class _RowLabels:
+    """Row labels: the model, plus quirks on/off when both were run, plus the lr when a
+    model was run at several."""
+
+    def __init__(self, records: pd.DataFrame):
+        self.split_quirks = records["seed_quirks"].nunique() > 1
+        self.lrs_per_model = records.groupby("model")["lr"].nunique()
+
+    def row(self, model: str, quirks, lr, cells: dict[str, Cell], suffix: str = "", **extra) -> Row:
+        label = model
+        if self.split_quirks:
+            label += " (quirks on)" if quirks else " (quirks off)"
+        several_lrs = self.lrs_per_model[model] > 1
+        if several_lrs:
+            label += f" lr={lr:g}"
+        return Row(label + suffix, model, bool(quirks) if self.split_quirks else None,
+                   float(lr) if several_lrs else None, cells, **extra)
+
+
+def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azimuth_acc",
+              at: str = "last") -> Table:
+    """One value per run (fractions) -> Table of mean ± std (n) in % per row and subset."""
+    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "seed"],
+                                  "run(s) repeat a model/subset/lr/seed")
+    labels = _RowLabels(records)
+    columns = list(PAPER_COLUMNS) + sorted(
+        set(records["modalities"]) - set(PAPER_COLUMNS), key=lambda s: (s.count("+"), s))
+    scale = metric_spec(metric).scale
+
+    rows: list[Row] = []
+    for (model, quirks, lr), group in sorted(
+            records.groupby(["model", "seed_quirks", "lr"], sort=False),
+            key=lambda item: (_model_rank(item[0][0]), bool(item[0][1]), item[0][2])):
+        cells = {}
+        for column in columns:
+            values = [scale * v for v in group.loc[group["modalities"] == column, "value"]]
+            cells[column] = Cell(values, model_registry.published_value(model, metric, column))
+        rows.append(labels.row(model, quirks, lr, cells))
+
+    baseline = {}
+    if "baseline" in records and records["baseline"].notna().any():
+        for column in columns:
+            values = records.loc[(records["modalities"] == column) & records["baseline"].notna(),
+                                 "baseline"]
+            baseline[column] = Cell([scale * v for v in values])
+    counts = sorted({cell.n for row in rows for cell in row.cells.values() if cell.n})
+    if len(counts) > 1:
+        notes.append(f"cells have unequal n ({', '.join(map(str, counts))} seeds): compare "
+                     "spreads with care")
+    missing = [f"{row.label} / {subset_label(c)}" for row in rows
+               for c in PAPER_COLUMNS if not row.cells[c].n]
+    if missing:
+        notes.append("no finished runs for: " + ", ".join(missing))
+    return Table(experiment, metric, at, columns, rows, baseline, notes, records)
+
+
+def summarise_by_category(records: pd.DataFrame, *, experiment: str,
+                          metric: str = "val_azimuth_acc", at: str = "last") -> Table:
+    """One value per run and category -> Table: rows model (x quirks x lr) x subset, columns
+    the categories, cells mean ± std over seeds."""
+    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "seed", "category"],
+                                  "value(s) repeat a model/subset/lr/seed/category")
+    labels = _RowLabels(records)
+    scale = metric_spec(metric).scale
+    columns = sorted(set(records["category"]))
+    subset_order = {s: i for i, s in enumerate(PAPER_COLUMNS)}
+    rows: list[Row] = []
+    groups = records.groupby(["model", "seed_quirks", "lr", "modalities"], sort=False)
+    for (model, quirks, lr, subset), group in sorted(
+            groups, key=lambda item: (_model_rank(item[0][0]), bool(item[0][1]), item[0][2],
+                                      subset_order.get(item[0][3], len(subset_order)), item[0][3])):
+        cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]])
+                 for c in columns}
+        rows.append(labels.row(model, quirks, lr, cells, f" · {subset_label(subset)}", modalities=subset))
+    empty = [f"{row.label} / {c}" for row in rows for c in columns if not row.cells[c].n]
+    if empty:
+        notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")
+    return Table(experiment, metric, at, columns, rows, {}, notes, records, by="category")
