@@ -20,10 +20,10 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
-from pix3d.annotations import Annotation, load_annotations
+from pix3d.data.annotations import Annotation, load_annotations
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import HEADS, N_BINS
-from pix3d.pose import BIN_SCHEMES, Bins, angles, fit_bins
+from pix3d.data.pose import BIN_SCHEMES, Bins, angles, fit_bins
 
 
 def entry_records(annotations: list[Annotation], bins: Bins) -> list[dict]:

@@ -39,12 +39,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pix3d.annotations import Annotation, parse_entries, read_entries
+from pix3d.data.annotations import Annotation, parse_entries, read_entries
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_dir, check_free_space, write_json
-from pix3d.pose import angles
+from pix3d.data.pose import angles
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
 PREPARE_VERSION = 1

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from pix3d import geometry, synthetic
-from pix3d.annotations import load_annotations
+from pix3d.data.annotations import load_annotations
 from pix3d.errors import UsageError
-from pix3d.pose import angles, fit_bins
+from pix3d.data.pose import angles, fit_bins
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = synthetic.SyntheticConfig(n=24, seed=5, size=64)
