@@ -754,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"{checkpoint_path} exists; pass --resume to continue it or choose another --out")
     ensure_writable_dir(out, "--out")  # now, not after the first epoch
 
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     print(message, flush=True)
     data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress)
