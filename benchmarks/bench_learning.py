@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     overrides = {k: v for k, v in BUDGETS[args.budget].items() if k not in ("epochs", "max_train_images")}
 
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     data = prepare(args.data, overrides["image_size"], cache_dir=Path(args.cache) if args.cache else None)
     title = (f"{args.model} {'+'.join(modalities)} lr {args.lr:g}, {overrides['image_size']} px, "

@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from pathlib import Path
 
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     data = prepare("synthetic", size, cache_dir=Path(args.cache) if args.cache else None, progress=True)
     print(f"\none {args.budget}-budget trial per model on the built-in synthetic set ({len(data)} images), "

@@ -33,12 +33,13 @@ from torch import nn
 from tqdm import tqdm
 
 from pix3d.constants import HEADS, N_BINS, modalities_key, modality_channels, parse_modalities
-from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
+from pix3d.data.dataset import ModalityView, check_modalities
+from pix3d.data.splits import SPLITS, split_indices
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.metrics import azimuth_angle_metrics, per_category_metrics
 from pix3d.fileio import atomic_path, check_free_space, ensure_writable_dir, write_json
 from pix3d.models import get_model, list_models, published_lr
-from pix3d.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
+from pix3d.data.pose import BIN_SCHEMES, Bins, circular_bin_distance, fit_bins
 
 PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULES = ("step", "none")
@@ -753,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"{checkpoint_path} exists; pass --resume to continue it or choose another --out")
     ensure_writable_dir(out, "--out")  # now, not after the first epoch
 
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     print(message, flush=True)
     data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress)

@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"{out / 'model.pt'} exists; choose another --out (or remove that run)")
     ensure_writable_dir(out, "--out")  # now, not after training
 
-    from pix3d.prepare import default_cache_dir
+    from pix3d.data.cache import default_cache_dir
 
     data = load_or_make_pairs(pairs, args.cache or default_cache_dir(), progress=not args.no_progress)
     n_train, n_val = (len(i) for i in data.split(config.val_fraction, config.seed))

@@ -64,7 +64,7 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
 
 def prepare_pairs(settings, space: dict):
     """The sweep's pair set (rendered once into the cache, reused by every later sweep)."""
-    from pix3d.prepare import default_cache_dir
+    from pix3d.data.cache import default_cache_dir
     from relpose.pairs import PairConfig, load_or_make_pairs
 
     config = PairConfig(n=int(space["pairs_n"]), size=int(space["pairs_size"]),

@@ -635,7 +635,7 @@ def plan_gpus(args, grid: Grid, space: dict, data, probes: list[dict] | None, lo
 
 def _prepare_data(settings: SweepSettings, image_size: int):
     """The prepared cache at the budget's image size (generated/built on first use)."""
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     cache = Path(settings.cache) if settings.cache else None
     return prepare(settings.data, image_size, cache_dir=cache)

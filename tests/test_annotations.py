@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pix3d.annotations import load_annotations
+from pix3d.data.annotations import load_annotations
 from pix3d.errors import Pix3DError
 from tests.pix3d_fixtures import REAL_ENTRY, read_json, write_json, write_pix3d_folder
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from pix3d.constants import MODALITY_CHANNELS, modality_channels
-from pix3d.data import SPLITS, ModalityView, check_modalities, split_indices
+from pix3d.data.dataset import ModalityView, check_modalities
+from pix3d.data.splits import SPLITS, split_indices
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.prepare import prepare
+from pix3d.data.prepare import prepare
 from tests.pix3d_fixtures import write_pix3d_folder
 
 

@@ -14,7 +14,7 @@ from pix3d.metrics import (
     median_error_deg,
     per_category_metrics,
 )
-from pix3d.pose import fit_bins
+from pix3d.data.pose import fit_bins
 from pix3d.train import fit
 from tests.test_train import pose_pattern_data, small_config
 

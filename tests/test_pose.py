@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from pix3d.annotations import load_annotations
+from pix3d.data.annotations import load_annotations
 from pix3d.constants import N_BINS
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.pose import (
+from pix3d.data.pose import (
     BIN_SCHEMES,
     Bins,
     angles,

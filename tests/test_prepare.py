@@ -14,15 +14,13 @@ from PIL import Image
 
 from pix3d.constants import MODALITY_CHANNELS
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.pose import angles
-from pix3d.prepare import (
-    BOUNDARIES_DERIVED,
-    canny_edges,
-    crop_box,
-    load_prepared,
-    prepare,
-)
-from pix3d.annotations import load_annotations
+from pix3d.data.pose import angles
+from pix3d.data.cache import load_prepared
+from pix3d.data.edges import canny_edges
+from pix3d.data.images import crop_box
+from pix3d.data.maps import BOUNDARIES_DERIVED
+from pix3d.data.prepare import prepare
+from pix3d.data.annotations import load_annotations
 from tests.pix3d_fixtures import REAL_ENTRY, read_json, write_json, write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]

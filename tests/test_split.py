@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pix3d.data import split_indices
+from pix3d.data.splits import split_indices
 from pix3d.errors import Pix3DError
 
 # Models per category, Pix3D-like in shape: a category with one model, some with few, one

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from pix3d import geometry, synthetic
-from pix3d.annotations import load_annotations
+from pix3d.data.annotations import load_annotations
 from pix3d.errors import UsageError
-from pix3d.pose import angles, fit_bins
+from pix3d.data.pose import angles, fit_bins
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = synthetic.SyntheticConfig(n=24, seed=5, size=64)
@@ -242,7 +242,7 @@ def test_ensure_builtin_generates_once_then_reuses(tmp_path):
 
 
 def test_prepare_reads_the_rendered_normals_and_boundaries(dataset, tmp_path):
-    from pix3d.prepare import prepare
+    from pix3d.data.prepare import prepare
 
     data = prepare(dataset, 32, cache_dir=tmp_path, workers=1, progress=False, log=lambda m: None)
     assert data.images.shape == (CONFIG.n, 8, 32, 32)

@@ -17,7 +17,8 @@ from pix3d.cli import run_cli
 from pix3d.constants import N_BINS
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.models import published_lr
-from pix3d.prepare import PreparedData, prepare
+from pix3d.data.cache import PreparedData
+from pix3d.data.prepare import prepare
 from pix3d.train import (
     BUDGETS,
     BatchSource,

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from pix3d.annotations import CAM_POSITION_TOL, Annotation
 from pix3d.constants import HEADS, N_BINS
+from pix3d.data.annotations import CAM_POSITION_TOL, Annotation
 from pix3d.errors import Pix3DError, UsageError
 
 

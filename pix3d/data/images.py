@@ -1,0 +1,83 @@
+"""Decoding one image file into a square uint8 crop: the pixels of every cache channel.
+
+`crop_box` is the square around a bbox; `crop_resize` crops it from a file (photo, mask or
+map, at any resolution and bit depth) and resizes it, padding with zeros outside the image.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = None  # real Pix3D has ~20-megapixel photos
+
+
+def crop_box(bbox: Sequence[float], margin: float) -> tuple[float, float, float, float]:
+    """Square (left, top, right, bottom) centred on the bbox, side = longest side * (1 + 2 margin)."""
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit / float images scaled to 0..255 greyscale (convert() would clip them)."""
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = max(float(values.max()), 1.0)
+        scale = 255.0 / top if top > 255 else 1.0
+        return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), "L")
+    return image
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; transparent pixels composited over black."""
+    image = _to_8bit(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite over black, the same as the padding outside the image.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _as_gray(image: Image.Image) -> Image.Image:
+    """8-bit greyscale (mode L)."""
+    image = _to_8bit(image)
+    return image if image.mode == "L" else image.convert("L")
+
+
+def crop_resize(
+    path: Path, box: tuple[float, float, float, float], frame: tuple[int, int], size: int, kind: str
+) -> np.ndarray:
+    """Crop `box` (in the coordinates of an image of size `frame`) from the file and resize.
+
+    The file may be smaller or larger than `frame` (a normals map predicted at another
+    resolution): the box is scaled to it. JPEGs are decoded at a reduced scale (draft) when
+    the crop would still have at least `size` pixels, which makes big photos fast.
+    """
+    with Image.open(path) as image:
+        full_w, full_h = image.size
+        if image.format in ("JPEG", "MPO"):  # MPO: multi-picture JPEG from some cameras
+            side = max(box[2] - box[0], box[3] - box[1]) * full_w / frame[0]
+            factor = max(size / max(side, 1.0), 1e-6)
+            request = (max(1, math.ceil(full_w * factor)), max(1, math.ceil(full_h * factor)))
+            image.draft(image.mode, request)
+        sx, sy = image.size[0] / frame[0], image.size[1] / frame[1]
+        left, top = round(box[0] * sx), round(box[1] * sy)
+        right, bottom = max(round(box[2] * sx), left + 1), max(round(box[3] * sy), top + 1)
+        image.load()
+        converted = _as_rgb(image) if kind == "rgb" else _as_gray(image)
+    # crop() fills outside the image with zeros: that is the square padding.
+    cropped = converted.crop((left, top, right, bottom))
+    resized = cropped.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    array = np.asarray(resized, dtype=np.uint8)
+    return array.transpose(2, 0, 1) if array.ndim == 3 else array[None]
