@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from typing import Callable, NoReturn, Sequence
 
 from pix3d.errors import Pix3DError, one_line
@@ -47,6 +48,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    warnings.formatwarning = _one_line_warning
     try:
         code = main(args)
     except Pix3DError as exc:
@@ -68,6 +70,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         sys.stderr.write("error: interrupted\n")
         raise SystemExit(130)
     raise SystemExit(code or 0)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as `warning: <message>` lines, like the `error:` lines (no source echo)."""
+    return f"warning: {message}\n"
 
 
 def _describe_os_error(exc: OSError) -> str:

@@ -36,3 +36,25 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     if len(first) > limit:
         first = first[: limit - 3] + "..."
     return first
+
+
+class Pix3DDeprecation(FutureWarning):
+    """An old name that is still accepted (shown once per name, as one `warning:` line by
+    the commands; see pix3d.cli)."""
+
+
+# Old names of the published scheme: the word "seed" also meant a random seed.
+RENAMED = {"seed": "published"}
+
+
+def current_name(kind: str, name):
+    """`name`, or its new name with a one-line deprecation warning when it is an old one.
+
+    Saved configs, checkpoints and sweeps that use an old name keep working."""
+    if isinstance(name, str) and name in RENAMED:
+        import warnings
+
+        warnings.warn(f"{kind} {name!r} is now called {RENAMED[name]!r}; the old name still works "
+                      "but will go", Pix3DDeprecation, stacklevel=3)
+        return RENAMED[name]
+    return name

@@ -31,7 +31,7 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m pix3d.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="Pix3D-format folder (holding pix3d.json)")
     parser.add_argument("--json", action="store_true", help="JSON lines, one object per entry")
-    parser.add_argument("--bins", default="seed", choices=sorted(BIN_SCHEMES), help="bin scheme for the labels")
+    parser.add_argument("--bins", default="published", choices=sorted(BIN_SCHEMES), help="bin scheme for the labels")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed on stderr) instead of failing")
     return parser
 

@@ -43,7 +43,7 @@ def published_seed_split(categories, seed):
 @pytest.mark.parametrize("seed", [0, 7])
 def test_seed_split_reproduces_the_published_split(seed):
     categories, models = toy_labels()
-    train, val = split_indices("seed", categories, models, seed=seed)
+    train, val = split_indices("published", categories, models, seed=seed)
     want_train, want_val = published_seed_split(categories, seed)
     assert train.tolist() == want_train and val.tolist() == want_val
     for category, n in zip(("cat0", "cat1", "cat2", "cat3"), (37, 12, 5, 101)):
@@ -144,7 +144,7 @@ def test_each_single_modality_selects_its_channels(prepared, modality):
 
 
 def test_split_and_view_on_prepared_cache(prepared):
-    train, val = split_indices("seed", prepared.categories, prepared.model_ids, seed=0)
+    train, val = split_indices("published", prepared.categories, prepared.model_ids, seed=0)
     modalities = check_modalities("rgb+mask+boundaries+normals", prepared.available)
     view = ModalityView(prepared.images, modalities, indices=train)
     assert len(view) == len(train) and view.batch([0]).shape[1] == 8

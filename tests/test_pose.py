@@ -81,7 +81,7 @@ def test_seed_scheme_is_the_published_rule():
     azimuth = np.concatenate([rng.uniform(0, 360, 500), [0.0, 45.0, 45.000001, 180.0, 359.999]])
     elevation = np.concatenate([rng.uniform(-40, 60, 500), [-5.0, 0.0, 45.0, 45.5, 89.0]])
     inplane_rad = np.concatenate([rng.uniform(-0.6, 0.6, 500), [-math.pi, -0.01, 0.0, 0.9, math.pi]])
-    bins = fit_bins("seed", azimuth, elevation, np.degrees(inplane_rad))
+    bins = fit_bins("published", azimuth, elevation, np.degrees(inplane_rad))
     labels = bins.labels(azimuth, elevation, np.degrees(inplane_rad))
     edges360 = np.linspace(0, 360, 9)
     np.testing.assert_array_equal(labels[:, 0], published_rule(azimuth, edges360))
@@ -123,7 +123,7 @@ def test_bins_json_round_trip_gives_identical_labels():
 
 
 def test_centres_and_bin_to_angle():
-    bins = fit_bins("seed", [1.0], [1.0], [1.0])
+    bins = fit_bins("published", [1.0], [1.0], [1.0])
     np.testing.assert_allclose(bins.centres("azimuth"), np.arange(22.5, 360, 45))
     np.testing.assert_allclose(bins.centres("inplane"), np.arange(-157.5, 180, 45))
     # A bin maps back to an angle inside that bin.
@@ -140,7 +140,7 @@ def test_circular_bin_distance():
 
 
 def test_unknown_scheme_lists_known_names():
-    with pytest.raises(UsageError, match="unknown bin scheme 'uniform'; choose from seed, quantile"):
+    with pytest.raises(UsageError, match="unknown bin scheme 'uniform'; choose from published, quantile"):
         get_bin_scheme("uniform")
     with pytest.raises(UsageError):
         fit_bins("nope", [1.0], [1.0], [1.0])

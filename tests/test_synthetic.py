@@ -206,7 +206,7 @@ def test_views_cover_every_azimuth_bin_and_categories_differ():
     az = np.array([p.camera.azimuth for p in plans])
     el = np.array([p.camera.elevation for p in plans])
     ip = np.array([p.camera.inplane for p in plans])
-    labels = fit_bins("seed", az, el, ip).labels(az, el, ip)
+    labels = fit_bins("published", az, el, ip).labels(az, el, ip)
     counts = np.bincount(labels[:, 0], minlength=8)
     assert (counts > 25).all(), counts  # ~50 per bin
     quantile = fit_bins("quantile", az, el, ip).labels(az, el, ip)

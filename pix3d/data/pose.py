@@ -8,7 +8,7 @@ Convention (Pose-from-Shape's Pix3D annotations, used by the published table), w
 The camera centre is `cam_position` when present, else -rot_mat^T @ trans_mat.
 
 Bin schemes (a registry; the scheme is a config key and is saved with every run):
-  seed      the published rule, kept exactly: np.digitize(v, edges, right=True) - 1 with
+  published the published rule, kept exactly ("seed" is its old name, still accepted): np.digitize(v, edges, right=True) - 1 with
             -1 -> 0; edges = 9 points over [0, 360] for azimuth AND elevation (so nearly all
             elevations land in bin 0) and over [-pi, pi] applied to the in-plane angle in
             radians.
@@ -26,7 +26,7 @@ import numpy as np
 
 from pix3d.constants import HEADS, N_BINS
 from pix3d.data.annotations import CAM_POSITION_TOL, Annotation
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, current_name
 
 
 def camera_position(ann: Annotation) -> np.ndarray:
@@ -127,7 +127,7 @@ class Bins:
     def from_dict(cls, d: dict) -> "Bins":
         try:
             return cls(
-                scheme=str(d["scheme"]),
+                scheme=str(current_name("bin scheme", d["scheme"])),
                 edges={h: [float(e) for e in d["edges"][h]] for h in HEADS},
                 units={h: str(d.get("units", {}).get(h, "deg")) for h in HEADS},
             )
@@ -141,10 +141,10 @@ def circular_bin_distance(a, b, n_bins: int = N_BINS) -> np.ndarray:
     return np.minimum(diff, n_bins - diff)
 
 
-def _fit_seed(azimuth, elevation, inplane) -> Bins:
+def _fit_published(azimuth, elevation, inplane) -> Bins:
     uniform = np.linspace(0.0, 360.0, N_BINS + 1).tolist()
     return Bins(
-        scheme="seed",
+        scheme="published",
         edges={
             "azimuth": uniform,
             "elevation": uniform,
@@ -178,7 +178,7 @@ def _fit_quantile(azimuth, elevation, inplane) -> Bins:
 
 
 BIN_SCHEMES: dict[str, Callable[..., Bins]] = {
-    "seed": _fit_seed,
+    "published": _fit_published,
     "quantile": _fit_quantile,
 }
 
@@ -186,7 +186,7 @@ BIN_SCHEMES: dict[str, Callable[..., Bins]] = {
 def get_bin_scheme(name: str) -> Callable[..., Bins]:
     """The fit function of a bin scheme; unknown names raise listing the known ones."""
     try:
-        return BIN_SCHEMES[name]
+        return BIN_SCHEMES[current_name("bin scheme", name)]
     except (KeyError, TypeError):
         raise UsageError(f"unknown bin scheme {name!r}; choose from {', '.join(BIN_SCHEMES)}") from None
 

@@ -1,6 +1,6 @@
 """Train/validation splits of a prepared dataset (a registry; the split is a config key).
 
-  seed      the published split: per category (sorted by name), torch's random_split of that
+  published the published split ("seed" is its old name, still accepted): per category (sorted by name), torch's random_split of that
             category's entries with torch.Generator().manual_seed(seed), val = int(n / 10).
   random    one seeded permutation of all entries, val = int(N * val_fraction).
   by_model  whole 3D models go to one side: images of one model share its appearance at
@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, current_name
 
 
 def _val_count(n: int, val_fraction: float) -> int:
@@ -31,7 +31,7 @@ def _check_fraction(val_fraction: float) -> None:
         raise UsageError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
 
 
-def seed_split(categories: Sequence[str], model_ids: Sequence[str], *, seed: int, val_fraction: float = 0.1):
+def published_split(categories: Sequence[str], model_ids: Sequence[str], *, seed: int, val_fraction: float = 0.1):
     """The published per-category split (torch random_split, one seeded generator per category)."""
     categories = list(categories)
     train: list[int] = []
@@ -90,7 +90,7 @@ def by_model_split(categories: Sequence[str], model_ids: Sequence[str], *, seed:
 
 
 SPLITS: dict[str, Callable] = {
-    "seed": seed_split,
+    "published": published_split,
     "random": random_split,
     "by_model": by_model_split,
 }
@@ -100,6 +100,7 @@ def split_indices(
     name: str, categories: Sequence[str], model_ids: Sequence[str], *, seed: int, val_fraction: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) entry indices, int64 and sorted, of the named split."""
+    name = current_name("split", name)
     if name not in SPLITS:
         raise UsageError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}")
     if len(categories) != len(model_ids):
