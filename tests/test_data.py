@@ -84,7 +84,7 @@ def test_random_split_size_follows_fraction():
 
 
 def test_bad_split_arguments():
-    with pytest.raises(UsageError, match="unknown split 'kfold'; choose from seed, random, by_model"):
+    with pytest.raises(UsageError, match="unknown split 'kfold'; choose from published, random, by_model"):
         split_indices("kfold", ["a"], ["m"], seed=0)
     with pytest.raises(UsageError, match="val_fraction"):
         split_indices("random", ["a", "b"], ["m", "n"], seed=0, val_fraction=1.5)
