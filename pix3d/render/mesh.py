@@ -27,6 +27,7 @@ class Mesh:
 
     @property
     def radius(self) -> float:
+        """Radius of the bounding sphere about the model origin."""
         return float(np.linalg.norm(self.vertices, axis=1).max())
 
 

@@ -23,6 +23,7 @@ class Box:
 
 
 def _box(x, y, z, sx, sy, sz, material=0) -> Box:
+    """A `Box` from six numbers (centre, then size) and a material slot."""
     return Box((float(x), float(y), float(z)), (float(sx), float(sy), float(sz)), material)
 
 
@@ -38,6 +39,7 @@ def _legs(width, depth, height, thick, inset=0.0, material=0) -> list[Box]:
 
 
 def build_chair(rng: np.random.Generator) -> list[Box]:
+    """Four legs and a seat; a solid or slatted back; sometimes arms."""
     w, d = rng.uniform(0.40, 0.55), rng.uniform(0.40, 0.52)
     seat_h, seat_t = rng.uniform(0.40, 0.50), rng.uniform(0.04, 0.08)
     leg = rng.uniform(0.03, 0.055)
@@ -68,6 +70,7 @@ def build_chair(rng: np.random.Generator) -> list[Box]:
 
 
 def build_table(rng: np.random.Generator) -> list[Box]:
+    """A top on four legs (sometimes with an apron) or on a pedestal; some are square."""
     w, d = rng.uniform(0.8, 1.8), rng.uniform(0.6, 1.0)
     if rng.random() < 0.2:
         d = w = rng.uniform(0.7, 1.1)  # square table
@@ -89,6 +92,7 @@ def build_table(rng: np.random.Generator) -> list[Box]:
 
 
 def build_desk(rng: np.random.Generator) -> list[Box]:
+    """A top on a drawer pedestal and a side panel, with a modesty panel at the back."""
     w, d = rng.uniform(1.0, 1.6), rng.uniform(0.55, 0.8)
     h, top_t = rng.uniform(0.72, 0.78), rng.uniform(0.03, 0.05)
     boxes = [_box(0, h - top_t / 2, 0, w, top_t, d, 1)]
@@ -108,6 +112,7 @@ def build_desk(rng: np.random.Generator) -> list[Box]:
 
 
 def build_sofa(rng: np.random.Generator) -> list[Box]:
+    """Base, back and two arms on short legs, with two or three seat cushions."""
     w, d = rng.uniform(1.4, 2.2), rng.uniform(0.75, 0.95)
     base_h, seat_h = rng.uniform(0.2, 0.3), rng.uniform(0.40, 0.46)
     back_h, back_t = rng.uniform(0.72, 0.9), rng.uniform(0.15, 0.25)
@@ -130,6 +135,7 @@ def build_sofa(rng: np.random.Generator) -> list[Box]:
 
 
 def build_bed(rng: np.random.Generator) -> list[Box]:
+    """Frame, mattress, headboard at +z, pillows and sometimes a footboard."""
     w, length = rng.uniform(1.0, 1.8), rng.uniform(1.95, 2.2)
     frame_h, mat_h = rng.uniform(0.2, 0.35), rng.uniform(0.15, 0.25)
     head_h = rng.uniform(0.9, 1.3)
@@ -150,6 +156,7 @@ def build_bed(rng: np.random.Generator) -> list[Box]:
 
 
 def build_bookcase(rng: np.random.Generator) -> list[Box]:
+    """An open-fronted case of shelves, each often holding a row of books."""
     w, h, d = rng.uniform(0.6, 1.2), rng.uniform(1.0, 2.0), rng.uniform(0.25, 0.4)
     t = rng.uniform(0.02, 0.04)
     boxes = [
@@ -181,6 +188,7 @@ def build_bookcase(rng: np.random.Generator) -> list[Box]:
 
 
 def build_wardrobe(rng: np.random.Generator) -> list[Box]:
+    """A cabinet on a plinth under a cornice, with two or three doors and their handles."""
     w, h, d = rng.uniform(0.8, 1.6), rng.uniform(1.7, 2.1), rng.uniform(0.5, 0.62)
     plinth = rng.uniform(0.05, 0.1)
     boxes = [

@@ -60,9 +60,11 @@ class SyntheticConfig:
     version: int = GENERATOR_VERSION
 
     def name(self) -> str:
+        """Folder name of the set, unique per config."""
         return f"pix3d-synth-n{self.n}-s{self.seed}-px{self.size}-v{self.version}"
 
     def check(self) -> None:
+        """Raise UsageError naming the option when n or size is out of range."""
         if self.n <= 0:
             raise UsageError(f"--n must be a positive number of images, got {self.n}")
         if self.size < 16:
@@ -90,6 +92,7 @@ class Plan:
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
+    """The numpy generator of one (seed, key...) stream."""
     # SeedSequence mixes the tuple, so (seed, index) streams are independent of each other.
     return np.random.default_rng([seed, *key])
 
@@ -116,6 +119,7 @@ def build_model_pool(seed: int, per_category: int) -> dict[str, list[tuple[Mesh,
 
 
 def model_name(category: str, model: int) -> str:
+    """Folder name of a model under model/<category>/, e.g. SYNTH_CHAIR_001."""
     return f"SYNTH_{category.upper()}_{model + 1:03d}"
 
 
@@ -145,11 +149,13 @@ _WORKER_POOL: dict | None = None
 
 
 def _init_worker(pool) -> None:
+    """Give a render process the model pool once, not with every job."""
     global _WORKER_POOL
     _WORKER_POOL = pool
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
+    """Write one image of the set (inside the temp folder of `generate`)."""
     # compress_level 1: ~3x faster than the default with files ~20% larger; still lossless.
     Image.fromarray(array).save(path, compress_level=1)
 
@@ -213,6 +219,7 @@ def read_stamp(folder: Path) -> dict | None:
 
 
 def _stamp(config: SyntheticConfig) -> dict:
+    """The stamp a set of `config` carries in its STAMP_NAME file."""
     return {"generator": "pix3d.synthetic", **asdict(config),
             "categories": list(CATEGORIES), "name": config.name()}
 
