@@ -49,11 +49,6 @@ PUBLISHED_AZIMUTH_ACC: dict[str, dict[str, float]] = {
 # Learning rates of the published README: each model at its own.
 PUBLISHED_LR: dict[str, float] = {"combined_net": 1e-5, "separate_net": 1e-3}
 
-# Pix3D's focal lengths are millimetres on a sensor this wide (f_px = f_mm / 32 * width).
-# Here, not in pix3d.geometry whose camera frame it belongs to, because the render workers
-# need it and must not import torch (seconds per process) as pix3d.geometry does.
-SENSOR_WIDTH_MM = 32.0
-
 
 def parse_modalities(spec: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """'rgb+mask' / 'rgb,mask' / ['mask', 'rgb'] -> ('rgb', 'mask') in canonical order.
@@ -89,3 +84,9 @@ def modality_channels(modalities: tuple[str, ...] | list[str] | str) -> list[int
         lo, hi = MODALITY_CHANNELS[m]
         out.extend(range(lo, hi))
     return out
+
+
+# Pix3D's focal lengths are millimetres on a sensor this wide (f_px = f_mm / 32 * width).
+# Here, not in pix3d.geometry whose camera frame it belongs to, because the render workers
+# need it and must not import torch (seconds per process) as pix3d.geometry does.
+SENSOR_WIDTH_MM = 32.0
