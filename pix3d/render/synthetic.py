@@ -74,6 +74,7 @@ class SyntheticConfig:
 # The embedded default (`--data synthetic`). 1,800 images at 224 px take about a minute on
 # 2 cores; the quick budget crops to the bbox and resizes to ~64 px, the paper budget to 224.
 BUILTIN = SyntheticConfig(n=1800, seed=0, size=224)
+# Images per procedural model, on average: it sets how many models a set of n images has.
 IMAGES_PER_MODEL = 20
 
 
