@@ -108,3 +108,9 @@ def modality_channels(modalities: tuple[str, ...] | list[str] | str) -> list[int
         lo, hi = MODALITY_CHANNELS[m]
         out.extend(range(lo, hi))
     return out
+
+
+# Pix3D's focal lengths are millimetres on a sensor this wide (f_px = f_mm / 32 * width).
+# Here, not in pix3d.geometry whose camera frame it belongs to, because the render workers
+# need it and must not import torch (seconds per process) as pix3d.geometry does.
+SENSOR_WIDTH_MM = 32.0

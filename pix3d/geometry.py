@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SENSOR_WIDTH_MM = 32.0
+from pix3d.constants import SENSOR_WIDTH_MM
 
 # Below this angle (radians) so3_log's closed form divides 0 by 0; its series is exact there.
 _SMALL_ANGLE = 1e-4

@@ -2,7 +2,7 @@
 
 The second study (DESIGN.md, "Relative pose from two views") needs image pairs whose 6-DoF
 motion is known and whose target depth lets the source be warped into the target. Each pair
-here is one procedural furniture model of `pix3d.synthetic`, seen from a target camera
+here is one procedural furniture model of `pix3d.render`, seen from a target camera
 (sampled like the dataset's) and from a source camera a small orbit away (azimuth, elevation
 and roll perturbed, distance scaled, same focal length, so one K serves both). Both views are
 rendered with the same random draws (light in the model frame, albedo, background, noise),
@@ -26,11 +26,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pix3d import geometry, synthetic
+from pix3d import geometry
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
+from pix3d.render.camera import Camera, camera_pose, sample_camera
+from pix3d.render.shading import render_view
+from pix3d.render.shapes import CATEGORIES
+from pix3d.render.synthetic import build_model_pool
 
-PAIRS_VERSION = 2  # 2: models from synthetic.build_model_pool
+PAIRS_VERSION = 2  # 2: models from pix3d.render.synthetic.build_model_pool
 
 
 @dataclass(frozen=True)
@@ -106,10 +110,10 @@ def relative_transform(R_t: np.ndarray, t_t: np.ndarray, R_s: np.ndarray, t_s: n
     return T
 
 
-def _source_camera(target: synthetic.Camera, rng: np.random.Generator, config: PairConfig) -> synthetic.Camera:
+def _source_camera(target: Camera, rng: np.random.Generator, config: PairConfig) -> Camera:
     orbit = config.max_orbit_deg
     elevation = float(np.clip(target.elevation + rng.uniform(-orbit / 2, orbit / 2), -10.0, 60.0))
-    return synthetic.Camera(
+    return Camera(
         azimuth=float((target.azimuth + rng.uniform(-orbit, orbit)) % 360.0),
         elevation=elevation,
         inplane=float(target.inplane + rng.uniform(-config.max_roll_deg, config.max_roll_deg)),
@@ -121,8 +125,8 @@ def _source_camera(target: synthetic.Camera, rng: np.random.Generator, config: P
 def make_pairs(config: PairConfig, *, progress: bool = True) -> PairData:
     """Render `config.n` pairs (deterministic for the config)."""
     config.check()
-    names = list(synthetic.CATEGORIES)
-    pool = synthetic.build_model_pool(config.seed, config.models_per_category)
+    names = list(CATEGORIES)
+    pool = build_model_pool(config.seed, config.models_per_category)
     S, n = config.size, config.n
     out = {
         "source": np.zeros((n, 3, S, S), np.uint8), "target": np.zeros((n, 3, S, S), np.uint8),
@@ -135,14 +139,14 @@ def make_pairs(config: PairConfig, *, progress: bool = True) -> PairData:
         category = names[int(rng.integers(len(names)))]
         m = int(rng.integers(config.models_per_category))
         mesh, palette = pool[category][m]
-        target_cam = synthetic.sample_camera(rng, mesh.radius)
+        target_cam = sample_camera(rng, mesh.radius)
         source_cam = _source_camera(target_cam, rng, config)
-        R_t, t_t = synthetic.camera_pose(target_cam)
-        R_s, t_s = synthetic.camera_pose(source_cam)
+        R_t, t_t = camera_pose(target_cam)
+        R_s, t_s = camera_pose(source_cam)
         # The same stream for both renders: same light, albedo jitter, backdrop and noise.
         render_seed = [config.seed, 13, i]
-        tgt = synthetic.render_view(mesh, palette, R_t, t_t, target_cam.focal_mm, S, S, np.random.default_rng(render_seed))
-        src = synthetic.render_view(mesh, palette, R_s, t_s, source_cam.focal_mm, S, S, np.random.default_rng(render_seed))
+        tgt = render_view(mesh, palette, R_t, t_t, target_cam.focal_mm, S, S, np.random.default_rng(render_seed))
+        src = render_view(mesh, palette, R_s, t_s, source_cam.focal_mm, S, S, np.random.default_rng(render_seed))
         out["source"][i] = src.rgb.transpose(2, 0, 1)
         out["target"][i] = tgt.rgb.transpose(2, 0, 1)
         out["mask"][i] = tgt.mask

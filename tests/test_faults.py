@@ -249,7 +249,7 @@ def test_full_disk_checkpoint_save_is_one_line(full_disk):
 
 def test_full_disk_prepare_refuses_before_the_memmap(full_disk, tmp_path, monkeypatch, capsys):
     """The cache needs more than the disk has: one line with the space, no temp folder, no SIGBUS."""
-    from pix3d.synthetic import SyntheticConfig, generate
+    from pix3d.render.synthetic import SyntheticConfig, generate
 
     data = tmp_path / "set"
     generate(data, SyntheticConfig(n=24, seed=0, size=64), workers=1, progress=False, log=None)

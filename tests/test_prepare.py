@@ -299,7 +299,7 @@ def test_cli_missing_folder(tmp_path):
 
 @pytest.mark.slow
 def test_builtin_synthetic_set_prepares(tmp_path):
-    pytest.importorskip("pix3d.synthetic")
+    pytest.importorskip("pix3d.render.synthetic")
     data, messages = quiet_prepare("synthetic", 32, tmp_path / "cache")
     assert data.manifest["dataset"]["name"] == "synthetic" and len(data) > 0
     again, messages = quiet_prepare("synthetic", 32, tmp_path / "cache")

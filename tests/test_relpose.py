@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pix3d import geometry, synthetic
+from pix3d import geometry
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.render.camera import Camera, camera_pose, sample_camera
+from pix3d.render.mesh import boxes_to_mesh
+from pix3d.render.shapes import build_chair
 from pix3d.train import resolve_precision
 from relpose.models import IMAGENET_FILE, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, load_or_make_pairs, make_pairs, relative_transform
@@ -31,10 +34,10 @@ def pairs():
 
 def test_relative_transform_maps_target_points_to_source_points():
     rng = np.random.default_rng(0)
-    mesh = synthetic.boxes_to_mesh(synthetic.build_chair(rng))
-    cam_t = synthetic.sample_camera(rng, mesh.radius)
-    cam_s = synthetic.Camera(cam_t.azimuth + 12, cam_t.elevation - 4, cam_t.inplane + 3, cam_t.distance * 1.05, cam_t.focal_mm)
-    (R_t, t_t), (R_s, t_s) = synthetic.camera_pose(cam_t), synthetic.camera_pose(cam_s)
+    mesh = boxes_to_mesh(build_chair(rng))
+    cam_t = sample_camera(rng, mesh.radius)
+    cam_s = Camera(cam_t.azimuth + 12, cam_t.elevation - 4, cam_t.inplane + 3, cam_t.distance * 1.05, cam_t.focal_mm)
+    (R_t, t_t), (R_s, t_s) = camera_pose(cam_t), camera_pose(cam_s)
     T = relative_transform(R_t, t_t, R_s, t_s)
     in_target = mesh.vertices @ R_t.T + t_t
     np.testing.assert_allclose(in_target @ T[:3, :3].T + T[:3, 3], mesh.vertices @ R_s.T + t_s, atol=1e-9)

@@ -20,7 +20,7 @@ import pytest
 from pix3d.cli import run_cli
 from pix3d.errors import Pix3DError
 from pix3d.data.prepare import prepare
-from pix3d.synthetic import SyntheticConfig, generate
+from pix3d.render.synthetic import SyntheticConfig, generate
 from pix3d.train import BUDGETS
 from search.grids import get_grid
 from search.run import check_cluster_resources, main, run_sweep

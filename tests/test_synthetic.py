@@ -23,9 +23,15 @@ from pix3d import geometry, synthetic
 from pix3d.data.annotations import load_annotations
 from pix3d.errors import UsageError
 from pix3d.data.pose import angles, fit_bins
+from pix3d.render.camera import Camera, camera_pose
+from pix3d.render.mesh import boxes_to_mesh, read_obj
+from pix3d.render.raster import rasterize
+from pix3d.render.shading import normals_from_rgb, render_view
+from pix3d.render.shapes import CATEGORIES, Box
+from pix3d.render.synthetic import SyntheticConfig, build_models, ensure_builtin, generate, plan_images, read_stamp
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = synthetic.SyntheticConfig(n=24, seed=5, size=64)
+CONFIG = SyntheticConfig(n=24, seed=5, size=64)
 PIX3D_FIELDS = ("img", "mask", "category", "img_size", "bbox", "model", "rot_mat", "trans_mat",
                 "focal_length", "cam_position", "inplane_rotation", "truncated", "occluded",
                 "slightly_occluded")
@@ -34,7 +40,7 @@ PIX3D_FIELDS = ("img", "mask", "category", "img_size", "bbox", "model", "rot_mat
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "set"
-    synthetic.generate(root, CONFIG, workers=2, progress=False, log=None)
+    generate(root, CONFIG, workers=2, progress=False, log=None)
     return root
 
 
@@ -50,7 +56,7 @@ def png(path: Path) -> np.ndarray:
 
 def test_layout_and_fields_are_pix3d(dataset, entries):
     assert len(entries) == CONFIG.n
-    assert synthetic.read_stamp(dataset)["n"] == CONFIG.n
+    assert read_stamp(dataset)["n"] == CONFIG.n
     for e in entries:
         assert set(PIX3D_FIELDS) <= set(e)
         rel = e["img"].split("/", 1)[1]
@@ -72,7 +78,7 @@ def test_layout_and_fields_are_pix3d(dataset, entries):
 def test_project_loader_accepts_the_set_and_recovers_the_sampled_angles(dataset):
     annotations, skipped = load_annotations(dataset)
     assert skipped == [] and len(annotations) == CONFIG.n
-    plans = synthetic.plan_images(CONFIG, synthetic.build_models(CONFIG))
+    plans = plan_images(CONFIG, build_models(CONFIG))
     for ann, plan in zip(annotations, plans):
         azimuth, elevation, inplane = angles(ann)
         cam = plan.camera
@@ -98,7 +104,7 @@ def test_cam_position_is_minus_rt_t_and_rotation_carries_the_roll(entries):
 
 def silhouette_from_obj(obj: Path, R, t, focal_mm: float, size: int) -> np.ndarray:
     """Second rasterisation: every triangle of the OBJ against every pixel centre, in torch."""
-    verts, faces = synthetic.read_obj(obj)
+    verts, faces = read_obj(obj)
     f64 = torch.float64
     verts = torch.tensor(verts, dtype=f64) @ torch.tensor(R, dtype=f64).T + torch.tensor(t, dtype=f64)
     K = geometry.intrinsics(torch.tensor(focal_mm, dtype=torch.float64), size, size)
@@ -138,7 +144,7 @@ def test_normals_are_unit_camera_frame_vectors_inside_the_mask(dataset, entries)
         mask = png(dataset / e["mask"]) > 0
         rgb = png(dataset / "normals" / rel)
         assert (rgb[~mask] == 0).all()
-        n = synthetic.normals_from_rgb(rgb[mask])
+        n = normals_from_rgb(rgb[mask])
         np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=0.02)
         # Visible surfaces face the camera: the normal opposes the viewing ray.
         f_px = e["focal_length"] / 32 * CONFIG.size
@@ -167,13 +173,13 @@ def test_boundaries_hold_the_occluding_contour_and_creases(dataset, entries):
 
 
 def test_rasterised_depth_is_perspective_correct():
-    mesh = synthetic.boxes_to_mesh([synthetic.Box((0, 0, 0), (1, 1, 1))])
+    mesh = boxes_to_mesh([Box((0, 0, 0), (1, 1, 1))])
     R = geometry.rotation_about_axis("y", torch.tensor(0.5, dtype=torch.float64)).numpy()
     R = geometry.rotation_about_axis("x", torch.tensor(-0.3, dtype=torch.float64)).numpy() @ R
     t = np.array([0.1, -0.05, 3.0])
     size, focal_px = 48, 40.0
     normals_cam = mesh.face_normals @ R.T
-    face_id, depth = synthetic.rasterize(mesh.vertices @ R.T + t, mesh.faces, focal_px, size, size,
+    face_id, depth = rasterize(mesh.vertices @ R.T + t, mesh.faces, focal_px, size, size,
                                          face_normals_cam=normals_cam)
     ys, xs = np.nonzero(face_id >= 0)
     rays = np.stack([(xs + 0.5 - size / 2) / focal_px, (ys + 0.5 - size / 2) / focal_px, np.ones(len(xs))], 1)
@@ -187,13 +193,13 @@ def test_rasterised_depth_is_perspective_correct():
 
 def test_same_seed_is_byte_identical_whatever_the_workers_and_other_seeds_differ(dataset, tmp_path):
     again = tmp_path / "again"
-    synthetic.generate(again, CONFIG, workers=1, progress=False, log=None)
+    generate(again, CONFIG, workers=1, progress=False, log=None)
     files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
         assert (dataset / rel).read_bytes() == (again / rel).read_bytes(), rel
     other = tmp_path / "other"
-    synthetic.generate(other, synthetic.SyntheticConfig(n=CONFIG.n, seed=CONFIG.seed + 1, size=CONFIG.size),
+    generate(other, SyntheticConfig(n=CONFIG.n, seed=CONFIG.seed + 1, size=CONFIG.size),
                        workers=1, progress=False, log=None)
     assert (other / "pix3d.json").read_bytes() != (dataset / "pix3d.json").read_bytes()
     first = json.loads((other / "pix3d.json").read_text())[0]["img"]
@@ -201,8 +207,8 @@ def test_same_seed_is_byte_identical_whatever_the_workers_and_other_seeds_differ
 
 
 def test_views_cover_every_azimuth_bin_and_categories_differ():
-    config = synthetic.SyntheticConfig(n=400, seed=0, size=64)
-    plans = synthetic.plan_images(config, synthetic.build_models(config))
+    config = SyntheticConfig(n=400, seed=0, size=64)
+    plans = plan_images(config, build_models(config))
     az = np.array([p.camera.azimuth for p in plans])
     el = np.array([p.camera.elevation for p in plans])
     ip = np.array([p.camera.inplane for p in plans])
@@ -211,27 +217,27 @@ def test_views_cover_every_azimuth_bin_and_categories_differ():
     assert (counts > 25).all(), counts  # ~50 per bin
     quantile = fit_bins("quantile", az, el, ip).labels(az, el, ip)
     assert len(np.unique(quantile[:, 1])) == 8 and len(np.unique(quantile[:, 2])) == 8
-    assert {p.category for p in plans} == set(synthetic.CATEGORIES)
+    assert {p.category for p in plans} == set(CATEGORIES)
     # Fronts differ from backs: a chair seen from azimuth 0 and 180 gives different masks.
-    mesh, palette = synthetic.build_models(config)["chair"][0]
+    mesh, palette = build_models(config)["chair"][0]
     masks = []
     for az0 in (0.0, 180.0):
-        cam = synthetic.Camera(az0, 20.0, 0.0, 2.5, 40.0)
-        R, t = synthetic.camera_pose(cam)
-        r = synthetic.render_view(mesh, palette, R, t, cam.focal_mm, 64, 64, np.random.default_rng(0))
+        cam = Camera(az0, 20.0, 0.0, 2.5, 40.0)
+        R, t = camera_pose(cam)
+        r = render_view(mesh, palette, R, t, cam.focal_mm, 64, 64, np.random.default_rng(0))
         masks.append(r.mask)
     assert (masks[0] != masks[1]).sum() > 20
 
 
 def test_ensure_builtin_generates_once_then_reuses(tmp_path):
-    small = synthetic.SyntheticConfig(n=6, seed=2, size=40)
+    small = SyntheticConfig(n=6, seed=2, size=40)
     messages: list[str] = []
-    path = synthetic.ensure_builtin(tmp_path, log=messages.append, config=small, workers=1, progress=False)
+    path = ensure_builtin(tmp_path, log=messages.append, config=small, workers=1, progress=False)
     assert path == tmp_path / "synthetic" / small.name()
     assert any("generating" in m for m in messages)
     stamp_before = (path / "pix3d.json").stat().st_mtime_ns
     messages.clear()
-    assert synthetic.ensure_builtin(tmp_path, log=messages.append, config=small) == path
+    assert ensure_builtin(tmp_path, log=messages.append, config=small) == path
     assert messages == [] and (path / "pix3d.json").stat().st_mtime_ns == stamp_before
     assert not [p for p in (tmp_path / "synthetic").iterdir() if p.name.startswith(".")]  # no temp left
     # The folder name tells sets apart: any change of n, seed, size or version moves it.
@@ -268,7 +274,7 @@ def test_cli_generates_reports_rate_and_writes_a_contact_sheet(tmp_path):
     # A previous synthetic set may be replaced by another one (in-process: saves a torch import).
     assert synthetic.main(["--out", str(out), "--n", "3", "--seed", "4", "--size", "40",
                            "--workers", "1", "--no-progress"]) == 0
-    assert synthetic.read_stamp(out)["seed"] == 4 and len(json.loads((out / "pix3d.json").read_text())) == 3
+    assert read_stamp(out)["seed"] == 4 and len(json.loads((out / "pix3d.json").read_text())) == 3
     assert len(list((out / "img").glob("*/*.png"))) == 3  # nothing of the old set remains
 
 
@@ -298,7 +304,7 @@ def test_cli_refuses_to_overwrite_a_folder_that_is_not_a_synthetic_set(tmp_path)
     assert (precious / "thesis.txt").read_text() == "do not lose me"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temp folder left behind
     with pytest.raises(UsageError, match="not a synthetic"):
-        synthetic.generate(precious, synthetic.SyntheticConfig(n=2, size=32), progress=False, log=None)
+        generate(precious, SyntheticConfig(n=2, size=32), progress=False, log=None)
 
 
 def test_cli_without_out_or_preview_is_a_usage_error():
@@ -310,15 +316,15 @@ def test_inverse_warp_maps_one_rendered_view_onto_another():
     """Renderer and pix3d.geometry agree on the camera model: lifting view A's pixels with
     A's depth, moving them by the relative pose and projecting into view B lands on B's
     surface at B's depth, and on B's colour (shading lives in the model frame)."""
-    config = synthetic.SyntheticConfig(n=8, seed=1, size=96)
-    mesh, palette = synthetic.build_models(config)["sofa"][0]
+    config = SyntheticConfig(n=8, seed=1, size=96)
+    mesh, palette = build_models(config)["sofa"][0]
     views = []
     for azimuth in (30.0, 40.0):
-        cam = synthetic.Camera(azimuth, 25.0, 5.0, 2.2, 40.0)
-        R, t = synthetic.camera_pose(cam)
+        cam = Camera(azimuth, 25.0, 5.0, 2.2, 40.0)
+        R, t = camera_pose(cam)
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = R, t
-        r = synthetic.render_view(mesh, palette, R, t, cam.focal_mm, 96, 96, np.random.default_rng(7))
+        r = render_view(mesh, palette, R, t, cam.focal_mm, 96, 96, np.random.default_rng(7))
         views.append((r, T))
     (a, T_a), (b, T_b) = views
     K = geometry.intrinsics(torch.tensor([40.0], dtype=torch.float64), 96, 96)

@@ -84,7 +84,7 @@ def _resolve_dataset(data: str | Path, cache_dir: Path, log: Callable) -> tuple[
     """(dataset root, its name): "synthetic" is the built-in set, generated when missing."""
     if str(data) == "synthetic":
         try:
-            from pix3d.synthetic import ensure_builtin  # lazy: generating is its own module's job
+            from pix3d.render.synthetic import ensure_builtin  # lazy: generating is its own module's job
         except ImportError as exc:
             raise Pix3DError(f"the built-in synthetic set is not available ({exc})") from None
         return Path(ensure_builtin(cache_dir, log=log)), "synthetic"
