@@ -63,7 +63,7 @@ def test_summary_reports_categories_histograms_and_majority(folder):
     result = run_inspect(folder)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    assert text.startswith("24 entries, 3 categories, bins 'seed'")
+    assert text.startswith("24 entries, 3 categories, bins 'published'")
     for category in ("bed", "chair", "table"):
         count = sum(r["category"] == category for r in records)
         assert f"{category}" in text and f" {count} " in text
@@ -97,7 +97,7 @@ def test_bad_mask_fails_or_is_skipped_and_listed(tmp_path):
 @pytest.mark.parametrize(
     "args, code, expected",
     [
-        (["--bins", "uniform"], 2, "invalid choice: 'uniform' (choose from 'quantile', 'seed')"),
+        (["--bins", "uniform"], 2, "invalid choice: 'uniform' (choose from 'published', 'quantile')"),
         (["--nope"], 2, "unrecognized arguments"),
     ],
 )
