@@ -19,16 +19,16 @@ from pix3d.errors import Pix3DError, UsageError
 from pix3d.prepare import PreparedData, prepare
 from pix3d.train import (
     BUDGETS,
-    BatchSource,
     TrainConfig,
     fit,
     load_checkpoint,
     main as train_main,
-    majority_baseline,
     resolve_budget,
     save_checkpoint,
-    seed_everything,
 )
+from pix3d.train.batches import BatchSource
+from pix3d.train.checkpoints import seed_everything
+from pix3d.train.evaluation import majority_baseline
 from tests.pix3d_fixtures import write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -380,7 +380,7 @@ def test_quick_budget_learns_the_synthetic_set():
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
     """'auto' is bf16 only where the CPU has bf16 units (read from /proc/cpuinfo), fp32 otherwise."""
-    from pix3d.train import cpu_has_fast_bf16, resolve_precision
+    from pix3d.train.precision import cpu_has_fast_bf16, resolve_precision
 
     monkeypatch.delenv("PIX3D_PRECISION", raising=False)
     cpu = torch.device("cpu")
