@@ -44,7 +44,8 @@ class BatchSource:
     COPY_CHUNK = 512  # cache rows per host-to-device copy: bounds the temporary host memory
 
     def __init__(self, images, labels: np.ndarray, modalities, norm: dict,
-                 device: torch.device, channels_last: bool, *, compact: bool | None = None):
+                 device: torch.device, channels_last: bool, *, compact: bool | None = None) -> None:
+        """`labels`: N x 3 bins of every cache row; `norm`: channel_stats' dict (or a raw one)."""
         view = ModalityView(images, modalities)  # validates the subset against the cache layout
         if compact is None:
             compact = device.type != "cpu"

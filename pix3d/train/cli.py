@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"device {resolve_device(config.device)}) -> {out}", flush=True)
 
     def save(metrics: dict, checkpoint: dict) -> None:
+        """fit's on_epoch: both files rewritten (atomically) after every epoch."""
         save_checkpoint(checkpoint_path, checkpoint)
         write_json(history_path, {"config": config.to_dict(), "data": data.manifest, "history": checkpoint["history"]})
 
