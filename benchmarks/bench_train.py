@@ -21,9 +21,9 @@ import torch
 
 from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
 from pix3d.constants import modality_channels, parse_modalities
-from pix3d.models import published_lr
-from pix3d.models import get_model, list_models
-from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss, resolve_device
+from pix3d.devices import resolve_device
+from pix3d.models import get_model, list_models, published_lr
+from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss
 
 
 def images_per_second(model_name: str, modalities, *, image_size: int, batch_size: int, precision: str,

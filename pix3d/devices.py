@@ -5,7 +5,8 @@ Two concerns a GPU sweep must settle before it spends hours:
 - A trial given GPUs must really train on one. `require_cuda` fails at once, in one line
   naming the node, the `CUDA_VISIBLE_DEVICES` it got and what torch reports, instead of
   letting `device="auto"` quietly fall back to the CPU (a CUDA driver that does not match
-  torch looks exactly like that). `placement` is what every run records about where it ran.
+  torch looks exactly like that). `placement` is what every run records about where it ran;
+  `resolve_device` turns a config's device name ('auto', 'cpu', 'cuda[:N]') into a torch device.
 - Trials that share a GPU must fit in it together. `estimate_train_memory` adds up what one
   run of `pix3d.train.fit` keeps on the device: its channels of the uint8 cache
   (`BatchSource` copies them to the GPU), weights + gradients + Adam's two moments,
@@ -34,7 +35,7 @@ GIB = 1024**3
 CUDA_CONTEXT_BYTES = 600 * 1024**2
 # cuDNN may pick convolution algorithms with a scratch workspace (cudnn.benchmark is on).
 CUDNN_WORKSPACE_BYTES = 256 * 1024**2
-# `pix3d.train._evaluate` validates in batches of this many images (no gradients kept).
+# `pix3d.train.evaluation.evaluate` validates in batches of this many images (no gradients kept).
 EVAL_BATCH = 128
 # Caching-allocator slack: freed blocks are kept and reused, not returned, so peaks fragment.
 ALLOCATOR_SLACK = 1.10
@@ -68,6 +69,18 @@ def require_cuda(node: str, gpus: float) -> None:
         f"CUDA_VISIBLE_DEVICES={visible!r}, {torch_cuda_report()}; fix the node's CUDA driver, "
         "or pass --device cpu to simulate the GPUs on the CPU deliberately"
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present else CPU; an explicit 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise Pix3DError(f"config key 'device' is {name!r} but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise Pix3DError(f"config key 'device': unknown value {name!r}") from None
 
 
 def cpu_name() -> str:

@@ -24,6 +24,12 @@ from pix3d.cli import ArgumentParser, run_cli
 from pix3d.data.annotations import load_annotations
 from pix3d.data.inspect import entry_records, label_summary, write_summary
 from pix3d.data.pose import BIN_SCHEMES, angles, fit_bins
+from pix3d.errors import current_name
+
+
+def _scheme_name(name: str) -> str:
+    """--bins value; old scheme names are still accepted (with a warning)."""
+    return current_name("bin scheme", name)
 
 
 def get_args_parser() -> ArgumentParser:
@@ -31,7 +37,8 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m pix3d.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="Pix3D-format folder (holding pix3d.json)")
     parser.add_argument("--json", action="store_true", help="JSON lines, one object per entry")
-    parser.add_argument("--bins", default="published", choices=sorted(BIN_SCHEMES), help="bin scheme for the labels")
+    parser.add_argument("--bins", default="published", choices=sorted(BIN_SCHEMES),
+                        type=_scheme_name, help="bin scheme for the labels")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed on stderr) instead of failing")
     return parser
 

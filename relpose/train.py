@@ -31,7 +31,7 @@ from pix3d import geometry
 from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path, ensure_writable_dir, save_figure, write_json
-from pix3d.train import resolve_device
+from pix3d.devices import resolve_device
 from relpose.models import FUSIONS, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, PairData, load_or_make_pairs, rotation_angle_deg
 

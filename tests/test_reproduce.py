@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pix3d.models import get_model
-from pix3d.train import BatchSource, _predict, fit
+from pix3d.train import fit
+from pix3d.train.batches import BatchSource
+from pix3d.train.evaluation import predict as _predict
 from search.grids import get_grid
 from tests.test_train import SIZE, pose_pattern_data, small_config
 

@@ -21,16 +21,16 @@ from pix3d.data.cache import PreparedData
 from pix3d.data.prepare import prepare
 from pix3d.train import (
     BUDGETS,
-    BatchSource,
     TrainConfig,
     fit,
     load_checkpoint,
     main as train_main,
-    majority_baseline,
     resolve_budget,
     save_checkpoint,
-    seed_everything,
 )
+from pix3d.train.batches import BatchSource
+from pix3d.train.checkpoints import seed_everything
+from pix3d.train.evaluation import majority_baseline
 from tests.pix3d_fixtures import write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +94,8 @@ def data() -> PreparedData:
         ({"modalities": "rgb+depth"}, "'modalities': unknown modality 'depth'"),
         ({"precision": "fp16"}, "'precision': unknown value 'fp16'; choose from auto, fp32, bf16"),
         ({"lr_schedule": "cosine"}, "'lr_schedule': unknown value 'cosine'; choose from step, none"),
-        ({"bins": "fancy"}, "'bins': unknown value 'fancy'; choose from seed, quantile"),
-        ({"split": "oops"}, "'split': unknown value 'oops'; choose from seed, random, by_model"),
+        ({"bins": "fancy"}, "'bins': unknown value 'fancy'; choose from published, quantile"),
+        ({"split": "oops"}, "'split': unknown value 'oops'; choose from published, random, by_model"),
         ({"val_fraction": 1.0}, "'val_fraction' must lie in"),
         ({"device": "tpu"}, "'device': unknown value 'tpu'"),
     ],
@@ -382,7 +382,7 @@ def test_quick_budget_learns_the_synthetic_set():
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
     """'auto' is bf16 only where the CPU has bf16 units (read from /proc/cpuinfo), fp32 otherwise."""
-    from pix3d.train import cpu_has_fast_bf16, resolve_precision
+    from pix3d.train.precision import cpu_has_fast_bf16, resolve_precision
 
     monkeypatch.delenv("PIX3D_PRECISION", raising=False)
     cpu = torch.device("cpu")
