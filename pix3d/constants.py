@@ -34,6 +34,11 @@ class Modality:
     fallback: str | None = None
     render: str = ""
 
+    @property
+    def directory(self) -> str:
+        """The dataset folder its files live in (img/, mask/, boundaries/, normals/)."""
+        return self.folder or self.annotation or self.name
+
 
 # In cache order; the published modality subsets are prefixes of it, so their channel slices
 # are views of the cache.

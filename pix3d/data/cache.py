@@ -22,6 +22,7 @@ import numpy as np
 
 from pix3d.constants import CACHE_CHANNELS, MODALITIES
 from pix3d.errors import Pix3DError
+from pix3d.data.maps import ANNOTATION_KEYS
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
 PREPARE_VERSION = 1
@@ -73,7 +74,7 @@ def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, dict
     digest.update(hashlib.sha256(json_bytes).digest())
     for entry in entries:
         if isinstance(entry, dict):
-            for key in ("img", "mask"):
+            for key in ANNOTATION_KEYS:
                 value = entry.get(key)
                 if isinstance(value, str):
                     digest.update(f"{value}={_file_stamp(root / value)};".encode())

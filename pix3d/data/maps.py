@@ -1,24 +1,32 @@
-"""Where the boundaries and normals channels come from, and how the manifest says so.
+"""Where each modality's channels come from, per entry, and how the manifest says so.
 
-Boundaries and normals come from `boundaries/` and `normals/` folders that mirror `img/`
-(how a user brings maps from their own network): `find_map` / `find_maps` locate them.
-Where boundaries are absent they are derived with a Canny edge detector on the cropped RGB
-(`CANNY_SETTINGS`); where normals are absent they are marked unavailable, never silently
-zero (rendering them from the CAD model at the true pose would leak the label).
+The sources follow `pix3d.constants.MODALITY_TABLE`: a modality with an `annotation` key is
+read from the file every entry names (img, mask); one with a `folder` from the file of that
+folder that mirrors `img/` (how a user brings maps from their own network: `find_map`).
+Where an entry has no such file, the modality's `fallback` derives it (`canny`: a Canny-like
+edge detector on the cropped RGB, `CANNY_SETTINGS`); a modality without a fallback is
+all-or-nothing: if any entry lacks its file, it is unavailable for the whole cache, never
+silently zero (rendering normals from the CAD model at the true pose would leak the label).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-BOUNDARIES_FROM_FILES = "files"
-BOUNDARIES_DERIVED = "canny-like edges from rgb"
-NORMALS_UNAVAILABLE = "unavailable"
+from pix3d.constants import MODALITY_TABLE, Modality
+
+FROM_FILES = "files"
+UNAVAILABLE = "unavailable"
+# What each fallback is called in the manifest and the MLflow params.
+FALLBACK_SOURCES = {"canny": "canny-like edges from rgb"}
+BOUNDARIES_DERIVED = FALLBACK_SOURCES["canny"]
 # Edge detector settings for derived boundaries (recorded in the manifest; changing them
 # needs a pix3d.data.cache.PREPARE_VERSION bump so old caches miss).
 CANNY_SETTINGS = {"sigma": 1.0, "high_quantile": 0.8, "low_ratio": 0.4, "min_high": 20.0}
 MAP_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MAP_FOLDERS: tuple[str, ...] = tuple(m.folder for m in MODALITY_TABLE if m.folder)
+ANNOTATION_KEYS: tuple[str, ...] = tuple(m.annotation for m in MODALITY_TABLE if m.annotation)
 
 
 def find_map(root: Path, folder: str, img: str) -> str | None:
@@ -50,33 +58,48 @@ def find_maps(root: Path, folder: str, entries: list) -> dict[str, str]:
     return found
 
 
-def normals_all_or_none(imgs: list[str], normals: list[str | None], log: Callable[[str], None]) -> list[str | None]:
-    """Each entry's normals file, or None for every entry where any of them lacks one."""
-    # Normals are all-or-nothing: a partly filled channel would be silently wrong zeros.
-    if all(n is not None for n in normals):
-        return normals
-    missing = sum(n is None for n in normals)
-    if missing < len(normals):
-        example = imgs[normals.index(None)]
-        log(f"normals/ lacks maps for {missing} of {len(normals)} entries (e.g. {example}): normals marked unavailable")
-    return [None] * len(normals)
+def _all_or_none(modality: Modality, imgs: list[str], files: list[str | None],
+                 log: Callable[[str], None]) -> list[str | None]:
+    """Each entry's file, or None for every entry where any of them lacks one."""
+    if all(f is not None for f in files):
+        return files
+    missing = sum(f is None for f in files)
+    if missing < len(files):
+        example = imgs[files.index(None)]
+        log(f"{modality.folder}/ lacks maps for {missing} of {len(files)} entries (e.g. {example}): "
+            f"{modality.name} marked unavailable")
+    return [None] * len(files)
 
 
-def _describe_boundaries(sources: list[str]) -> str:
-    """The manifest's word for where the boundaries of all entries came from."""
-    n_files = sum(s == BOUNDARIES_FROM_FILES for s in sources)
-    if n_files == len(sources):
-        return BOUNDARIES_FROM_FILES
-    if n_files == 0:
-        return BOUNDARIES_DERIVED
-    return f"{BOUNDARIES_FROM_FILES} for {n_files}, {BOUNDARIES_DERIVED} for {len(sources) - n_files}"
+def entry_files(annotations: Sequence, maps: dict[str, dict[str, str]],
+                log: Callable[[str], None]) -> dict[str, list[str | None]]:
+    """modality -> each entry's file (relative to the dataset root), None where there is none
+    (then the modality's fallback derives it, or the modality is unavailable)."""
+    imgs = [a.img for a in annotations]
+    files: dict[str, list[str | None]] = {}
+    for m in MODALITY_TABLE:
+        if m.annotation:
+            files[m.name] = [getattr(a, m.annotation) for a in annotations]
+        else:
+            found = [maps.get(m.folder, {}).get(img) for img in imgs]
+            files[m.name] = found if m.fallback else _all_or_none(m, imgs, found, log)
+    return files
 
 
-def describe_sources(boundary_sources: list[str], normals_available: bool) -> dict[str, str]:
-    """The manifest's `sources`: where each modality's channels came from."""
-    return {
-        "rgb": "img files",
-        "mask": "mask files",
-        "boundaries": _describe_boundaries(boundary_sources),
-        "normals": "files" if normals_available else NORMALS_UNAVAILABLE,
-    }
+def entry_sources(modality: Modality, files: list[str | None]) -> list[str]:
+    """Per entry: FROM_FILES, the fallback's description, or UNAVAILABLE."""
+    missing = FALLBACK_SOURCES[modality.fallback] if modality.fallback else UNAVAILABLE
+    return [FROM_FILES if f else missing for f in files]
+
+
+def describe_source(modality: Modality, sources: list[str]) -> str:
+    """The manifest's word for where one modality's channels of all entries came from."""
+    if modality.annotation:
+        return f"{modality.annotation} files"
+    if not sources:
+        return UNAVAILABLE
+    n_files = sum(s == FROM_FILES for s in sources)
+    if n_files == len(sources) or n_files == 0:
+        return sources[0]
+    other = next(s for s in sources if s != FROM_FILES)
+    return f"{FROM_FILES} for {n_files}, {other} for {len(sources) - n_files}"

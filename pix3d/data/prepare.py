@@ -2,9 +2,9 @@
 
 Each entry is cropped to a square centred on its bbox (side = longest bbox side times
 1 + 2*margin, padded with zeros outside the image), resized to the size asked for
-(antialiased), and its eight channels are stacked: rgb 0:3, mask 3, boundaries 4, normals
-5:8 (`pix3d.constants.MODALITY_CHANNELS`). Where boundaries and normals come from is
-`pix3d.data.maps`; the cache's layout and key are `pix3d.data.cache`. The manifest says
+(antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
+(rgb 0:3, mask 3, boundaries 4, normals 5:8). Where each modality comes from is
+`pix3d.data.maps`, a fallback's derivation `FALLBACKS` here; the cache's layout and key are `pix3d.data.cache`. The manifest says
 where each channel came from. The folder is built beside its final place and renamed into
 it, so a crash or a bad entry never leaves a half-written cache.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS
+from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS, MODALITY_TABLE
 from pix3d.data.annotations import Annotation, parse_entries, read_entries
 from pix3d.data.cache import (
     PREPARE_VERSION,
@@ -38,12 +38,14 @@ from pix3d.data.cache import (
 from pix3d.data.edges import canny_edges
 from pix3d.data.images import crop_box, crop_resize
 from pix3d.data.maps import (
-    BOUNDARIES_DERIVED,
-    BOUNDARIES_FROM_FILES,
     CANNY_SETTINGS,
-    describe_sources,
+    FALLBACK_SOURCES,
+    MAP_FOLDERS,
+    UNAVAILABLE,
+    describe_source,
+    entry_files,
+    entry_sources,
     find_maps,
-    normals_all_or_none,
 )
 from pix3d.data.pose import angles
 from pix3d.errors import Pix3DError, UsageError
@@ -52,29 +54,33 @@ from pix3d.fileio import atomic_dir, check_free_space, write_json
 MIN_SIZE = 16
 
 
+def _canny_from_rgb(out: np.ndarray) -> np.ndarray:
+    """The `canny` fallback: edges of the entry's already decoded RGB channels."""
+    lo, hi = MODALITY_CHANNELS["rgb"]
+    return canny_edges(out[lo:hi].transpose(1, 2, 0), **CANNY_SETTINGS)[None]
+
+
+# How each fallback of the modality table derives a channel from what is decoded before it.
+FALLBACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"canny": _canny_from_rgb}
+
+
 def _prepare_entry(task: tuple) -> tuple[int, np.ndarray | None, str | None]:
-    """Worker: (position, 8 x S x S uint8 or None, error message or None) for one entry."""
-    position, root, ann_img, ann_mask, normals, boundaries, frame, bbox, size, margin = task
+    """Worker: (position, C x S x S uint8 or None, error message or None) for one entry.
+
+    `files` holds one path (or None) per row of the modality table, in its order, so a
+    fallback may use the modalities decoded before it."""
+    position, root, files, frame, bbox, size, margin = task
     box = crop_box(bbox, margin)
     out = np.zeros((CACHE_CHANNELS, size, size), dtype=np.uint8)
-    current = ann_img
+    current = files[0]
     try:
-        lo, hi = MODALITY_CHANNELS["rgb"]
-        out[lo:hi] = crop_resize(Path(root) / ann_img, box, frame, size, "rgb")
-        current = ann_mask
-        lo, hi = MODALITY_CHANNELS["mask"]
-        out[lo:hi] = crop_resize(Path(root) / ann_mask, box, frame, size, "gray")
-        lo, hi = MODALITY_CHANNELS["boundaries"]
-        if boundaries is not None:
-            current = boundaries
-            out[lo:hi] = crop_resize(Path(root) / boundaries, box, frame, size, "gray")
-        else:
-            rgb_lo, rgb_hi = MODALITY_CHANNELS["rgb"]
-            out[lo] = canny_edges(out[rgb_lo:rgb_hi].transpose(1, 2, 0), **CANNY_SETTINGS)
-        if normals is not None:
-            current = normals
-            lo, hi = MODALITY_CHANNELS["normals"]
-            out[lo:hi] = crop_resize(Path(root) / normals, box, frame, size, "rgb")
+        for modality, rel in zip(MODALITY_TABLE, files):
+            lo, hi = MODALITY_CHANNELS[modality.name]
+            if rel is not None:
+                current = rel
+                out[lo:hi] = crop_resize(Path(root) / rel, box, frame, size, modality.decode)
+            elif modality.fallback:
+                out[lo:hi] = FALLBACKS[modality.fallback](out)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return position, None, f"cannot decode {current}: {exc}"
     return position, out, None
@@ -134,7 +140,7 @@ def prepare(
     root, name = _resolve_dataset(data, cache_dir, log)
     json_path, json_bytes, raw_entries = read_entries(root)
     # The key needs only the raw json and file stamps, so a cache hit skips validation.
-    maps = {folder: find_maps(root, folder, raw_entries) for folder in ("boundaries", "normals")}
+    maps = {folder: find_maps(root, folder, raw_entries) for folder in MAP_FOLDERS}
     settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid)}
     key = cache_key(root, json_bytes, raw_entries, maps, settings)
     prepared_root = cache_dir / "prepared"
@@ -145,10 +151,7 @@ def prepare(
     annotations, skipped = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid, progress=progress)
     for message in skipped:
         log(f"skipped {message}")
-    imgs = [a.img for a in annotations]
-    boundaries = [maps["boundaries"].get(img) for img in imgs]
-    normals = normals_all_or_none(imgs, [maps["normals"].get(img) for img in imgs], log)
-    normals_available = all(n is not None for n in normals)
+    files = entry_files(annotations, maps, log)
 
     log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, margin {margin}, {workers} workers -> {final}")
     prepared_root.mkdir(parents=True, exist_ok=True)
@@ -158,29 +161,29 @@ def prepare(
     needed = cache_bytes(len(annotations), size)
     check_free_space(prepared_root, needed)
     with atomic_dir(final, needed=needed, keep_existing=True) as tmp:
-        kept, decode_skipped = _build(
-            tmp, root, annotations, boundaries, normals, size, margin, workers, progress, skip_invalid
-        )
+        kept, decode_skipped = _build(tmp, root, annotations, files, size, margin, workers, progress, skip_invalid)
         for message in decode_skipped:
             log(f"skipped {message}")
         skipped = skipped + decode_skipped
         if not kept:
             raise Pix3DError(f"{json_path}: no entry could be decoded ({len(decode_skipped)} skipped)")
         annotations = [annotations[i] for i in kept]
-        boundary_sources = [BOUNDARIES_FROM_FILES if boundaries[i] else BOUNDARIES_DERIVED for i in kept]
-        meta = _entry_meta(annotations, boundary_sources)
+        sources = {m.name: entry_sources(m, [files[m.name][i] for i in kept]) for m in MODALITY_TABLE}
+        meta = _entry_meta(annotations, sources)
         dataset = {"name": name, "path": str(root.resolve()), "json_sha256": hashlib.sha256(json_bytes).hexdigest()}
-        manifest = _manifest(key, dataset, settings, annotations, skipped, boundary_sources, normals_available)
+        manifest = _manifest(key, dataset, settings, annotations, skipped, sources)
         write_json(tmp / "meta.json", meta)
         write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
         if (final / "manifest.json").is_file():
             log(f"another process prepared {final} meanwhile; using it")
-    log(f"prepared {final}: {len(annotations)} entries, boundaries from {manifest['sources']['boundaries']}, normals {manifest['sources']['normals']}")
+    log(f"prepared {final}: {len(annotations)} entries, " + ", ".join(
+        f"{m.name} from {manifest['sources'][m.name]}" for m in MODALITY_TABLE if m.folder))
     return load_prepared(final)
 
 
-def _entry_meta(annotations: list[Annotation], boundary_sources: list[str]) -> dict:
-    """meta.json: per-entry arrays (paths, category, model, angles in degrees, bbox, flags)."""
+def _entry_meta(annotations: list[Annotation], sources: dict[str, list[str]]) -> dict:
+    """meta.json: per-entry arrays (paths, category, model, angles in degrees, bbox, flags,
+    and `<modality>_source` for modalities whose source may differ per entry)."""
     pose = np.array([angles(a) for a in annotations], dtype=np.float64).reshape(-1, 3)
     return {
         "index": [a.index for a in annotations],
@@ -196,7 +199,7 @@ def _entry_meta(annotations: list[Annotation], boundary_sources: list[str]) -> d
         "truncated": [a.truncated for a in annotations],
         "occluded": [a.occluded for a in annotations],
         "slightly_occluded": [a.slightly_occluded for a in annotations],
-        "boundaries_source": boundary_sources,
+        **{f"{m.name}_source": sources[m.name] for m in MODALITY_TABLE if m.fallback},
     }
 
 
@@ -206,8 +209,7 @@ def _manifest(
     settings: dict,
     annotations: list[Annotation],
     skipped: list[str],
-    boundary_sources: list[str],
-    normals_available: bool,
+    sources: dict[str, list[str]],
 ) -> dict:
     """manifest.json: what the cache holds, from which dataset and settings, and each channel's source."""
     categories: dict[str, int] = {}
@@ -222,9 +224,9 @@ def _manifest(
         "skipped": skipped,
         "categories": dict(sorted(categories.items())),
         "channels": {m: list(MODALITY_CHANNELS[m]) for m in MODALITIES},
-        "sources": describe_sources(boundary_sources, normals_available),
-        "available": {"rgb": True, "mask": True, "boundaries": True, "normals": normals_available},
-        "canny": CANNY_SETTINGS if BOUNDARIES_DERIVED in boundary_sources else None,
+        "sources": {m.name: describe_source(m, sources[m.name]) for m in MODALITY_TABLE},
+        "available": {m.name: UNAVAILABLE not in sources[m.name] for m in MODALITY_TABLE},
+        "canny": CANNY_SETTINGS if any(FALLBACK_SOURCES["canny"] in v for v in sources.values()) else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -247,8 +249,7 @@ def _build(
     tmp: Path,
     root: Path,
     annotations: list[Annotation],
-    boundaries: list[str | None],
-    normals: list[str | None],
+    files: dict[str, list[str | None]],
     size: int,
     margin: float,
     workers: int,
@@ -258,7 +259,7 @@ def _build(
     """Decode every entry into tmp/images.npy; (positions kept, messages for skipped)."""
     n = len(annotations)
     tasks = [
-        (i, str(root), a.img, a.mask, normals[i], boundaries[i], a.img_size, a.bbox, size, margin)
+        (i, str(root), tuple(files[m.name][i] for m in MODALITY_TABLE), a.img_size, a.bbox, size, margin)
         for i, a in enumerate(annotations)
     ]
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, CACHE_CHANNELS, size, size))

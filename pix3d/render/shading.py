@@ -115,3 +115,17 @@ def normals_from_rgb(rgb: np.ndarray) -> np.ndarray:
     """Inverse of `normals_to_rgb` (up to 8-bit quantisation)."""
     return rgb.astype(np.float64) / 255 * 2 - 1
 
+
+
+def encode_buffer(rendering: Rendering, buffer: str) -> np.ndarray:
+    """One buffer of a rendering as the uint8 image the dataset stores for it (the synthetic
+    writer saves, per row of the modality table, the buffer its `render` names)."""
+    if buffer == "rgb":
+        return rendering.rgb
+    if buffer == "mask":
+        return rendering.mask.astype(np.uint8) * 255
+    if buffer == "normals":
+        return normals_to_rgb(rendering.normals, rendering.mask)
+    if buffer == "boundaries":
+        return rendering.boundaries.astype(np.uint8) * 255
+    raise ValueError(f"no render buffer {buffer!r}; choose from rgb, mask, normals, boundaries")

@@ -37,11 +37,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pix3d.constants import MODALITY_TABLE
 from pix3d.errors import UsageError
 from pix3d.fileio import atomic_dir, atomic_path
 from pix3d.render.camera import Camera, camera_pose, sample_camera
 from pix3d.render.mesh import Mesh, boxes_to_mesh, write_obj
-from pix3d.render.shading import Rendering, model_palette, normals_to_rgb, render_view
+from pix3d.render.shading import Rendering, encode_buffer, model_palette, render_view
 from pix3d.render.shapes import CATEGORIES
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
@@ -171,15 +172,12 @@ def render_plan(config: SyntheticConfig, plan: Plan, pool) -> tuple[Rendering, n
 
 
 def _write_one(args) -> dict:
-    """Worker: render one plan, write its four PNGs, return its pix3d.json entry."""
+    """Worker: render one plan, write one PNG per modality, return its pix3d.json entry."""
     config, plan, root = args
     rendering, R, t = render_plan(config, plan, _WORKER_POOL)
     stem = f"{plan.category}/{plan.number:04d}.png"
-    mask_u8 = rendering.mask.astype(np.uint8) * 255
-    _save_png(rendering.rgb, root / "img" / stem)
-    _save_png(mask_u8, root / "mask" / stem)
-    _save_png(normals_to_rgb(rendering.normals, rendering.mask), root / "normals" / stem)
-    _save_png(rendering.boundaries.astype(np.uint8) * 255, root / "boundaries" / stem)
+    for modality in MODALITY_TABLE:
+        _save_png(encode_buffer(rendering, modality.render), root / modality.directory / stem)
     ys, xs = np.nonzero(rendering.mask)
     size = config.size
     if len(xs):
@@ -262,9 +260,9 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
             for m, (mesh, _) in enumerate(models):
                 write_obj(mesh, tmp / "model" / category / model_name(category, m) / "model.obj")
         plans = plan_images(config, pool)
-        for kind in ("img", "mask", "normals", "boundaries"):
+        for modality in MODALITY_TABLE:
             for category in CATEGORIES:
-                (tmp / kind / category).mkdir(parents=True, exist_ok=True)
+                (tmp / modality.directory / category).mkdir(parents=True, exist_ok=True)
         jobs = [(config, plan, tmp) for plan in plans]
         bar = tqdm(total=len(jobs), desc="rendering synthetic Pix3D", unit="img",
                    disable=not progress, file=sys.stderr)
@@ -313,7 +311,8 @@ def ensure_builtin(cache_dir: Path, *, log=print, config: SyntheticConfig = BUIL
 
 
 def write_preview(folder: Path, png: Path, *, rows: int = 8) -> Path:
-    """Contact sheet of `rows` entries of a set: RGB, mask, boundaries, normals per row."""
+    """Contact sheet of `rows` entries of a set: one tile per modality (RGB, mask, boundaries,
+    normals) per row."""
     folder = Path(folder)
     entries = json.loads((folder / "pix3d.json").read_text())
     picks = np.linspace(0, len(entries) - 1, min(rows, len(entries))).round().astype(int)
@@ -322,8 +321,8 @@ def write_preview(folder: Path, png: Path, *, rows: int = 8) -> Path:
         e = entries[i]
         rel = e["img"].split("/", 1)[1]
         row = []
-        for kind in ("img", "mask", "boundaries", "normals"):
-            im = Image.open(folder / kind / rel).convert("RGB")
+        for modality in MODALITY_TABLE:
+            im = Image.open(folder / modality.directory / rel).convert("RGB")
             row.append(np.asarray(im))
         tiles.append(np.concatenate(row, axis=1))
     width = max(t.shape[1] for t in tiles)
