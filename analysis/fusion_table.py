@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tracking import ROLE_TAG, check_reachable
+from analysis.mlflow_store import ROLE_TAG, check_reachable
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
 

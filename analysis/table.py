@@ -31,7 +31,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tracking import ROLE_TAG, check_reachable, default_tracking_uri
+from analysis.mlflow_store import ROLE_TAG, check_reachable, default_tracking_uri
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.constants import (
     ABLATION_SUBSETS,

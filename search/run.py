@@ -378,7 +378,8 @@ def _tracking_callbacks(args, *, experiment: str, grid: str, command: str, manif
     if args.no_mlflow:
         return []
     try:
-        from analysis.tracking import MLflowTrackingCallback, default_tracking_uri
+        from analysis.mlflow_store import default_tracking_uri
+        from analysis.tracking import MLflowTrackingCallback
     except ImportError as exc:
         print(f"note: MLflow tracking unavailable ({exc}); results stay in Ray storage")
         return []
@@ -397,7 +398,7 @@ def sweep_tracking_uri(args, sweep_path: str) -> str | None:
         saved = _read_settings(sweep_path) or {}
         if isinstance(saved.get("mlflow_uri"), str) and saved["mlflow_uri"]:
             return saved["mlflow_uri"]
-    from analysis.tracking import default_tracking_uri
+    from analysis.mlflow_store import default_tracking_uri
 
     return args.mlflow_uri or default_tracking_uri()
 
@@ -411,7 +412,7 @@ def _report_table(args, *, experiment: str, trainable: str = "pose", uri: str | 
             from analysis.fusion_table import build_table, write_table
         else:
             from analysis.table import build_table, write_table
-        from analysis.tracking import default_tracking_uri
+        from analysis.mlflow_store import default_tracking_uri
     except ImportError as exc:
         print(f"note: azimuth table unavailable ({exc})")
         return
@@ -558,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address not in (None, "auto"):
         _check_reachable(args.address)  # before minutes of data preparation
     if args.mlflow_uri and not args.no_mlflow:
-        from analysis.tracking import check_tracking_uri
+        from analysis.mlflow_store import check_tracking_uri
 
         check_tracking_uri(args.mlflow_uri)  # a bad scheme or a garbage .db: now, not after the sweep
     if grid.trainable == "relpose":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from analysis.table import METRICS, build_table, main
-from analysis.tracking import ROLE_TAG
+from analysis.mlflow_store import ROLE_TAG
 from pix3d.cli import run_cli
 
 # (run name, model, modalities, seed, metrics at the last epoch)
