@@ -76,7 +76,7 @@ def prepare_pairs(settings, space: dict):
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
-    from search.run import trial_rows
+    from search.report import trial_rows
 
     header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
               f"{'rot deg':>8} {'no-motion':>9}  status")
