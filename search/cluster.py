@@ -4,6 +4,12 @@ Owns the checks that make a bad `--address` fail in seconds (a TCP probe, then a
 in a child process), token authentication for joining a cluster, starting or joining Ray
 with the driver's environment forwarded to the trials, and the check that some node can
 host one trial at all.
+
+Token auth goes through Ray's documented switch only, the environment variable
+`RAY_AUTH_MODE=token` (the token itself comes from `~/.ray/auth_token`, `RAY_AUTH_TOKEN` or
+`RAY_AUTH_TOKEN_PATH`). Ray reads the variable once, when `ray` is imported, and `search.run`
+imports it before it knows the address (the grids are Tune search spaces), so the command
+restarts itself once, same arguments and same process id, with the variable set.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from pix3d.errors import Pix3DError, UsageError, one_line
 
 CONNECT_TIMEOUT_S = 5.0  # TCP connect to --address
 JOIN_TIMEOUT_S = float(os.environ.get("PIX3D_RAY_JOIN_TIMEOUT_S", "20"))  # a full ray.init probe
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
 
 # Joins the cluster in a child process: ray.init against a port that accepts TCP but is not a
 # Ray GCS (a proxy, another service) retries for minutes and cannot be interrupted in-process.
@@ -60,19 +67,34 @@ def _probe_cluster(address: str) -> None:
         raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {reason[:400]}")
 
 
-def _enable_token_auth() -> None:
-    """RAY_AUTH_MODE=token for this process and its children.
+def use_token_auth(address: str | None, restart: Sequence[str] | None = None, log: Callable = print) -> bool:
+    """Join clusters in token mode (`RAY_AUTH_MODE=token`) unless the user chose a mode.
 
-    Ray reads the mode into a cached config when it is imported, so setting the variable is
-    not enough once `ray` is loaded: Ray's own helper (the one `ray.init()` uses for local
-    clusters) also refreshes that cache. It is private, hence the fallback.
+    Clusters started with token auth (the default for `ray start` since Ray 2.59/2.60) reject
+    a driver that does not also run in token mode. `restart`: the command line of this process
+    (`sys.orig_argv`), run again in its place with the variable set when `ray` is already
+    imported (the variable is only read then). Without it (a library caller) True means this
+    process's Ray keeps the mode it was imported with; its children (the join probe) switch.
     """
-    os.environ["RAY_AUTH_MODE"] = "token"
-    try:
-        from ray._private.authentication.authentication_token_setup import _enable_token_auth as enable
-    except ImportError:
-        return
-    enable()
+    if address is None or AUTH_MODE_VAR in os.environ:
+        return False
+    os.environ[AUTH_MODE_VAR] = "token"
+    log(f"{AUTH_MODE_VAR} not set: using token auth to join the cluster (set {AUTH_MODE_VAR}=disabled to opt out)")
+    if "ray" not in sys.modules:
+        return False
+    if restart:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, list(restart))
+    return True
+
+
+def restart_for_token_auth(address: str, log: Callable = print) -> None:
+    """The command's first step towards a cluster, before any work or output: an unreachable
+    address fails now, else the command restarts in token mode when no mode is set."""
+    if address != "auto":
+        check_reachable(address)
+    use_token_auth(address, restart=sys.orig_argv, log=log)
 
 
 def _forwarded_env() -> dict | None:
@@ -93,16 +115,13 @@ def init_ray(address: str | None, log: Callable = print) -> None:
         return
     if address != "auto":
         check_reachable(address)
-    # Clusters started with token auth (the default for `ray start` since Ray 2.59/2.60)
-    # reject a driver that does not also run in token mode.
-    if "RAY_AUTH_MODE" not in os.environ:
-        _enable_token_auth()
-        log("RAY_AUTH_MODE not set: using token auth to join the cluster (set RAY_AUTH_MODE=disabled to opt out)")
+    too_late = use_token_auth(address, log=log)
     _probe_cluster(address)
     try:
         ray.init(address=address, configure_logging=False, runtime_env=_forwarded_env())
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {one_line(exc)}") from None
+        hint = f" (set {AUTH_MODE_VAR}=token before Python starts: Ray reads it on import)" if too_late else ""
+        raise Pix3DError(f"--address {address}: cannot join the Ray cluster: {one_line(exc)}{hint}") from None
 
 
 def check_cluster_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:

@@ -34,7 +34,7 @@ from pix3d.cli import run_cli
 from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError
 from search import fusion
-from search.cluster import check_cluster_resources, check_reachable, init_ray
+from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
 from search.grids import Grid, describe_grids, get_grid
 from search.options import SweepSettings, check_options, experiment_name, get_args_parser, settings_for, write_settings
 from search.plan import build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_path = experiment_path(storage, experiment)
     settings = settings_for(args, storage, experiment)
     grid = get_grid(settings.grid)
+    if args.address and not args.dry_run and __name__ == "__main__":
+        # As the command only (a library caller keeps its process): Ray reads RAY_AUTH_MODE on
+        # import, so this may restart the command in token mode, before any output or work.
+        restart_for_token_auth(args.address)
     settings, budget_overrides = plan_budget(grid, settings, args)
     if grid.size(settings.seeds) == 0:
         raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
