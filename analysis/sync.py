@@ -10,6 +10,13 @@ formats are read (JSON): nothing in the folder is unpickled, so a crafted file i
 --storage cannot run code here, and a file that is not what it should be is refused.
 Idempotent: runs are found by their sweep_id / trial_id tags and only steps after the last
 logged one are added, so a second replay adds nothing.
+
+Why not Tune's public readers of a sweep folder (`ray.tune.ExperimentAnalysis`,
+`Tuner.restore(...).get_results()`, `ray.tune.Result.from_path`): in Ray 2.60 each of them
+has parts of the folder unpickled (the trials' state embedded in experiment_state-*.json,
+tuner.pkl, error.pkl), which is the code execution this module exists to avoid. The price
+is reading two Tune file layouts directly: result.json lines and the experiment state's
+`trial_data` (status and experiment tag only).
 """
 
 from __future__ import annotations
