@@ -96,6 +96,24 @@ def trial_rows(results, row: Callable[[dict, dict], tuple], *, sort_by: int) -> 
     return rows, counts
 
 
+def number_text(value, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    """`scale * value` in format `fmt` with its `unit`, or '-' for a missing or NaN value."""
+    return f"{scale * value:{fmt}}{unit}" if isinstance(value, (int, float)) and not math.isnan(value) else "-"
+
+
+def lr_text(lr) -> str:
+    """A learning rate as the summaries show it (`1e-04`), '-' when missing."""
+    return f"{lr:.0e}" if isinstance(lr, float) else "-"
+
+
+def summary_lines(results, header: str, row: Callable[[dict, dict], tuple], line: Callable[..., str], *,
+                  sort_by: int) -> tuple[list[str], dict[str, int]]:
+    """`header`, then `line(*row(config, metrics), status)` per trial in `trial_rows` order;
+    and the status counts."""
+    rows, counts = trial_rows(results, row, sort_by=sort_by)
+    return [header, *(line(*fields) for fields in rows)], counts
+
+
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts."""
     from pix3d.devices import device_label
@@ -109,17 +127,12 @@ def summarize(results) -> tuple[list[str], dict[str, int]]:
                 config.get("seed", "-"), metrics.get("epoch"), final,
                 metrics.get("best_val_azimuth_acc", final), device_label(metrics))
 
-    rows, counts = trial_rows(results, row, sort_by=4)
+    def line(model, modalities, lr, seed, epoch, final, best, device, status) -> str:
+        final, best = (number_text(v, "7.2f", 100, "%") for v in (final, best))
+        return (f"{model:<13} {modalities:<28} {lr_text(lr):>8} {str(seed):>4} {str(epoch or '-'):>6} "
+                f"{final:>8} {best:>8}  {device:<22} {status}")
 
-    def pct(v) -> str:
-        return f"{100 * v:7.2f}%" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
-
-    lines = [header]
-    for model, modalities, lr, seed, epoch, final, best, device, status in rows:
-        lr_text = f"{lr:.0e}" if isinstance(lr, float) else "-"
-        lines.append(f"{model:<13} {modalities:<28} {lr_text:>8} {str(seed):>4} {str(epoch or '-'):>6} "
-                     f"{pct(final):>8} {pct(best):>8}  {device:<22} {status}")
-    return lines, counts
+    return summary_lines(results, header, row, line, sort_by=4)
 
 
 def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experiment: str, trainable: str,
