@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.tracking import ROLE_TAG, check_reachable
+from analysis.records import trial_runs
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
 
@@ -97,28 +97,10 @@ class FusionTable:
         return self.to_markdown()
 
 
-def _client(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
-def _trial_runs(tracking_uri: str, experiment: str, max_results: int = 5000) -> list:
-    check_reachable(tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        raise Pix3DError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} (run a sweep first, or pass --mlflow-uri)")
-    client = _client(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: {', '.join(names) or '(none)'}")
-    return client.search_runs([found.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'trial'",
-                              max_results=max_results)
-
-
 def is_fusion_experiment(tracking_uri: str, experiment: str) -> bool:
     """True when the experiment's trial runs are relative-pose ones (they carry a fusion tag)."""
     try:
-        runs = _trial_runs(tracking_uri, experiment, max_results=1)
+        _, runs = trial_runs(tracking_uri, experiment)
     except Pix3DError:
         return False  # the pose table's loader says what is wrong
     return bool(runs) and "fusion" in runs[0].data.tags
@@ -126,19 +108,18 @@ def is_fusion_experiment(tracking_uri: str, experiment: str) -> bool:
 
 def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_ignored) -> FusionTable:
     """The fusion table of `experiment` from its finished MLflow trial runs."""
-    runs = _trial_runs(tracking_uri, experiment)
+    client, runs = trial_runs(tracking_uri, experiment)
     finished = [r for r in runs if r.info.status == "FINISHED" and METRIC in r.data.metrics]
     notes = []
     if len(finished) < len(runs):
         notes.append(f"left out: {len(runs) - len(finished)} trial run(s) not finished or without {METRIC}")
     if not finished:
         raise Pix3DError(f"experiment {experiment!r} has no finished trial runs with {METRIC} ({len(runs)} trial runs in all)")
-    client = _client(tracking_uri) if at == "best" else None
     records = []
     for run in finished:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         value = metrics[METRIC]
-        if client is not None:
+        if at == "best":
             values = [m.value for m in client.get_metric_history(run.info.run_id, METRIC) if math.isfinite(m.value)]
             value = min(values) if values else math.nan
         record = {k: tags.get(k, params.get(k, "?")) for k in KEYS}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.cells import METRICS, metric_spec
-from analysis.tracking import ROLE_TAG, check_reachable
+from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
 from pix3d.errors import Pix3DError, UsageError
 
 AT_CHOICES = ("last", "best")
@@ -26,15 +26,21 @@ def client_for(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
-def _search_all(client, experiment_id: str, filter_string: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=filter_string,
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def trial_runs(tracking_uri: str, experiment: str) -> tuple:
+    """(client, every trial run of `experiment`). Raises Pix3DError naming what is wrong: an
+    unreachable store, no store file, an unknown experiment (listing the existing ones)."""
+    check_reachable(tracking_uri)
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        # Opening it would create an empty store (and say so on stderr): refuse instead.
+        raise Pix3DError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} "
+                         "(run a sweep first, or pass --mlflow-uri)")
+    client = client_for(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments())
+        raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: "
+                         f"{', '.join(names) if names else '(none)'}")
+    return client, search_all_runs(client, [found.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
 
 
 def _best(history, metric: str) -> float:
@@ -80,18 +86,7 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
         if by == "category":
             return any(key.startswith(prefix) for key in run.data.metrics)
         return metric in run.data.metrics
-    check_reachable(tracking_uri)
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
-        # Opening it would create an empty store (and say so on stderr): refuse instead.
-        raise Pix3DError(f"no MLflow store at {tracking_uri[len('sqlite:///'):]} "
-                         "(run a sweep first, or pass --mlflow-uri)")
-    client = client_for(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None or found.lifecycle_stage == "deleted":
-        names = sorted(e.name for e in client.search_experiments())
-        raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: "
-                         f"{', '.join(names) if names else '(none)'}")
-    runs = _search_all(client, found.experiment_id, f"tags.`{ROLE_TAG}` = 'trial'")
+    client, runs = trial_runs(tracking_uri, experiment)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     notes = []
     if len(finished) < len(runs):

@@ -7,9 +7,16 @@ the latest experiment_state-*.json for trial status; pix3d_sweep.json for the sw
 identity, grid, command and data manifest as the tracking callback saved them, else
 search_run.json) and logs it through the same `SweepLogger` as the live callback. Only data
 formats are read (JSON): nothing in the folder is unpickled, so a crafted file in a shared
---storage cannot run code here, and a file that is not what it should be is refused. Idempotent: runs are found by their
-sweep_id / trial_id tags and only steps after the last logged one are added, so a second
-replay adds nothing.
+--storage cannot run code here, and a file that is not what it should be is refused.
+Idempotent: runs are found by their sweep_id / trial_id tags and only steps after the last
+logged one are added, so a second replay adds nothing.
+
+Why not Tune's public readers of a sweep folder (`ray.tune.ExperimentAnalysis`,
+`Tuner.restore(...).get_results()`, `ray.tune.Result.from_path`): in Ray 2.60 each of them
+has parts of the folder unpickled (the trials' state embedded in experiment_state-*.json,
+tuner.pkl, error.pkl), which is the code execution this module exists to avoid. The price
+is reading two Tune file layouts directly: result.json lines and the experiment state's
+`trial_data` (status and experiment tag only).
 """
 
 from __future__ import annotations
@@ -18,21 +25,13 @@ import glob
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from analysis.tracking import (
-    SWEEP_INFO_FILE,
-    SweepInfo,
-    SweepLogger,
-    check_reachable,
-    code_version,
-    default_tracking_uri,
-    iter_results,
-    make_sweep_id,
-    normalise_storage_path,
-)
+from analysis.mlflow_store import check_reachable, default_tracking_uri
+from analysis.sweep_logger import (SWEEP_INFO_FILE, SweepInfo, SweepLogger, code_version, make_sweep_id,
+                                   normalise_storage_path)
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
 
@@ -65,6 +64,18 @@ class SyncReport:
 def _latest(folder: Path, pattern: str) -> Path | None:
     found = sorted(glob.glob(str(folder / pattern)))
     return Path(found[-1]) if found else None
+
+
+def iter_results(lines: Iterable[str]) -> Iterable[dict]:
+    """Parse Tune's result.json (one JSON object per line), skipping a torn last line."""
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
 
 
 # Fields of pix3d_sweep.json / search_run.json that sync uses, and the types they must have.

@@ -28,7 +28,7 @@ from typing import Sequence
 from analysis.cells import METRICS, Table, metric_spec
 from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
 from analysis.summary import summarise, summarise_by_category
-from analysis.tracking import default_tracking_uri
+from analysis.mlflow_store import default_tracking_uri
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path, ensure_writable_dir

@@ -8,7 +8,6 @@ Everything else (storage, resume, retries, MLflow parent/child runs) is the pose
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,7 @@ def prepare_pairs(settings, space: dict):
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
     """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
-    from search.run import trial_rows
+    from search.report import lr_text, number_text, summary_lines
 
     header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
               f"{'rot deg':>8} {'no-motion':>9}  status")
@@ -86,14 +85,8 @@ def summarize(results) -> tuple[list[str], dict[str, int]]:
                 config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
                 metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"))
 
-    rows, counts = trial_rows(results, row, sort_by=5)
+    def line(fusion, weights, loss, lr, seed, epoch, rot, identity, status) -> str:
+        return (f"{fusion:<6} {weights:<8} {loss:<11} {lr_text(lr):>7} {str(seed):>4} {str(epoch or '-'):>6} "
+                f"{number_text(rot, '.2f'):>8} {number_text(identity, '.2f'):>9}  {status}")
 
-    def deg(v) -> str:
-        return f"{v:.2f}" if isinstance(v, (int, float)) and not math.isnan(v) else "-"
-
-    lines = [header]
-    for fusion, weights, loss, lr, seed, epoch, rot, identity, status in rows:
-        lr_text = f"{lr:.0e}" if isinstance(lr, float) else "-"
-        lines.append(f"{fusion:<6} {weights:<8} {loss:<11} {lr_text:>7} {str(seed):>4} {str(epoch or '-'):>6} "
-                     f"{deg(rot):>8} {deg(identity):>9}  {status}")
-    return lines, counts
+    return summary_lines(results, header, row, line, sort_by=5)

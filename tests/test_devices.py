@@ -135,7 +135,9 @@ def test_trial_given_a_gpu_torch_cannot_see_fails_at_once_and_is_not_retried_on(
 
     from search.devices import probe_gpu_nodes
     from search.grids import get_grid
-    from search.run import build_param_space, run_sweep, SweepSettings
+    from search.options import SweepSettings
+    from search.plan import build_param_space
+    from search.run import run_sweep
     from pix3d.data.prepare import prepare
 
     if torch.cuda.is_available():

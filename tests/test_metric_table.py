@@ -10,7 +10,7 @@ import pytest
 
 from analysis.cells import METRICS
 from analysis.table import build_table, main
-from analysis.tracking import ROLE_TAG
+from analysis.mlflow_store import ROLE_TAG
 from pix3d.cli import run_cli
 
 # (run name, model, modalities, seed, metrics at the last epoch)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from search.run import SweepSettings, _write_settings, get_args_parser, sweep_tracking_uri
+from search.options import SweepSettings, get_args_parser
+from search.options import write_settings as _write_settings
+from search.report import sweep_tracking_uri
 
 
 def _start(tmp_path, monkeypatch, *extra):

@@ -23,7 +23,8 @@ from pix3d.data.prepare import prepare
 from pix3d.render.synthetic import SyntheticConfig, generate
 from pix3d.train import BUDGETS
 from search.grids import get_grid
-from search.run import check_cluster_resources, main, run_sweep
+from search.cluster import check_cluster_resources
+from search.run import main, run_sweep
 from trainables.pose import CRASH_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,10 +122,10 @@ def test_an_address_that_is_not_a_ray_cluster_fails_within_the_join_timeout(tiny
     would retry for minutes; the join probe gives up after JOIN_TIMEOUT_S."""
     import socket
 
-    import search.run
+    import search.cluster
 
     folder, cache, _ = tiny
-    monkeypatch.setattr(search.run, "JOIN_TIMEOUT_S", 8.0)
+    monkeypatch.setattr(search.cluster, "JOIN_TIMEOUT_S", 8.0)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # init_ray would set it for the process
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

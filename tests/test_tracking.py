@@ -16,10 +16,8 @@ from pix3d.constants import modalities_key
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
-from analysis.tracking import (  # noqa: E402
-    default_tracking_uri,
-    trial_run_name,
-)
+from analysis.mlflow_store import default_tracking_uri  # noqa: E402
+from analysis.run_fields import trial_run_name  # noqa: E402
 from tests.sweeps import EPOCHS, METRIC_NAMES, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
 
 

@@ -1,0 +1,115 @@
+"""What an MLflow run records of a Tune trial: its name, tags, params and metrics.
+
+Owns the mapping from a trial's config and reported results to run fields, shared by the
+live callback and the replay (analysis.sync) so that both write the same runs: readable run
+names, the tags the tables and the UI filter on, params (nested configs flattened, long
+values cut to MLflow's limit), the data's provenance, the scalar metrics and their step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+from pix3d.constants import modalities_key
+
+# Ray bookkeeping that is not a measurement of the model (or is a wall-clock stamp).
+_SKIP_METRICS = frozenset({
+    "timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
+    "checkpoint_dir_name", "should_checkpoint", "started_at",
+})
+_MAX_PARAM_CHARS = 6000   # MLflow's limit on one param value
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested dict -> {'a.b': leaf}; lists and tuples of scalars stay one value."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name, sep))
+        else:
+            flat[name] = value
+    return flat
+
+
+def param_text(value: Any) -> str:
+    """A param value as MLflow stores it: text, lists of names joined by +, cut to its limit."""
+    if isinstance(value, (list, tuple)):
+        value = "+".join(map(str, value)) if all(isinstance(v, str) for v in value) else list(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
+
+
+def scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric, finite-or-not scalars of one reported result (bools and Ray stamps out)."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        if key in _SKIP_METRICS or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) or type(value).__name__ in ("float32", "float64", "int64", "int32"):
+            out[key] = float(value)
+    return out
+
+
+def result_step(result: Mapping[str, Any]) -> int:
+    """step = epoch as the trainable reports it (1-based), else Tune's training_iteration."""
+    for key in ("epoch", "training_iteration"):
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return int(value)
+    return 0
+
+
+RELPOSE_TAG_KEYS = ("fusion", "weights", "loss")  # trainables.relpose's grid axes
+
+
+def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
+    """`combined_net rgb+mask lr=1e-05 s0` (+ ` quirks`): a sweep reads as a list in the UI.
+    Relative-pose trials (fusion grids): `relpose early scratch pose lr=0.001 s0`."""
+    parts = [str(config.get("model", "relpose" if "fusion" in config else "trial"))]
+    parts += [str(config[k]) for k in RELPOSE_TAG_KEYS if k in config]
+    if "modalities" in config:
+        try:
+            parts.append(modalities_key(config["modalities"]))
+        except ValueError:
+            parts.append(str(config["modalities"]))
+    if "lr" in config:
+        try:
+            parts.append(f"lr={float(config['lr']):g}")
+        except (TypeError, ValueError):
+            parts.append(f"lr={config['lr']}")
+    if "seed" in config:
+        parts.append(f"s{config['seed']}")
+    if config.get("seed_quirks"):
+        parts.append("quirks")
+    if len(parts) == 1 and trial_id:
+        parts.append(trial_id)
+    return " ".join(parts)
+
+
+def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
+    """The tags the table and the UI filter on (docs/interfaces.md)."""
+    tags: dict[str, str] = {}
+    for key in ("model", "seed", "seed_quirks", "lr", *RELPOSE_TAG_KEYS):
+        if key in config:
+            tags[key] = str(config[key])
+    if "modalities" in config:
+        try:
+            tags["modalities"] = modalities_key(config["modalities"])
+        except ValueError:
+            tags["modalities"] = str(config["modalities"])
+    return tags
+
+
+def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a child run needs to say where its data came from: dataset, cache key, sources."""
+    picked: dict[str, Any] = {}
+    for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version"):
+        if key in manifest and not isinstance(manifest[key], list):
+            picked[key] = manifest[key]
+    for key, value in manifest.items():
+        if "source" in key and isinstance(value, Mapping):
+            picked[key] = dict(value)
+    return {f"data.{k}": v for k, v in flatten(picked).items()}

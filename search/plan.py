@@ -1,0 +1,128 @@
+"""What a sweep will run, decided before anything starts: budget, trials, GPU packing.
+
+Owns the budget (`auto` follows the trials' GPUs; the quick budget's default seeds), the Tune
+param space handed to the Tuner, the dry run's listing of it, and the GPU plan: every GPU node
+probed for CUDA, and trials refused that cannot share a GPU's memory (search.devices).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+from search import fusion
+from search.grids import Grid, expand
+from search.options import SweepSettings
+
+# Seeds per configuration under the `quick` budget when --seeds is not given: two is the
+# fewest that gives a spread (mean +- std) and keeps the CPU ablation near ten minutes.
+QUICK_SEEDS = 2
+
+
+def resolve_run_budget(budget: str, gpus_per_trial: float, log: Callable = print,
+                       device: str = "auto") -> tuple[str, dict]:
+    """Budget overrides for the trials. `auto` follows the trials' GPUs, not the driver's.
+
+    On a cluster the driver often has no GPU while the workers do, so with --gpus-per-trial
+    > 0 `auto` means `paper` even when this machine has none; with --device cpu (GPUs
+    simulated on the CPU) it means `quick`.
+    """
+    from pix3d.train import resolve_budget
+
+    if budget == "auto" and gpus_per_trial > 0 and device == "cpu":
+        name, overrides, _ = resolve_budget("quick")
+        log(f"budget auto -> quick (--device cpu: trials simulate their {gpus_per_trial:g} GPU on the CPU)")
+        return name, dict(overrides)
+    if budget == "auto" and gpus_per_trial > 0:
+        name, overrides, _ = resolve_budget("paper")
+        log(f"budget auto -> paper (trials get {gpus_per_trial:g} GPU each)")
+        return name, dict(overrides)
+    name, overrides, message = resolve_budget(budget)
+    log(message)
+    return name, dict(overrides)
+
+
+def plan_budget(grid: Grid, settings: SweepSettings, args: argparse.Namespace,
+                log: Callable = print) -> tuple[SweepSettings, dict]:
+    """(settings, budget overrides): the grid's budget, and the quick budget's seeds when
+    --seeds was not given."""
+    if grid.trainable == "relpose":
+        budget_name, overrides = fusion.resolve_budget(settings.budget, args.gpus_per_trial, log=log)
+    else:
+        budget_name, overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, log=log, device=args.device)
+    if settings.seeds is None and budget_name == "quick" and not grid.is_search and grid.default_seeds > QUICK_SEEDS:
+        settings = replace(settings, seeds=QUICK_SEEDS)
+        log(f"quick budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
+            f"{grid.default_seeds} by default; --seeds N to choose)")
+    return settings, overrides
+
+
+def build_param_space(grid: Grid, settings: SweepSettings, budget_overrides: dict, args: argparse.Namespace) -> dict:
+    """The grid's space plus resources (the trainable sets threads from them) and --epochs."""
+    space = grid.param_space(settings.seeds, budget_overrides)
+    if settings.epochs is not None:
+        space["epochs"] = settings.epochs
+    space["cpus_per_trial"] = args.cpus_per_trial
+    space["gpus_per_trial"] = args.gpus_per_trial
+    if getattr(args, "device", "auto") != "auto":
+        space["device"] = args.device  # "cpu" with GPUs: the trials simulate them (and record it)
+    return space
+
+
+def describe_trial(config: dict, keys: Sequence[str]) -> str:
+    """`key=value` of `keys` that the trial's config has, on one line."""
+    return "  ".join(f"{k}={config[k]}" for k in keys if k in config)
+
+
+def _describe_domain(value: Any) -> str:
+    """Readable Tune domains: choice([...]) and loguniform(lo, hi) instead of object reprs."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(value, Categorical):
+        return f"choice({list(value.categories)})"
+    if isinstance(value, (Float, Integer)):
+        sampler = type(value.get_sampler()).__name__.lower().replace("_", "")
+        kind = "log" if "log" in sampler else ""
+        return f"{kind}uniform({value.lower:g}, {value.upper:g})"
+    return repr(value)
+
+
+def print_dry_run(grid: Grid, space: dict, out: Callable = print) -> None:
+    """What would run: the constant settings once, then one line per trial (what varies)."""
+    if grid.is_search:
+        out(f"grid {grid.name}: {grid.num_samples} samples proposed by TPE (Optuna), "
+            f"ASHA early stopping, at most {grid.max_concurrent} at once")
+        for key, value in space.items():
+            out(f"  {key}: {_describe_domain(value)}")
+        return
+    trials = expand(space)
+    varying = [k for k in trials[0] if len({repr(t.get(k)) for t in trials}) > 1]
+    fixed = {k: v for k, v in trials[0].items() if k not in varying}
+    out(f"grid {grid.name}: {len(trials)} trials; fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
+    for i, config in enumerate(trials):
+        out(f"  {i:3d}  {describe_trial(config, varying)}")
+
+
+def probe_gpus(args: argparse.Namespace, log: Callable = print) -> list[dict]:
+    """Every GPU node must see CUDA before any trial starts (not with --device cpu: simulated)."""
+    from search.devices import probe_gpu_nodes
+
+    return probe_gpu_nodes(args.gpus_per_trial, log=log) if args.device != "cpu" else []
+
+
+def plan_gpus(args: argparse.Namespace, grid: Grid, space: dict, data, probes: list[dict] | None,
+              log: Callable = print) -> bool:
+    """Refuse trials that cannot share a GPU's memory (search.devices); False, saying nothing,
+    when `probes` is None and the GPU size is not given (the probes may tell it later)."""
+    from search.devices import estimate_trials, gpu_memory_to_plan, plan_gpu_packing
+
+    memory, source = gpu_memory_to_plan(args.gpu_memory_gib, probes or ())
+    if memory is None and probes is None:
+        return False
+    if getattr(grid, "trainable", "pose") != "pose":  # the estimate models pix3d.train.fit only
+        log(f"GPU memory plan: not estimated for {grid.trainable} trials")
+        return True
+    configs = [space] if grid.is_search else expand(space)
+    log(plan_gpu_packing(estimate_trials(configs, len(data)), args.gpus_per_trial, memory, source))
+    return True

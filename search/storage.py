@@ -1,0 +1,52 @@
+"""Where a sweep's results live: `<storage>/<experiment>/`, a local folder or a URI.
+
+Owns resolving `--storage` (absolute, created and proven writable, or a URI unchanged), the
+sweep folder's path, and whether that folder may be used: a new sweep needs it free, a
+`--resume` needs a whole Tune sweep of the same trials there. On a cluster the storage must
+be shared by every node (NFS, s3://).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pix3d.errors import Pix3DError, UsageError
+from pix3d.fileio import ensure_writable_dir, is_uri
+from search.grids import Grid, expand
+
+
+def resolve_storage(storage: str) -> str:
+    """Absolute storage path (created, checked writable) or a URI unchanged."""
+    if is_uri(storage):
+        return storage
+    return str(ensure_writable_dir(Path(storage).expanduser(), "--storage").resolve())
+
+
+def storage_for(args: argparse.Namespace) -> str:
+    """The sweep's storage root; a dry run or a resume creates nothing (a resume of nothing
+    must leave nothing behind)."""
+    if (args.dry_run or args.resume) and not is_uri(args.storage):
+        return str(Path(args.storage).expanduser().resolve())
+    return resolve_storage(args.storage)
+
+
+def experiment_path(storage: str, experiment: str) -> str:
+    """The sweep's folder (or URI) under `storage`."""
+    return f"{storage.rstrip('/')}/{experiment}"
+
+
+def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool) -> None:
+    """A new sweep must not land on an old one; a resumed one must find a whole sweep of
+    `grid`'s trials (`space`) to restore."""
+    from ray import tune
+
+    if resume and not tune.Tuner.can_restore(sweep_path):
+        raise Pix3DError(f"--resume: no Tune sweep to restore at {sweep_path}")
+    if not resume and tune.Tuner.can_restore(sweep_path):
+        raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
+    if resume and not is_uri(sweep_path):
+        # Before Tuner.restore: a torn state would be restored as a different sweep.
+        from search.resume_check import verify_resume_state
+
+        verify_resume_state(sweep_path, None if grid.is_search else expand(space))
