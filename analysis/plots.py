@@ -23,10 +23,7 @@ from pix3d.fileio import save_figure  # noqa: E402
 
 def _save(fig, path: Path) -> Path:
     """Write the figure atomically (fileio.save_figure) and close it."""
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, close=True)
 
 
 def azimuth_bin_labels(n_bins: int = N_BINS) -> list[str]:

@@ -82,7 +82,7 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
     if "latex" in formats:
         written["latex"], texts["latex"] = out_dir / "table.tex", table.to_latex()
     for kind, text in texts.items():
-        with atomic_path(written[kind]) as tmp:
+        with atomic_path(written[kind], report_as=out_dir) as tmp:
             tmp.write_text(text)
     bar_rows = [{"label": r.label,
                  "means": {c: r.cells[c].mean for c in table.columns},

@@ -57,10 +57,7 @@ def plot_curves(curves: dict[str, list[dict]], majority: float, path: Path, titl
     axes[0].set_ylabel("val azimuth accuracy")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, close=True)
 
 
 def get_args_parser() -> ArgumentParser:

@@ -94,10 +94,11 @@ def ensure_writable_dir(path: str | Path, option: str) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, report_as: str | Path | None = None) -> Iterator[Path]:
     """Yield a temp path beside `path`; it replaces `path` when the block succeeds and is
     removed when it raises. The parent folder is created; permissions follow the umask.
-    A full disk raises `disk_full` (a Pix3DError naming `path`), with the old file intact."""
+    A full disk raises `disk_full` (a Pix3DError naming `report_as`, default `path`: the
+    folder a user chose, when the file name is the program's), with the old file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
@@ -107,7 +108,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         if is_disk_full(exc):
             written = tmp.stat().st_size if tmp.exists() else None
-            raise disk_full(path, written=written) from None
+            raise disk_full(report_as or path, written=written) from None
         raise
     finally:
         tmp.unlink(missing_ok=True)
@@ -164,12 +165,19 @@ def write_json(path: str | Path, obj, *, indent: int = 1) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: str | Path, *, dpi: int = 110) -> Path:
+def save_figure(fig, path: str | Path, *, dpi: int = 110, close: bool = False) -> Path:
     """A matplotlib figure (anything with `savefig`) written atomically as PNG.
 
-    pix3d does not import matplotlib; the caller owns the figure and closes it."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    pix3d does not import matplotlib unless asked to close the figure (`close=True`: it is
+    closed whether or not the write succeeds, so a failed plot leaks no memory)."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
     return Path(path)
 
 

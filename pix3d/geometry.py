@@ -5,7 +5,7 @@ relative-pose study (SE(3) exponential map, point transform, projection and a di
 inverse warp). Every function accepts any leading batch shape and float32 or float64 tensors,
 and is differentiable where the maths is.
 
-Conventions (they define the Pix3D labels, see DESIGN.md):
+Conventions (they define the Pix3D labels; docs/design.md, "The camera frame"):
   * model frame: y up; camera frame: x right, y down, z forward (optical axis).
   * a pose (R, t) maps model to camera coordinates: X_c = R X_m + t; the camera centre in
     the model frame is C = -R^T t (Pix3D's `cam_position`).

@@ -1,6 +1,6 @@
 """Two views of one synthetic scene, with the target's depth and the true relative motion.
 
-The second study (DESIGN.md, "Relative pose from two views") needs image pairs whose 6-DoF
+The second study (docs/design.md) needs image pairs whose 6-DoF
 motion is known and whose target depth lets the source be warped into the target. Each pair
 here is one procedural furniture model of `pix3d.render`, seen from a target camera
 (sampled like the dataset's) and from a source camera a small orbit away (azimuth, elevation

@@ -236,10 +236,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> Path:
     axes[0].legend(fontsize=8)
     axes[2].legend(fontsize=8)
     fig.suptitle(title)
-    try:
-        return save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, close=True)
 
 
 def get_args_parser() -> ArgumentParser:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# A real Pix3D entry (DESIGN.md). Expected angles: azimuth 321.39, elevation 11.81,
+# A real Pix3D entry (docs/design.md, "Data"). Expected angles: azimuth 321.39, elevation 11.81,
 # in-plane -4.50 degrees.
 REAL_ENTRY: dict = {
     "img": "img/bed/0001.png",

@@ -2,7 +2,7 @@
 
 Every check reads the files the generator wrote (real PNGs, real json, real OBJ) and
 compares them with an independent computation: the project's own Pix3D loader, the angle
-formula of DESIGN.md, and a second rasterisation of the OBJ through pix3d.geometry.
+formula of docs/design.md, and a second rasterisation of the OBJ through pix3d.geometry.
 """
 
 from __future__ import annotations
