@@ -16,8 +16,8 @@ from pix3d.errors import Pix3DError, UsageError
 AT_CHOICES = ("last", "best")
 BY_CHOICES = ("subset", "category")
 RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
-                  "lr", "seed", "seed_quirks", "value", "baseline")
-
+                  "lr", "seed", "seed_quirks", "split", "value", "baseline")
+DEFAULT_SPLIT = "published"  # pix3d.train.TrainConfig's (analysis does not import the loop)
 
 
 def client_for(tracking_uri: str):
@@ -123,6 +123,8 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 "modalities": tags.get("modalities", params.get("modalities", "rgb")),
                 "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
                 "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
+                # A run without one trained on TrainConfig's default split.
+                "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
                 "value": value,
                 "baseline": (run.data.metrics.get(spec.baseline, math.nan)
                              if spec.baseline and by == "subset" else math.nan),

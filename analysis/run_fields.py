@@ -92,7 +92,7 @@ def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
 def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
     """The tags the table and the UI filter on (docs/interfaces.md)."""
     tags: dict[str, str] = {}
-    for key in ("model", "seed", "seed_quirks", "lr", *RELPOSE_TAG_KEYS):
+    for key in ("model", "seed", "seed_quirks", "lr", "split", *RELPOSE_TAG_KEYS):
         if key in config:
             tags[key] = str(config[key])
     if "modalities" in config:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.cells import Cell, Row, Table, metric_spec
+from analysis.records import DEFAULT_SPLIT
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
+from pix3d.errors import RENAMED
 
 PAPER_COLUMNS: tuple[str, ...] = tuple("+".join(s) for s in ABLATION_SUBSETS)
 
@@ -21,12 +23,19 @@ def _model_rank(model: str) -> tuple[int, str]:
     return (order.index(model) if model in order else len(order), model)
 
 
+def _split_rank(split: str) -> tuple[int, str]:
+    """The published split first, then the others by name."""
+    return (0 if split == DEFAULT_SPLIT else 1, split)
+
+
 def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.DataFrame, list[str]]:
-    """Canonical modality keys, and one record per `key`: the same grid point and seed logged
+    """Canonical modality keys and split names, and one record per `key`: the same grid point and seed logged
     twice (two sweeps in one experiment) keeps the latest, so a re-run replaces rather than
     double-counts a seed. Returns the records and a note when some were left out."""
     records = records.copy()
     records["modalities"] = [modalities_key(m) for m in records["modalities"]]
+    # Splits by today's names ("seed" is the published split's old name); none logged: the default.
+    records["split"] = [RENAMED.get(v, v) for v in records["split"]] if "split" in records else DEFAULT_SPLIT
     records = records.sort_values("end_time", kind="stable")
     duplicated = records.duplicated(key, keep="last")
     if not duplicated.any():
@@ -36,14 +45,19 @@ def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.D
 
 class _RowLabels:
     """Row labels: the model, plus quirks on/off when both were run, plus the lr when a
-    model was run at several."""
+    model was run at several, plus the split when several were (a random split beside
+    by_model shows how much leakage flatters the numbers)."""
 
     def __init__(self, records: pd.DataFrame):
         self.split_quirks = records["seed_quirks"].nunique() > 1
         self.lrs_per_model = records.groupby("model")["lr"].nunique()
+        self.several_splits = records["split"].nunique() > 1
 
-    def row(self, model: str, quirks, lr, cells: dict[str, Cell], suffix: str = "", **extra) -> Row:
+    def row(self, model: str, quirks, lr, cells: dict[str, Cell], suffix: str = "", split: str = "",
+            **extra) -> Row:
         label = model
+        if self.several_splits:
+            label += f" [{split} split]"
         if self.split_quirks:
             label += " (quirks on)" if quirks else " (quirks off)"
         several_lrs = self.lrs_per_model[model] > 1
@@ -56,7 +70,7 @@ class _RowLabels:
 def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azimuth_acc",
               at: str = "last") -> Table:
     """One value per run (fractions) -> Table of mean ± std (n) in % per row and subset."""
-    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "seed"],
+    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "split", "seed"],
                                   "run(s) repeat a model/subset/lr/seed")
     labels = _RowLabels(records)
     columns = list(PAPER_COLUMNS) + sorted(
@@ -64,14 +78,16 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     scale = metric_spec(metric).scale
 
     rows: list[Row] = []
-    for (model, quirks, lr), group in sorted(
-            records.groupby(["model", "seed_quirks", "lr"], sort=False),
-            key=lambda item: (_model_rank(item[0][0]), bool(item[0][1]), item[0][2])):
+    for (model, split, quirks, lr), group in sorted(
+            records.groupby(["model", "split", "seed_quirks", "lr"], sort=False),
+            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3])):
         cells = {}
         for column in columns:
             values = [scale * v for v in group.loc[group["modalities"] == column, "value"]]
-            cells[column] = Cell(values, model_registry.published_value(model, metric, column))
-        rows.append(labels.row(model, quirks, lr, cells))
+            # Published values are for the published (random, per-category) split only.
+            published = model_registry.published_value(model, metric, column) if split == DEFAULT_SPLIT else None
+            cells[column] = Cell(values, published)
+        rows.append(labels.row(model, quirks, lr, cells, split=split))
 
     baseline = {}
     if "baseline" in records and records["baseline"].notna().any():
@@ -94,20 +110,21 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
                           metric: str = "val_azimuth_acc", at: str = "last") -> Table:
     """One value per run and category -> Table: rows model (x quirks x lr) x subset, columns
     the categories, cells mean ± std over seeds."""
-    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "seed", "category"],
+    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "split", "seed", "category"],
                                   "value(s) repeat a model/subset/lr/seed/category")
     labels = _RowLabels(records)
     scale = metric_spec(metric).scale
     columns = sorted(set(records["category"]))
     subset_order = {s: i for i, s in enumerate(PAPER_COLUMNS)}
     rows: list[Row] = []
-    groups = records.groupby(["model", "seed_quirks", "lr", "modalities"], sort=False)
-    for (model, quirks, lr, subset), group in sorted(
-            groups, key=lambda item: (_model_rank(item[0][0]), bool(item[0][1]), item[0][2],
-                                      subset_order.get(item[0][3], len(subset_order)), item[0][3])):
+    groups = records.groupby(["model", "split", "seed_quirks", "lr", "modalities"], sort=False)
+    for (model, split, quirks, lr, subset), group in sorted(
+            groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]),
+                                      item[0][3], subset_order.get(item[0][4], len(subset_order)), item[0][4])):
         cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]])
                  for c in columns}
-        rows.append(labels.row(model, quirks, lr, cells, f" · {subset_label(subset)}", modalities=subset))
+        rows.append(labels.row(model, quirks, lr, cells, f" · {subset_label(subset)}", split=split,
+                               modalities=subset))
     empty = [f"{row.label} / {c}" for row in rows for c in columns if not row.cells[c].n]
     if empty:
         notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")

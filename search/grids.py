@@ -205,6 +205,13 @@ GRIDS: dict[str, Grid | FusionGrid] = {
             lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
         ),
         Grid(
+            "split",
+            "how much a random split flatters the table: the ablation on the published split "
+            "and on by_model (no CAD model on both sides), side by side",
+            axes={"split": ("published", "by_model")},
+            default_seeds=3,
+        ),
+        Grid(
             "optuna",
             "TPE over lr, batch size, weight decay (model a choice, all four modalities), ASHA early stop",
             search_space={
