@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from pix3d.cli import ArgumentParser, positive_float, positive_int, run_cli
-from pix3d.constants import modality_channels, parse_modalities
+from pix3d.constants import ABLATION_SUBSETS, modality_channels, parse_modalities
 from pix3d.devices import resolve_device
 from pix3d.models import get_model, list_models, published_lr
 from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\none {args.budget}-budget trial per model on the built-in synthetic set ({len(data)} images), "
           f"{args.trial_threads} thread(s)")
     for name in list_models():
-        for subset in (("rgb",), ("rgb", "mask", "boundaries", "normals")):
+        for subset in (ABLATION_SUBSETS[0], ABLATION_SUBSETS[-1]):
             config = TrainConfig.from_dict({**budget, "model": name, "modalities": subset, "lr": published_lr(name),
                                             "threads": args.trial_threads, "device": args.device})
             started = time.perf_counter()
