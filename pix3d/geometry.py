@@ -5,12 +5,14 @@ relative-pose study (SE(3) exponential map, point transform, projection and a di
 inverse warp). Every function accepts any leading batch shape and float32 or float64 tensors,
 and is differentiable where the maths is.
 
-Conventions (they define the Pix3D labels; docs/design.md, "The camera frame"):
-  * model frame: y up; camera frame: x right, y down, z forward (optical axis).
+Conventions: real Pix3D's camera frame, everywhere (the renderer, the synthetic writer's
+rot_mat / trans_mat, the relative-pose warp; docs/design.md, "The camera frame"):
+  * model frame: y up; camera frame: x left, y up, z forward (optical axis).
   * a pose (R, t) maps model to camera coordinates: X_c = R X_m + t; the camera centre in
     the model frame is C = -R^T t (Pix3D's `cam_position`).
-  * pixels: u = f_px X/Z + cx, v = f_px Y/Z + cy, with pixel i covering [i, i+1), so pixel
-    centres sit at i + 0.5 and the principal point of a W x H image is (W/2, H/2).
+  * pixels: u = cx - f_px X/Z, v = cy - f_px Y/Z, with pixel i covering [i, i+1), so pixel
+    centres sit at i + 0.5 and the principal point of a W x H image is (W/2, H/2). `K`
+    carries -f_px on its diagonal, so u = (K X)_0 / Z as for any pinhole matrix.
   * focal lengths in Pix3D are in millimetres on a 32 mm wide sensor: f_px = f_mm / 32 * W.
   * 6-vectors of se(3) are ordered (v, omega): translation part first, rotation second.
 """
@@ -160,10 +162,10 @@ def rotation_about_axis(axis, angle) -> torch.Tensor:
 
 
 def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-to-camera pose (R, t) of a camera at `eye` looking at `target`.
+    """World-to-camera pose (R, t) of a camera at `eye` looking at `target`, in Pix3D's frame.
 
-    The camera's y axis points down in the image, so it is minus the world `up` projected
-    off the viewing direction; x = y cross z completes a right-handed frame (x right).
+    The camera's y axis points up in the image: the world `up` projected off the viewing
+    direction; x = y cross z completes a right-handed frame (x left, seen from the camera).
     Returns R (..., 3, 3) whose rows are the camera axes in world coordinates, and
     t = -R eye (..., 3).
     """
@@ -172,11 +174,11 @@ def look_at(eye, target, up=(0.0, 1.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor
     up = _as_tensor(up, eye).expand_as(eye)
     z = target - eye
     z = z / z.norm(dim=-1, keepdim=True)
-    down = -(up - (up * z).sum(-1, keepdim=True) * z)
-    norm = down.norm(dim=-1, keepdim=True)
+    upward = up - (up * z).sum(-1, keepdim=True) * z
+    norm = upward.norm(dim=-1, keepdim=True)
     if bool((norm < 1e-9).any()):
         raise ValueError("look_at: viewing direction is parallel to `up`")
-    y = down / norm
+    y = upward / norm
     x = torch.cross(y, z, dim=-1)
     R = torch.stack([x, y, z], -2)
     t = -(R @ eye[..., None])[..., 0]
@@ -221,11 +223,13 @@ def focal_mm_to_px(focal_mm, width_px, sensor_width_mm: float = SENSOR_WIDTH_MM)
 
 
 def intrinsics(focal_mm, width: int, height: int, *, dtype=torch.float64) -> torch.Tensor:
-    """Pinhole matrix K (..., 3, 3): square pixels, principal point at the image centre."""
+    """Pinhole matrix K (..., 3, 3) in Pix3D's frame: square pixels, principal point at the
+    image centre, -f_px on the diagonal (x left and y up in the camera, u right and v down
+    in the image)."""
     f = focal_mm_to_px(_as_tensor(focal_mm, torch.zeros((), dtype=dtype)), width)
     K = torch.zeros(*f.shape, 3, 3, dtype=f.dtype, device=f.device)
-    K[..., 0, 0] = f
-    K[..., 1, 1] = f
+    K[..., 0, 0] = -f
+    K[..., 1, 1] = -f
     K[..., 0, 2] = width / 2
     K[..., 1, 2] = height / 2
     K[..., 2, 2] = 1.0

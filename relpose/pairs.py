@@ -34,7 +34,7 @@ from pix3d.render.shading import render_view
 from pix3d.render.shapes import CATEGORIES
 from pix3d.render.synthetic import build_model_pool
 
-PAIRS_VERSION = 2  # 2: models from pix3d.render.synthetic.build_model_pool
+PAIRS_VERSION = 3  # 2: models from pix3d.render.synthetic.build_model_pool; 3: Pix3D's camera frame
 
 
 @dataclass(frozen=True)

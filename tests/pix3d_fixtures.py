@@ -60,7 +60,7 @@ IMAGE_KINDS: tuple[tuple[str, str], ...] = (
 def rotation_from_angles(azimuth_deg: float, elevation_deg: float, inplane_rad: float) -> np.ndarray:
     """A model->camera rotation whose camera centre has the given azimuth/elevation.
 
-    Builds the look-at camera (x right, y down, z forward) for a camera centre in direction
+    Builds the look-at camera in Pix3D's frame (x left, y up, z forward) for a camera centre in direction
     (sin az cos el, sin el, -cos az cos el), then rolls it by the in-plane angle.
     """
     az, el = math.radians(azimuth_deg), math.radians(elevation_deg)
@@ -72,7 +72,7 @@ def rotation_from_angles(azimuth_deg: float, elevation_deg: float, inplane_rad: 
         right = np.array([1.0, 0.0, 0.0])
     right /= np.linalg.norm(right)
     down = np.cross(forward, right)
-    rot = np.stack([right, down, forward])  # rows: camera axes in model coordinates
+    rot = np.stack([-right, -down, forward])  # rows: camera axes (left, up, forward) in model coordinates
     c, s = math.cos(inplane_rad), math.sin(inplane_rad)
     roll = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     return roll @ rot

@@ -67,9 +67,9 @@ def test_look_at_puts_target_on_optical_axis_with_up_upwards():
     target_cam = (R @ target[:, None])[..., 0] + t
     assert torch.allclose(target_cam[:, :2], torch.zeros(2, 2, dtype=torch.float64), atol=1e-12)
     assert (target_cam[:, 2] > 0).all()
-    # A point above the target (world +y) appears higher in the image: smaller camera y.
+    # A point above the target (world +y) has a larger camera y (Pix3D's frame: y up).
     above = (R @ (target + torch.tensor([0, 0.1, 0], dtype=torch.float64))[:, None])[..., 0] + t
-    assert (above[:, 1] < 0).all()
+    assert (above[:, 1] > 0).all()
     assert torch.allclose(g.camera_centre(R, t), eye, atol=1e-12)
 
 
@@ -86,13 +86,14 @@ def test_se3_exp_matches_matrix_exponential():
 
 
 def test_transform_points_and_projection_of_known_points():
-    # 35 mm on a 32 mm sensor, 320 px wide: f = 350 px, principal point (160, 120).
+    # 35 mm on a 32 mm sensor, 320 px wide: f = 350 px, principal point (160, 120); Pix3D's
+    # frame: u = cx - f X/Z, v = cy - f Y/Z.
     K = g.intrinsics(torch.tensor(35.0, dtype=torch.float64), 320, 240)
-    assert K[0, 0].item() == pytest.approx(350.0) and K[0, 2].item() == 160 and K[1, 2].item() == 120
+    assert K[0, 0].item() == pytest.approx(-350.0) and K[0, 2].item() == 160 and K[1, 2].item() == 120
     T = g.se3_exp(torch.tensor([0.0, 0.0, 2.0, 0.0, 0.0, 0.0], dtype=torch.float64))  # push 2 m forward
     points = torch.tensor([[0.0, 0.0, 0.0], [0.2, -0.1, 0.0], [0.0, 0.0, 1.5]], dtype=torch.float64)
     uv, z = g.project(g.transform_points(T, points), K)
-    expected = torch.tensor([[160, 120], [160 + 350 * 0.1, 120 - 350 * 0.05], [160, 120]], dtype=torch.float64)
+    expected = torch.tensor([[160, 120], [160 - 350 * 0.1, 120 + 350 * 0.05], [160, 120]], dtype=torch.float64)
     assert torch.allclose(uv, expected)
     assert torch.allclose(z, torch.tensor([2.0, 2.0, 3.5], dtype=torch.float64))
 
@@ -117,8 +118,8 @@ def test_inverse_warp_identity_and_known_shift():
     assert valid.all()
     assert torch.allclose(warped, source, atol=1e-5)
     # Moving the camera so that points shift by exactly 4 pixels left in the source:
-    # dx = -4 px at depth 2 m and f = 32 px -> tx = -4 * 2 / 32.
-    xi = torch.tensor([[-4 * 2.0 / W, 0, 0, 0, 0, 0]] * B)
+    # du = -4 px at depth 2 m and f = 32 px, with u = cx - f X/Z -> tx = +4 * 2 / 32.
+    xi = torch.tensor([[4 * 2.0 / W, 0, 0, 0, 0, 0]] * B)
     warped, valid = g.inverse_warp(source, depth, xi, K)
     assert torch.allclose(warped[..., 4:], source[..., :-4], atol=1e-5)
     assert not valid[..., :3].any() and valid[..., 5:].all()

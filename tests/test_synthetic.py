@@ -146,10 +146,11 @@ def test_normals_are_unit_camera_frame_vectors_inside_the_mask(dataset, entries)
         assert (rgb[~mask] == 0).all()
         n = normals_from_rgb(rgb[mask])
         np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=0.02)
-        # Visible surfaces face the camera: the normal opposes the viewing ray.
+        # Visible surfaces face the camera: the normal opposes the viewing ray (Pix3D's frame:
+        # the ray through pixel (u, v) is ((cx - u) / f, (cy - v) / f, 1)).
         f_px = e["focal_length"] / 32 * CONFIG.size
         ys, xs = np.nonzero(mask)
-        rays = np.stack([(xs + 0.5 - CONFIG.size / 2) / f_px, (ys + 0.5 - CONFIG.size / 2) / f_px,
+        rays = np.stack([(CONFIG.size / 2 - xs - 0.5) / f_px, (CONFIG.size / 2 - ys - 0.5) / f_px,
                          np.ones(len(xs))], 1)
         assert ((n * rays).sum(1) < 0.02).all(), e["img"]
 
@@ -182,7 +183,7 @@ def test_rasterised_depth_is_perspective_correct():
     face_id, depth = rasterize(mesh.vertices @ R.T + t, mesh.faces, focal_px, size, size,
                                          face_normals_cam=normals_cam)
     ys, xs = np.nonzero(face_id >= 0)
-    rays = np.stack([(xs + 0.5 - size / 2) / focal_px, (ys + 0.5 - size / 2) / focal_px, np.ones(len(xs))], 1)
+    rays = np.stack([(size / 2 - xs - 0.5) / focal_px, (size / 2 - ys - 0.5) / focal_px, np.ones(len(xs))], 1)
     n = normals_cam[face_id[ys, xs]]
     on_plane = (mesh.vertices[mesh.faces[face_id[ys, xs], 0]] @ R.T + t)
     z = (n * on_plane).sum(1) / (n * rays).sum(1)  # ray-plane intersection

@@ -1,8 +1,9 @@
 """Cameras of the synthetic views: how they are sampled and the (R, t) labels they give.
 
 Owns the sampling ranges, `Camera` (one view in the angles the labels must recover),
-`sample_camera`, `camera_pose` and `view_direction`. The camera frame and the maths of a
-pose are `pix3d.geometry`'s: X_c = R X_m + t, camera centre -R^T t. The camera sits at
+`sample_camera`, `camera_pose` and `view_direction`. The camera frame (real Pix3D's: x left,
+y up, z forward) and the maths of a pose are `pix3d.geometry`'s: X_c = R X_m + t, camera
+centre -R^T t. The camera sits at
 distance d along `view_direction(a, e)` = (sin a cos e, sin e, -cos a cos e), looks at the
 model centre with +y up and is rolled about its optical axis by the in-plane angle; so
 azimuth a = atan2(x, -z) and elevation e = atan(y / hypot(x, z)) come back exactly from the

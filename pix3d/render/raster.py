@@ -22,9 +22,10 @@ def rasterize(vertices_cam: np.ndarray, faces: np.ndarray, focal_px: float,
     runs over triangles (about a hundred per object), each step vectorised over the pixels
     of the triangle's bounding box; back faces are culled for closed meshes.
     """
+    # Pix3D's camera frame (pix3d.geometry): x left, y up, so both image axes flip.
     z = vertices_cam[:, 2]
-    u = focal_px * vertices_cam[:, 0] / z + width / 2
-    v = focal_px * vertices_cam[:, 1] / z + height / 2
+    u = width / 2 - focal_px * vertices_cam[:, 0] / z
+    v = height / 2 - focal_px * vertices_cam[:, 1] / z
     face_id = np.full((height, width), -1, np.int32)
     inv_depth = np.zeros((height, width))  # 1/z, 0 = infinitely far
     tri_u, tri_v, tri_z = u[faces], v[faces], z[faces]

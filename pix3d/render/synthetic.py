@@ -7,15 +7,17 @@ indistinguishable in layout from Pix3D:
     pix3d.json                      list of entries with every field real Pix3D has
     img/<category>/NNNN.png         RGB photo: shaded furniture over a cluttered background
     mask/<category>/NNNN.png        0/255 silhouette
-    normals/<category>/NNNN.png     camera-frame unit normals as (n + 1) / 2 * 255, background 0
+    normals/<category>/NNNN.png     camera-frame unit normals (x left, y up, z forward) as
+                                    (n + 1) / 2 * 255, background 0
     boundaries/<category>/NNNN.png  occlusion and crease edges, 0/255
     model/<category>/<name>/model.obj
     synthetic.json                  stamp: generator version, n, seed, size (reuse / overwrite)
 
 Owns `SyntheticConfig` and `BUILTIN`, the model pools, the per-image `Plan`s, the writer
 `generate` (parallel, atomic), the stamps, `ensure_builtin` and the contact sheet
-`write_preview`. Labels are those of `pix3d.render.camera`: rot_mat and trans_mat map the
-model into the camera (X_c = R X_m + t) and cam_position is the camera centre -R^T t.
+`write_preview`. Labels are those of `pix3d.render.camera`, in real Pix3D's camera frame
+(`pix3d.geometry`): rot_mat and trans_mat map the model into the camera (X_c = R X_m + t),
+pixels are u = cx - f X/Z, v = cy - f Y/Z, and cam_position is the camera centre -R^T t.
 
 Everything is seeded: each image draws from numpy generators keyed by (seed, index), so the
 output does not depend on the number of worker processes.
@@ -47,7 +49,7 @@ from pix3d.render.shapes import CATEGORIES
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: rot_mat / trans_mat / normals in Pix3D's camera frame (x left, y up)
 STAMP_NAME = "synthetic.json"
 
 
