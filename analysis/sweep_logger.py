@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
+from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
 from analysis.run_fields import (data_provenance, flatten, param_text, result_step, scalar_metrics, trial_run_name,
                                  trial_tags)
 from pix3d.errors import Pix3DError
@@ -138,13 +139,15 @@ class SweepLogger:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.info.experiment)
             if found is None:
+                # Tagged for the UI (analysis.mlflow_ui): a training experiment, a grouped view.
                 self._experiment_id = self.client.create_experiment(
                     self.info.experiment, artifact_location=artifact_location(
-                        self.tracking_uri, self.info.experiment))
+                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags())
             else:
                 if found.lifecycle_stage == "deleted":
                     raise Pix3DError(f"MLflow experiment {self.info.experiment!r} is deleted; "
                                      "restore it or choose another --experiment")
+                ensure_ui_tags(self.client, found)
                 self._experiment_id = found.experiment_id
         return self._experiment_id
 

@@ -48,8 +48,10 @@ def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, 
                                    data_manifest=manifest, storage_path=storage)]
 
 
-def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None) -> None:
-    """Rebuild the azimuth table from MLflow (`uri`: the sweep's store) and write md/csv/png."""
+def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None,
+                 is_search: bool = False) -> None:
+    """Rebuild the azimuth table (a search: its view) from MLflow (`uri`: the sweep's store)
+    and write its files."""
     if args.no_mlflow:
         return
     try:
@@ -143,7 +145,12 @@ def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experim
     failed = counts.get("ERROR", 0)
     print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
     print("\n".join(lines))
-    report_table(args, experiment=experiment, trainable=trainable, uri=uri)
+    report_table(args, experiment=experiment, trainable=trainable, uri=uri, is_search=is_search)
+    if uri:
+        from analysis.mlflow_ui import experiment_review_lines
+
+        for line in experiment_review_lines(uri, experiment):
+            print(line)
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not is_search else 0)
     if pending:
         # Interrupted (Ctrl-C): Tune saved its state; the same sweep continues from here.

@@ -1,0 +1,98 @@
+"""Review in the MLflow UI: the experiment's UI tags, the parent run's table metrics and PNG,
+the printed links. A real (tiny) Tune sweep logged by the real callback into a real sqlite
+store; the expected cell values come from Tune's own results, not from the table code.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.mlflow_ui import (EXPERIMENT_KIND_TAG, GROUPED_VIEW, SHARED_VIEW_PREFIX, TRAINING_KIND,
+                                experiment_review_lines, runs_url)
+from analysis.sweep_logger import SweepInfo, SweepLogger
+from analysis.table import build_table, write_table
+from pix3d.constants import modalities_key
+from tests.sweeps import param_space, run_sweep
+
+
+@pytest.fixture(scope="module")
+def logged(ray_session, tmp_path_factory):
+    """Two models x two seeds on RGB, logged to sqlite; the table written and logged."""
+    root = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    results, _ = run_sweep(root / "ray", "ui", uri, experiment="ui", space=param_space(subsets=("rgb",)))
+    table = build_table(uri, "ui")
+    files = write_table(table, root / "out")
+    return uri, results, table, files
+
+
+def test_experiment_lands_on_training_runs(logged):
+    from mlflow.tracking import MlflowClient
+
+    uri, _, _, _ = logged
+    experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name("ui")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + GROUPED_VIEW])
+    keys = view["groupBy"]["groupByKeys"]
+    assert [(k["mode"], k["groupByData"]) for k in keys] == [("tag", "model"), ("tag", "modalities")]
+    # The links name the runs tab and the "Model training" side; the grouped one the view.
+    url = runs_url("http://127.0.0.1:5077/", experiment.experiment_id)
+    assert url == f"http://127.0.0.1:5077/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    lines = experiment_review_lines(uri, "ui")
+    assert lines[0].startswith(f"review in MLflow: mlflow ui --backend-store-uri {uri} ")
+    assert lines[1].strip() == (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+                                "?workflowType=machine_learning")
+    assert f"viewStateShareKey={GROUPED_VIEW}" in lines[2] and "compareRunsMode=CHART" in lines[2]
+    assert experiment_review_lines(uri, "no-such-experiment") == []
+
+
+def test_parent_run_carries_each_cell_and_the_png(logged):
+    from mlflow.tracking import MlflowClient
+
+    uri, results, table, files = logged
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(table.parent_run_id)
+    cells: dict[tuple[str, str], list[float]] = {}
+    majority: dict[str, list[float]] = {}
+    for result in results:
+        subset = modalities_key(result.config["modalities"])
+        cells.setdefault((result.config["model"], subset), []).append(100 * result.metrics["val_azimuth_acc"])
+        majority.setdefault(subset, []).append(100 * result.metrics["majority_azimuth_acc"])
+    logged_cells = {k: v for k, v in parent.data.metrics.items() if k.startswith("table.")}
+    expected = {f"table.{model}.{subset.replace('+', '_')}": np.mean(values)
+                for (model, subset), values in cells.items()}
+    expected.update({f"table.majority.{subset.replace('+', '_')}": np.mean(v) for subset, v in majority.items()})
+    assert logged_cells == pytest.approx(expected)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "table")}
+    assert "table/table.png" in artifacts and files["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_older_experiment_gets_the_tags_and_keeps_a_chosen_kind(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    old = client.create_experiment("old")
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    for name in ("old", "chosen"):
+        SweepLogger(uri, SweepInfo(sweep_id="s", sweep_name=name, experiment=name)).experiment_id
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    tags = client.get_experiment(chosen).tags
+    assert tags[EXPERIMENT_KIND_TAG] == "genai_development" and SHARED_VIEW_PREFIX + GROUPED_VIEW in tags
+
+
+def test_grid_with_several_lrs_names_the_lr_in_the_metric(ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space = param_space(models=("combined_net",), subsets=("rgb",), seeds=(0,), lrs=(1e-4, 1e-3))
+    results, _ = run_sweep(tmp_path / "ray", "lrs", uri, experiment="lrs", space=space)
+    table = build_table(uri, "lrs")
+    write_table(table, tmp_path / "out")
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(tracking_uri=uri).get_run(table.parent_run_id).data.metrics
+    by_lr = {r.config["lr"]: 100 * r.metrics["val_azimuth_acc"] for r in results}
+    assert metrics["table.combined_net.lr_0.0001.rgb"] == pytest.approx(by_lr[1e-4])
+    assert metrics["table.combined_net.lr_0.001.rgb"] == pytest.approx(by_lr[1e-3])
