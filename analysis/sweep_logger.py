@@ -43,6 +43,7 @@ PLACEMENT_KEYS = ("device_kind", "device_name", "gpu_ids", "gpus_given", "node",
 _CURVE_KEYS = ("train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc",
                "val_inplane_acc", "val_azimuth_acc_within1")
 _BATCH = 100               # MLflow's limit on params per log_batch
+SEARCH_TAG_PREFIX = "search."  # the parent run of a model-based search: its study (analysis.search_view)
 
 
 def code_version(cwd: str | Path | None = None) -> str:
@@ -85,6 +86,8 @@ class SweepInfo:
     code_version: str = "unknown"
     storage_path: str = ""
     tracking_uri: str = ""
+    # A model-based search: its Optuna study (search.study.search_tags); tags `search.<key>`.
+    search: dict = field(default_factory=dict)
 
     def description(self) -> str:
         """The parent run's note: what the sweep was and how to rebuild its table."""
@@ -180,6 +183,7 @@ class SweepLogger:
             "sweep_id": info.sweep_id, ROLE_TAG: "sweep", "grid": info.grid,
             "command": info.command[:5000], "code_version": info.code_version,
             "storage_path": info.storage_path, "mlflow.note.content": info.description(),
+            **{f"{SEARCH_TAG_PREFIX}{key}": str(value) for key, value in info.search.items()},
         }
         run = self.client.create_run(self.experiment_id, run_name=info.sweep_name, tags=tags)
         run_id = run.info.run_id

@@ -32,8 +32,9 @@ def sweep_tracking_uri(args: argparse.Namespace, sweep_path: str) -> str | None:
 
 
 def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, command: str, manifest: dict,
-                       storage: str, uri: str | None = None) -> list:
-    """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed."""
+                       storage: str, uri: str | None = None, search: dict | None = None) -> list:
+    """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed.
+    `search`: a model-based search's study (search.study.search_tags), for its parent run."""
     if args.no_mlflow:
         return []
     try:
@@ -45,7 +46,7 @@ def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, 
     uri = uri or args.mlflow_uri or default_tracking_uri()
     print(f"MLflow: {uri} (experiment {experiment})")
     return [MLflowTrackingCallback(uri, experiment, sweep_name=experiment, grid=grid, command=command,
-                                   data_manifest=manifest, storage_path=storage)]
+                                   data_manifest=manifest, storage_path=storage, search=search)]
 
 
 def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None,
@@ -57,6 +58,9 @@ def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = 
     try:
         if trainable == "relpose":  # rotation error by fusion x weights x loss
             from analysis.fusion_table import build_table, write_table
+        elif is_search:  # best configuration, top trials, importances, history (analysis.search_view)
+            from analysis.search_view import build_search_view as build_table
+            from analysis.search_view import write_search_view as write_table
         else:
             from analysis.table import build_table, write_table
         from analysis.mlflow_store import default_tracking_uri
