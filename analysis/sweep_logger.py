@@ -134,6 +134,9 @@ class SweepLogger:
     def client(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
+            # MLflow prints a bare experiment address per finished run, which MLflow 3.17 opens
+            # on its GenAI side; the sweep prints its own links (analysis.mlflow_ui) instead.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis.mlflow_ui import (EXPERIMENT_KIND_TAG, GROUPED_VIEW, SHARED_VIEW_PREFIX, TRAINING_KIND,
                                 experiment_review_lines, runs_url)
 from analysis.sweep_logger import SweepInfo, SweepLogger
-from analysis.table import build_table, write_table
+from analysis.summary import summarise
+from analysis.table import build_table, table_metrics, write_table
 from pix3d.constants import modalities_key
 from tests.sweeps import param_space, run_sweep
 
@@ -84,15 +86,18 @@ def test_an_older_experiment_gets_the_tags_and_keeps_a_chosen_kind(tmp_path):
     assert tags[EXPERIMENT_KIND_TAG] == "genai_development" and SHARED_VIEW_PREFIX + GROUPED_VIEW in tags
 
 
-def test_grid_with_several_lrs_names_the_lr_in_the_metric(ray_session, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    space = param_space(models=("combined_net",), subsets=("rgb",), seeds=(0,), lrs=(1e-4, 1e-3))
-    results, _ = run_sweep(tmp_path / "ray", "lrs", uri, experiment="lrs", space=space)
-    table = build_table(uri, "lrs")
-    write_table(table, tmp_path / "out")
-    from mlflow.tracking import MlflowClient
-
-    metrics = MlflowClient(tracking_uri=uri).get_run(table.parent_run_id).data.metrics
-    by_lr = {r.config["lr"]: 100 * r.metrics["val_azimuth_acc"] for r in results}
-    assert metrics["table.combined_net.lr_0.0001.rgb"] == pytest.approx(by_lr[1e-4])
-    assert metrics["table.combined_net.lr_0.001.rgb"] == pytest.approx(by_lr[1e-3])
+def test_rows_split_by_lr_and_quirks_name_them_in_the_metric():
+    """The keys of a table whose rows are split by learning rate and by quirks (pure: no store)."""
+    records = pd.DataFrame({
+        "run_id": list("abcd"), "parent_run_id": "p", "sweep_id": "s", "end_time": [1, 2, 3, 4],
+        "model": "combined_net", "modalities": ["rgb", "rgb", "rgb+mask", "rgb"], "lr": [1e-4, 1e-3, 1e-4, 1e-4],
+        "seed": "0", "seed_quirks": [False, False, False, True], "value": [0.5, 0.25, 0.75, 0.125],
+        "baseline": [0.2, 0.2, 0.3, 0.2],
+    })
+    metrics = table_metrics(summarise(records, experiment="x"))
+    assert metrics == pytest.approx({
+        "table.combined_net.quirks_off.lr_0.0001.rgb": 50.0, "table.combined_net.quirks_off.lr_0.001.rgb": 25.0,
+        "table.combined_net.quirks_off.lr_0.0001.rgb_mask": 75.0, "table.combined_net.quirks_on.lr_0.0001.rgb": 12.5,
+        "table.majority.rgb": 20.0, "table.majority.rgb_mask": 30.0})
+    other = table_metrics(summarise(records, experiment="x", metric="val_azimuth_mederr"))
+    assert set(other) == {f"table.val_azimuth_mederr.last.{k.split('.', 1)[1]}" for k in metrics}

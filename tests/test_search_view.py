@@ -92,6 +92,22 @@ def test_analysis_table_prints_the_search_view(tiny_search, capsys, tmp_path):
     assert code == 2 and err == "error: --format latex: a search's view is md or csv\n"
 
 
+def test_without_its_study_the_view_comes_from_the_mlflow_runs(tiny_search):
+    from analysis.search_view import build_search_view
+
+    root, _, _, uri, _, study = tiny_search
+    db = root / "ray" / "optuna" / "optuna.db"
+    db.rename(db.with_suffix(".moved"))
+    try:
+        view = build_search_view(uri, "optuna")
+    finally:
+        db.with_suffix(".moved").rename(db)
+    assert view.importances == {} and any(f"no file {db}" in note for note in view.notes)
+    expected = sorted((round(100 * t.value, 6), t.params["model"]) for t in study.trials)
+    assert sorted((round(v, 6), m) for v, m in zip(view.trials["value"], view.trials["model"])) == expected
+    assert view.best()["value"] == pytest.approx(100 * _ranked(study)[0].value)
+
+
 def run_main_table(argv, capsys):
     from analysis.table import main
 
