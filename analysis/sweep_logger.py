@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
+from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
 from analysis.run_fields import (data_provenance, flatten, param_text, result_step, scalar_metrics, trial_run_name,
                                  trial_tags)
 from pix3d.errors import Pix3DError
@@ -42,6 +43,7 @@ PLACEMENT_KEYS = ("device_kind", "device_name", "gpu_ids", "gpus_given", "node",
 _CURVE_KEYS = ("train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc",
                "val_inplane_acc", "val_azimuth_acc_within1")
 _BATCH = 100               # MLflow's limit on params per log_batch
+SEARCH_TAG_PREFIX = "search."  # the parent run of a model-based search: its study (analysis.search_view)
 
 
 def code_version(cwd: str | Path | None = None) -> str:
@@ -84,6 +86,8 @@ class SweepInfo:
     code_version: str = "unknown"
     storage_path: str = ""
     tracking_uri: str = ""
+    # A model-based search: its Optuna study (search.study.search_tags); tags `search.<key>`.
+    search: dict = field(default_factory=dict)
 
     def description(self) -> str:
         """The parent run's note: what the sweep was and how to rebuild its table."""
@@ -130,6 +134,9 @@ class SweepLogger:
     def client(self):
         if self._client is None:
             from mlflow.tracking import MlflowClient
+            # MLflow prints a bare experiment address per finished run, which MLflow 3.17 opens
+            # on its GenAI side; the sweep prints its own links (analysis.mlflow_ui) instead.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
@@ -138,13 +145,15 @@ class SweepLogger:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.info.experiment)
             if found is None:
+                # Tagged for the UI (analysis.mlflow_ui): a training experiment, a grouped view.
                 self._experiment_id = self.client.create_experiment(
                     self.info.experiment, artifact_location=artifact_location(
-                        self.tracking_uri, self.info.experiment))
+                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags())
             else:
                 if found.lifecycle_stage == "deleted":
                     raise Pix3DError(f"MLflow experiment {self.info.experiment!r} is deleted; "
                                      "restore it or choose another --experiment")
+                ensure_ui_tags(self.client, found)
                 self._experiment_id = found.experiment_id
         return self._experiment_id
 
@@ -177,6 +186,7 @@ class SweepLogger:
             "sweep_id": info.sweep_id, ROLE_TAG: "sweep", "grid": info.grid,
             "command": info.command[:5000], "code_version": info.code_version,
             "storage_path": info.storage_path, "mlflow.note.content": info.description(),
+            **{f"{SEARCH_TAG_PREFIX}{key}": str(value) for key, value in info.search.items()},
         }
         run = self.client.create_run(self.experiment_id, run_name=info.sweep_name, tags=tags)
         run_id = run.info.run_id

@@ -8,7 +8,9 @@ a model was run at several), columns the four modality subsets of the published 
 Each cell is mean ± std over seeds with n, in %, and the published value beside it; a
 majority-class row says what 'learned nothing' scores. Files: table.md, table.csv,
 table.png (and lr.png for learning-rate sweeps), written atomically to --out and logged to
-the sweep's parent run.
+the sweep's parent run, with every cell as a parent-run metric (`table.<model>.<subset>`,
+`table.majority.<subset>`) so that MLflow's chart view shows the table; the command ends with
+the links that open the experiment's training runs in the MLflow UI (analysis.mlflow_ui).
 
 `--metric` picks any metric of `METRICS` (accuracies in %, the median angular error in
 degrees, labelled lower-is-better); `--by category` gives the per-category breakdown (rows =
@@ -22,16 +24,20 @@ arithmetic can be checked against Tune's own results.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from analysis.cells import METRICS, Table, metric_spec
+from analysis.cells import METRICS, Row, Table, metric_spec
 from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
 from analysis.summary import summarise, summarise_by_category
 from analysis.mlflow_store import default_tracking_uri
+from analysis.mlflow_ui import experiment_review_lines
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path, ensure_writable_dir
+from pix3d.metrics import metric_key_part
+from pix3d.models import TABLE_METRIC
 
 FORMATS = ("md", "csv", "latex")
 
@@ -99,19 +105,51 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
             lr_points(table), out_dir / "lr.png",
             title=f"{table.experiment}: {table.metric} ({table.at}) against learning rate")
     if log_to_mlflow:
-        log_table_files(table, written.values(), out_dir)
+        log_table_files(table, written.values(), out_dir, metrics=table_metrics(table))
     return written
 
 
-def log_table_files(table, paths, out_dir: Path) -> None:
-    """The written table files as `table/` artifacts of the sweep's parent run (when the table
-    knows it: `parent_run_id`, `tracking_uri`); a failure names the run, the files stay."""
+def _row_key(row: Row) -> str:
+    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05]."""
+    parts = [metric_key_part(p) for p in (row.model, row.modalities) if p]
+    if row.seed_quirks is not None:
+        parts.append("quirks_on" if row.seed_quirks else "quirks_off")
+    if row.lr is not None:
+        parts.append(f"lr_{row.lr:g}")  # digits, '.', 'e', '-': a valid metric name as it is
+    return ".".join(parts)
+
+
+def table_metrics(table: Table) -> dict[str, float]:
+    """Every filled cell's mean (in the table's unit) and the majority baseline, as metrics of
+    the parent run, so the UI's chart view shows the table: `table.<row>.<column>` and
+    `table.majority.<column>` for the published table (last epoch, by subset), else under
+    `table.<metric>.<at>[.by_category]`."""
+    prefix = "table"
+    if (table.metric, table.at, table.by) != (TABLE_METRIC, "last", "subset"):
+        prefix += f".{table.metric}.{table.at}" + (".by_category" if table.by == "category" else "")
+    cells = [(_row_key(row), row.cells) for row in table.rows] + [("majority", table.baseline)]
+    return {f"{prefix}.{row}.{metric_key_part(column)}": cell.mean
+            for row, by_column in cells for column, cell in by_column.items()
+            if cell.n and math.isfinite(cell.mean)}
+
+
+def log_table_files(table, paths, out_dir: Path, *, metrics: Mapping[str, float] | None = None,
+                    artifact_path: str = "table") -> None:
+    """The written files as `<artifact_path>/` artifacts of the sweep's parent run (when the
+    table knows it: `parent_run_id`, `tracking_uri`), and `metrics` (step 0) on it; a failure
+    names the run, the files stay."""
     if not (table.parent_run_id and table.tracking_uri):
         return
     try:
+        from mlflow.entities import Metric
+
         client = client_for(table.tracking_uri)
         for path in paths:
-            client.log_artifact(table.parent_run_id, str(path), artifact_path="table")
+            client.log_artifact(table.parent_run_id, str(path), artifact_path=artifact_path)
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), stamp, 0) for key, value in (metrics or {}).items()]
+        for i in range(0, len(batch), 1000):
+            client.log_batch(table.parent_run_id, metrics=batch[i:i + 1000])
     except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
         raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
                          f"{table.parent_run_id} failed: {one_line(exc)}") from None
@@ -142,19 +180,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = args.mlflow_uri or default_tracking_uri()
     out = Path(args.out) if args.out else Path("table_out") / args.experiment
     ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
-    from analysis import fusion_table
+    from analysis import fusion_table, search_view
 
     if fusion_table.is_fusion_experiment(uri, args.experiment):
         # Relative-pose sweeps (fusion grids): rotation error by fusion x weights x loss.
         table = fusion_table.build_table(uri, args.experiment, at=args.at)
         files = fusion_table.write_table(table, out, log_to_mlflow=not args.no_log)
-        print(table.render(args.format), end="")
-        print(f"\nwrote {', '.join(str(p) for p in files.values())}")
-        return 0
-    table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
-    files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
+    elif search_view.is_search_experiment(uri, args.experiment):
+        # A model-based search (TPE + ASHA): best configuration, top trials, importances, plots.
+        table = search_view.build_search_view(uri, args.experiment)
+        table.render(args.format)  # an unsupported --format fails before anything is written
+        files = search_view.write_search_view(table, out, log_to_mlflow=not args.no_log)
+    else:
+        table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
+        files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
+    for line in experiment_review_lines(uri, args.experiment):
+        print(line)
     return 0
 
 

@@ -101,16 +101,25 @@ class Grid:
             return []
         return expand(self.param_space(seeds, budget))
 
-    def search_alg(self, metric: str = OPTUNA_METRIC, mode: str = OPTUNA_MODE, seed: int = 0):
-        """TPE (Optuna) behind a concurrency limit, or None for a plain grid."""
+    def search_alg(self, metric: str = OPTUNA_METRIC, mode: str = OPTUNA_MODE, seed: int = 0, *,
+                   storage=None, study_name: str | None = None):
+        """TPE (Optuna) behind a concurrency limit, or None for a plain grid. `storage` (an
+        Optuna RDB storage) and `study_name` keep the study on disk (search.study): a study
+        that exists there is continued, its trials known to TPE."""
         if not self.is_search:
             return None
         from optuna.samplers import TPESampler
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=seed))
+        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=seed),
+                                storage=storage, study_name=study_name)
         return ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent)
+
+    @property
+    def search_params(self) -> tuple[str, ...]:
+        """The config keys the search proposes (empty for a grid)."""
+        return tuple(self.search_space)
 
     def scheduler(self, max_epochs: int, metric: str = OPTUNA_METRIC, mode: str = OPTUNA_MODE):
         """ASHA for a search (one rung per epoch, up to the run's epochs), None for a grid."""

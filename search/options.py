@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegative_int, positive_float,
                        positive_int)
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
-from search.grids import GRIDS, get_grid
+from search.grids import GRIDS, Grid, get_grid
 from search.storage import experiment_path
 
 SWEEP_SETTINGS_FILE = "search_run.json"
 # Settings that decide what the trials are; saved with the sweep so --resume rebuilds them.
-SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs")
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -38,6 +38,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--budget", default="auto", help="auto | quick | paper (auto = paper on a GPU, quick otherwise)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="override the epochs of the budget and grid")
     parser.add_argument("--seeds", type=nonnegative_int, default=None, help="seeds per configuration (default: the grid's)")
+    parser.add_argument("--samples", type=positive_int, default=None,
+                        help="a search grid (optuna): how many configurations TPE proposes (default: the grid's)")
     parser.add_argument("--address", default=None, help="join a running Ray cluster: auto | HOST:PORT (default: local Ray)")
     parser.add_argument("--storage", default="ray_results", help="results/checkpoints root: PATH (shared on a cluster) or URI")
     parser.add_argument("--experiment", type=nonempty_str, default=None, help="sweep name under --storage and in MLflow (default: the grid name)")
@@ -69,6 +71,7 @@ class SweepSettings:
     budget: str
     seeds: int | None
     epochs: int | None
+    samples: int | None = None  # a search's size (None: the grid's num_samples)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in SWEEP_KEYS}
@@ -148,7 +151,7 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     # Absolute paths, so that --resume works from any working folder.
     data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
     cache = str(args.cache.expanduser().resolve()) if args.cache else None
-    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs)
+    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples)
     if not args.resume:
         return fresh
     sweep_path = experiment_path(storage, experiment)
@@ -158,4 +161,17 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
         raise UsageError(f"--resume: sweep {experiment!r} ran grid {settings.grid!r}, not {args.grid!r}")
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
+    if saved is not None and args.samples is not None and args.samples != settings.samples:
+        raise UsageError(f"--samples: a resumed search keeps the size it started with "
+                         f"({settings.samples or 'the grid default'}); drop --samples {args.samples}")
     return settings
+
+
+def sized_grid(grid: Grid, samples: int | None) -> Grid:
+    """`grid` with `samples` configurations when it is a search; --samples on a grid is refused."""
+    if samples is None:
+        return grid
+    if not grid.is_search:
+        raise UsageError(f"--samples: grid {grid.name} is an exhaustive grid, not a search; "
+                         "use --seeds, or a search grid (optuna)")
+    return replace(grid, num_samples=samples)

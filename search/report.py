@@ -32,8 +32,9 @@ def sweep_tracking_uri(args: argparse.Namespace, sweep_path: str) -> str | None:
 
 
 def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, command: str, manifest: dict,
-                       storage: str, uri: str | None = None) -> list:
-    """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed."""
+                       storage: str, uri: str | None = None, search: dict | None = None) -> list:
+    """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed.
+    `search`: a model-based search's study (search.study.search_tags), for its parent run."""
     if args.no_mlflow:
         return []
     try:
@@ -45,16 +46,21 @@ def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, 
     uri = uri or args.mlflow_uri or default_tracking_uri()
     print(f"MLflow: {uri} (experiment {experiment})")
     return [MLflowTrackingCallback(uri, experiment, sweep_name=experiment, grid=grid, command=command,
-                                   data_manifest=manifest, storage_path=storage)]
+                                   data_manifest=manifest, storage_path=storage, search=search)]
 
 
-def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None) -> None:
-    """Rebuild the azimuth table from MLflow (`uri`: the sweep's store) and write md/csv/png."""
+def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None,
+                 is_search: bool = False) -> None:
+    """Rebuild the azimuth table (a search: its view) from MLflow (`uri`: the sweep's store)
+    and write its files."""
     if args.no_mlflow:
         return
     try:
         if trainable == "relpose":  # rotation error by fusion x weights x loss
             from analysis.fusion_table import build_table, write_table
+        elif is_search:  # best configuration, top trials, importances, history (analysis.search_view)
+            from analysis.search_view import build_search_view as build_table
+            from analysis.search_view import write_search_view as write_table
         else:
             from analysis.table import build_table, write_table
         from analysis.mlflow_store import default_tracking_uri
@@ -143,7 +149,12 @@ def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experim
     failed = counts.get("ERROR", 0)
     print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
     print("\n".join(lines))
-    report_table(args, experiment=experiment, trainable=trainable, uri=uri)
+    report_table(args, experiment=experiment, trainable=trainable, uri=uri, is_search=is_search)
+    if uri:
+        from analysis.mlflow_ui import experiment_review_lines
+
+        for line in experiment_review_lines(uri, experiment):
+            print(line)
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not is_search else 0)
     if pending:
         # Interrupted (Ctrl-C): Tune saved its state; the same sweep continues from here.

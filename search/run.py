@@ -36,10 +36,12 @@ from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
 from search.grids import Grid, describe_grids, get_grid
-from search.options import SweepSettings, check_options, experiment_name, get_args_parser, settings_for, write_settings
+from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
+                            write_settings)
 from search.plan import build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
 from search.storage import check_sweep_folder, experiment_path, storage_for
+from search.study import search_tags, study_location
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage = storage_for(args)
     sweep_path = experiment_path(storage, experiment)
     settings = settings_for(args, storage, experiment)
-    grid = get_grid(settings.grid)
+    grid = sized_grid(get_grid(settings.grid), settings.samples)
     if args.address and not args.dry_run and __name__ == "__main__":
         # As the command only (a library caller keeps its process): Ray reads RAY_AUTH_MODE on
         # import, so this may restart the command in token mode, before any output or work.
@@ -106,7 +108,8 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
         if not args.resume:
             write_settings(sweep_path, settings, command, uri)
         callbacks = tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
-                                       manifest=getattr(data, "manifest", {}), storage=storage, uri=uri)
+                                       manifest=getattr(data, "manifest", {}), storage=storage, uri=uri,
+                                       search=search_info(grid, sweep_path, experiment))
         if args.resume:
             print(f"resuming sweep {sweep_path}")
             if args.mlflow_uri:
@@ -119,6 +122,16 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
                          callbacks=callbacks, resume=args.resume)
     finally:
         ray.shutdown()
+
+
+def search_info(grid: Grid, sweep_path: str, experiment: str) -> dict | None:
+    """For a model-based search, what its MLflow parent run records (search.study); else None."""
+    if not grid.is_search:
+        return None
+    from search.grids import OPTUNA_METRIC, OPTUNA_MODE
+
+    return search_tags(study_location(sweep_path, experiment), metric=OPTUNA_METRIC, mode=OPTUNA_MODE,
+                       params=grid.search_params)
 
 
 def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
@@ -174,8 +187,14 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
 
     trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable)
     sweep_path = experiment_path(storage, experiment)
+    study = study_location(sweep_path, experiment) if grid.is_search else None
+    if study is not None and study.storage:
+        done = study.trial_count()
+        print(f"Optuna study {study.name!r} in {study.storage}: "
+              + (f"continued, {done} trial(s) so far" if done else "new"))
     started = time.time()
     if resume:
+        # The searcher comes back from Tune's state with its storage: the same study goes on.
         tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         run_config = tune.RunConfig(
@@ -189,7 +208,7 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             verbose=1,
         )
         tune_config = tune.TuneConfig(
-            search_alg=grid.search_alg(),
+            search_alg=grid.search_alg(storage=study and study.open_storage(), study_name=study and study.name),
             scheduler=grid.scheduler(int(space.get("epochs", 1))),
             num_samples=grid.num_samples if grid.is_search else 1,
             max_concurrent_trials=max_concurrent,
