@@ -214,13 +214,6 @@ GRIDS: dict[str, Grid | FusionGrid] = {
             lrs=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3),
         ),
         Grid(
-            "split",
-            "how much a random split flatters the table: the ablation on the published split "
-            "and on by_model (no CAD model on both sides), side by side",
-            axes={"split": ("published", "by_model")},
-            default_seeds=3,
-        ),
-        Grid(
             "optuna",
             "TPE over lr, batch size, weight decay (model a choice, all four modalities), ASHA early stop",
             search_space={
@@ -245,6 +238,13 @@ GRIDS: dict[str, Grid | FusionGrid] = {
             "the published notebook as it ran: quirks on, lr 1e-4 for both, no schedule, fp32, batch 10",
             lrs=(1e-4,),
             fixed={**AS_RUN, "seed_quirks": True},
+        ),
+        Grid(
+            "split",
+            "how much a random split flatters the table: the ablation on the published split "
+            "and on by_model (no CAD model on both sides), side by side",
+            axes={"split": ("published", "by_model")},
+            default_seeds=3,
         ),
         Grid(
             "smoke",

@@ -38,6 +38,7 @@ def test_a_plugin_that_does_not_import_is_one_error_naming_it(monkeypatch, isola
         model_registry.list_models()
 
 
+@pytest.mark.slow  # a whole CLI sweep with its own Ray start-up: ~1 min on a loaded 2-core machine
 def test_a_toy_model_runs_through_a_smoke_sweep_and_lands_in_the_table(tmp_path):
     folder, cache = make_tiny_dataset(tmp_path)
     env = dict(cli_env(), **{model_registry.PLUGINS_ENV: "tests.toy_model"})
