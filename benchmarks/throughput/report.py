@@ -98,6 +98,7 @@ def _sweep_lines(r: dict) -> list[str]:
              f"     checkpoint write ({human_bytes(f.get('checkpoint_bytes') or 0)})       "
              f"{_f(f.get('checkpoint_save_s'), '.3f', ' s')} per epoch",
              f"     report + checkpoint round trip       {_f(f.get('report_round_trip_s'), '.3f', ' s')} per epoch",
+             f"     MLflow store creation (replayed)     {_f(s['mlflow_replay']['store_setup_s'], '.2f', ' s')}",
              f"     MLflow logging (replayed)            {_f(f.get('mlflow_per_trial_s'), '.2f', ' s')} per trial",
              f"     around the sweep in the command      {_f(s.get('around_sweep_s'), '.1f', ' s')} "
              "(interpreter, imports, Ray start, summary, table)"]
