@@ -108,7 +108,8 @@ def measure_trials(results: dict, data, sizes: Sizes, work: Path, log: Callable)
         log("3. one Tune trial ...")
         _, clock, _ = trials.tune_trials(config, data, storage=storage, experiment="one", callbacks=[tracking])
         results["tune"] = trials.tune_ratio(bare, clock)
-        results["fixed_costs"] = {"ray_start_s": ray_start, **trials.fixed_costs(bare, clock)}
+        results["fixed_costs"] = {"ray_start_s": ray_start, **trials.fixed_costs(bare, clock),
+                                  "mlflow_live_s": getattr(tracking, "logging_s", None)}
         log("5. two concurrent trials' memory ...")
         results["memory"] = trials.two_trial_memory({**config, "epochs": 1}, data, storage=storage,
                                                     probe_dir=work / "memory")

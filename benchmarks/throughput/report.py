@@ -92,14 +92,19 @@ def _sweep_lines(r: dict) -> list[str]:
              f"({s['command_without_data_ratio']:.3f}x with the data already there)",
              "   fixed costs:",
              f"     Ray start                            {_f(f.get('ray_start_s'), '.2f', ' s')}",
-             f"     trial start (actor, worker, data)    {_f(f.get('trial_start_s'), '.2f', ' s')}",
-             f"     trial set-up (imports, model)        {_f(f.get('trial_setup_s'), '.2f', ' s')}",
+             f"     sweep start (Tune, cache, 1st actor) {_f(f.get('sweep_start_s'), '.2f', ' s')}",
+             f"     trial start (data from the store)    {_f(f.get('trial_start_s'), '.2f', ' s')}",
+             f"     trial set-up (split, stats, model)   {_f(f.get('trial_setup_s'), '.2f', ' s')}",
+             f"     before 1st epoch, in the sweep       {_f(s.get('before_first_epoch_fresh_s'), '.2f', ' s')} "
+             f"in a fresh actor ({s.get('fresh_actor_trials')} trials), "
+             f"{_f(s.get('before_first_epoch_reused_s'), '.2f', ' s')} in a reused one ({s.get('actors')} actors)",
              f"     first epoch over a later one         {_f(f.get('first_epoch_extra_s'), '.2f', ' s')}",
              f"     checkpoint write ({human_bytes(f.get('checkpoint_bytes') or 0)})       "
              f"{_f(f.get('checkpoint_save_s'), '.3f', ' s')} per epoch",
              f"     report + checkpoint round trip       {_f(f.get('report_round_trip_s'), '.3f', ' s')} per epoch",
              f"     MLflow store creation (replayed)     {_f(s['mlflow_replay']['store_setup_s'], '.2f', ' s')}",
-             f"     MLflow logging (replayed)            {_f(f.get('mlflow_per_trial_s'), '.2f', ' s')} per trial",
+             f"     MLflow logging (replayed)            {_f(f.get('mlflow_per_trial_s'), '.2f', ' s')} per trial"
+             f" (live, one trial: {_f(f.get('mlflow_live_s'), '.2f', ' s')} on the logging thread)",
              f"     around the sweep in the command      {_f(s.get('around_sweep_s'), '.1f', ' s')} "
              "(interpreter, imports, Ray start, summary, table)"]
     return lines

@@ -123,8 +123,19 @@ def sweep_figures(plan: SweepPlan, command_s: float, stdout: str, data_s: float)
             "trials_time_total_s": trained, "ideal_s": ideal, "sweep_s": sweep, "sweep_ratio": sweep / ideal,
             "data_s": data_s, "command_s": command_s, "command_ratio": (data_s + command_s) / ideal,
             "command_without_data_ratio": command_s / ideal, "around_sweep_s": command_s - sweep,
-            "first_epoch_s": _mean([t[0]["time_this_iter_s"] for t in trials]),
-            "later_epoch_s": _mean([r["time_this_iter_s"] for t in trials for r in t[1:]])}
+            **actor_figures(trials)}
+
+
+def actor_figures(trials: list[list[dict]]) -> dict:
+    """How many actors (processes) ran the trials, and the seconds a trial spent before its first
+    epoch (its first iteration less that epoch) in a fresh actor and in a reused one."""
+    fresh, reused, seen = [], [], set()
+    for reports in sorted(trials, key=lambda t: t[0].get("started_at") or 0.0):
+        first = reports[0]
+        (reused if first["pid"] in seen else fresh).append(first["time_this_iter_s"] - first["epoch_time_s"])
+        seen.add(first["pid"])
+    return {"actors": len(seen), "fresh_actor_trials": len(fresh), "before_first_epoch_fresh_s": _mean(fresh),
+            "before_first_epoch_reused_s": _mean(reused)}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -31,6 +31,7 @@ class TrialClock(tune.Callback):
 
     def __init__(self) -> None:
         self.trials: dict[str, dict] = {}
+        self.fit_called: float | None = None   # set by tune_trials just before the sweep runs
 
     def _trial(self, trial) -> dict:
         return self.trials.setdefault(trial.trial_id, {"start": None, "results": [], "end": None})
@@ -83,6 +84,7 @@ def tune_trials(space: dict, data, *, storage: str, experiment: str, callbacks: 
     from search.run import run_sweep
 
     clock = TrialClock()
+    clock.fit_called = time.time()
     started = time.perf_counter()
     results = run_sweep(get_grid("smoke"), space, data, storage=storage, experiment=experiment,
                         max_failures=0, callbacks=[clock, *callbacks], function=function)
@@ -110,18 +112,21 @@ def tune_ratio(bare: dict, clock: TrialClock) -> dict:
 
 
 def fixed_costs(bare: dict, clock: TrialClock) -> dict:
-    """Seconds per trial: the start (driver's start to the trial function's first line: actor,
-    worker, imports of the trainable, the data from the object store), the set-up inside the
-    function before its first epoch (torch and pix3d imports, split, statistics, model), the
-    first epoch's warm-up over a later one, and the per-epoch report-and-checkpoint round trip."""
+    """Seconds: the sweep's start (run_sweep called to the first trial started: Tune's set-up,
+    the cache into the object store, the first actor with the trainable's imports); per trial
+    its start (Tune's start to the trial function's first line: the data from the object
+    store), its set-up before the first epoch (split, statistics, model, and whatever is
+    imported there), the first epoch's warm-up over a later one, and the per-epoch
+    report-and-checkpoint round trip."""
     trials = [t for t in clock.trials.values() if t["results"]]
+    first_start = min(t["start"] for t in trials)
     starts = [t["results"][0]["started_at"] - t["start"] for t in trials]
     round_trips = [r["time_this_iter_s"] - r["epoch_time_s"] for t in trials for r in t["results"][1:]]
     round_trip = statistics.mean(round_trips) if round_trips else None
-    setups = [t["results"][0]["time_this_iter_s"] - t["results"][0]["epoch_time_s"] - (round_trip or 0.0)
-              for t in trials]
+    setups = [t["results"][0]["time_this_iter_s"] - start - t["results"][0]["epoch_time_s"] - (round_trip or 0.0)
+              for t, start in zip(trials, starts)]
     epochs = bare["epoch_time_s"]
-    return {"trial_start_s": statistics.mean(starts), "trial_setup_s": statistics.mean(setups),
+    return {"sweep_start_s": first_start - clock.fit_called, "trial_start_s": statistics.mean(starts), "trial_setup_s": statistics.mean(setups),
             "first_epoch_extra_s": epochs[0] - statistics.mean(epochs[1:]) if len(epochs) > 1 else None,
             "report_round_trip_s": round_trip, "checkpoint_save_s": bare["checkpoint_save_s"],
             "checkpoint_bytes": bare["checkpoint_bytes"]}
