@@ -105,10 +105,10 @@ def measure_trials(results: dict, data, sizes: Sizes, work: Path, log: Callable)
         tracking = MLflowTrackingCallback(f"sqlite:///{work / 'tune.db'}", "throughput", sweep_name="one",
                                           grid="smoke", command="benchmarks.throughput",
                                           data_manifest=data.manifest, storage_path=storage)
-        log("3. one Tune trial ...")
-        _, clock, _ = trials.tune_trials(config, data, storage=storage, experiment="one", callbacks=[tracking])
-        results["tune"] = trials.tune_ratio(bare, clock)
-        results["fixed_costs"] = {"ray_start_s": ray_start, **trials.fixed_costs(bare, clock),
+        log("3. the trial in Tune, in a fresh actor then in the same actor reused ...")
+        fresh, reused, sweep_start = trials.fresh_and_reused(config, data, storage=storage, callbacks=[tracking])
+        results["tune"] = {**trials.tune_ratio(bare, reused), "fresh_actor": trials.tune_ratio(bare, fresh)}
+        results["fixed_costs"] = {"ray_start_s": ray_start, **trials.fixed_costs(bare, fresh, reused, sweep_start),
                                   "mlflow_live_s": getattr(tracking, "logging_s", None)}
         log("5. two concurrent trials' memory ...")
         results["memory"] = trials.two_trial_memory({**config, "epochs": 1}, data, storage=storage,

@@ -67,10 +67,12 @@ def _compute_lines(r: dict) -> list[str]:
 
 def _trial_lines(r: dict) -> list[str]:
     t, d, m = r["tune"], r["data_path"], r["memory"]
+    fresh = t["fresh_actor"]
     lines = ["", f"3. through Tune: {r['tune_config']}",
-             f"   bare fit {t['bare_images_per_s']:.2f} images/s ({t['bare_wall_s']:.1f} s); in one Tune trial "
+             f"   bare fit {t['bare_images_per_s']:.2f} images/s ({t['bare_wall_s']:.1f} s); in a Tune trial (reused actor) "
              f"{t['tune_images_per_s']:.2f} images/s over time_total_s ({t['time_total_s']:.1f} s): {t['ratio']:.3f}x",
-             f"   inside the loop only {t['loop_ratio']:.3f}x; driver's trial start to end {t['end_to_end_ratio']:.3f}x",
+             f"   inside the loop only {t['loop_ratio']:.3f}x; driver's trial start to end {t['end_to_end_ratio']:.3f}x; "
+             f"in a fresh actor {fresh['ratio']:.3f}x ({fresh['time_total_s']:.1f} s)",
              "", "4. data path: batch assembly from the cache (gather, channels, normalise, channels_last, to device)"]
     for row in d:
         lines.append(f"   {row['image_size']:>4} px ({row['source']}): {row['images_per_s']:.0f} images/s = "
@@ -92,9 +94,12 @@ def _sweep_lines(r: dict) -> list[str]:
              f"({s['command_without_data_ratio']:.3f}x with the data already there)",
              "   fixed costs:",
              f"     Ray start                            {_f(f.get('ray_start_s'), '.2f', ' s')}",
-             f"     sweep start (Tune, cache, 1st actor) {_f(f.get('sweep_start_s'), '.2f', ' s')}",
+             f"     sweep start: Tune set-up, cache      {_f(f.get('tune_setup_s'), '.2f', ' s')}",
+             f"     sweep start: first actor (+ torch)   {_f(f.get('first_actor_s'), '.2f', ' s')}",
+             f"     actor warm-up (once per actor)       {_f(f.get('actor_warm_up_s'), '.2f', ' s')}",
              f"     trial start (data from the store)    {_f(f.get('trial_start_s'), '.2f', ' s')}",
-             f"     trial set-up (split, stats, model)   {_f(f.get('trial_setup_s'), '.2f', ' s')}",
+             f"     trial set-up (split, stats, model)   {_f(f.get('trial_setup_s'), '.2f', ' s')} "
+             f"(bare fit: {_f(f.get('bare_setup_s'), '.2f', ' s')})",
              f"     before 1st epoch, in the sweep       {_f(s.get('before_first_epoch_fresh_s'), '.2f', ' s')} "
              f"in a fresh actor ({s.get('fresh_actor_trials')} trials), "
              f"{_f(s.get('before_first_epoch_reused_s'), '.2f', ' s')} in a reused one ({s.get('actors')} actors)",

@@ -3,9 +3,11 @@
 Owns `bare_fit` (`pix3d.train.fit` in this process, as the trial's config says, and what one
 checkpoint write costs), `tune_trials` (the same config as trials of `search.run.run_sweep`,
 the sweep's own code path, with `TrialClock` recording on the driver when each trial started,
-reported and ended), `tune_ratio` (images/s inside the trial against the bare loop),
-`fixed_costs` (trial start with its imports, first epoch, the report-and-checkpoint round trip)
-and `two_trial_memory` (two concurrent trials through `memory.train_pose_sampled`).
+reported and ended), `fresh_and_reused` (the trial twice: in a fresh actor, then in the same
+actor reused, as a sweep runs most of its trials), `tune_ratio` (a trial's images/s against
+the bare loop), `fixed_costs` (sweep start, an actor's warm-up, trial start and set-up, first
+epoch, checkpoint and report round trip) and `two_trial_memory` (two concurrent trials
+through `memory.train_pose_sampled`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class TrialClock(tune.Callback):
     def __init__(self) -> None:
         self.trials: dict[str, dict] = {}
         self.fit_called: float | None = None   # set by tune_trials just before the sweep runs
+        self.setup_called: float | None = None  # Tune set up its callbacks: its loop is about to start
+
+    def setup(self, **info):
+        self.setup_called = time.time()
 
     def _trial(self, trial) -> dict:
         return self.trials.setdefault(trial.trial_id, {"start": None, "results": [], "end": None})
@@ -77,7 +83,7 @@ def bare_fit(config: dict, data) -> dict:
 
 
 def tune_trials(space: dict, data, *, storage: str, experiment: str, callbacks: Sequence = (),
-                function=None) -> tuple[object, TrialClock, float]:
+                function=None, max_concurrent: int | None = None) -> tuple[object, TrialClock, float]:
     """Run `space` through `search.run.run_sweep` (the `smoke` grid's settings: no search, no
     scheduler); (ResultGrid, its TrialClock, driver wall seconds of tuner.fit)."""
     from search.grids import get_grid
@@ -87,18 +93,39 @@ def tune_trials(space: dict, data, *, storage: str, experiment: str, callbacks: 
     clock.fit_called = time.time()
     started = time.perf_counter()
     results = run_sweep(get_grid("smoke"), space, data, storage=storage, experiment=experiment,
-                        max_failures=0, callbacks=[clock, *callbacks], function=function)
+                        max_failures=0, max_concurrent=max_concurrent, callbacks=[clock, *callbacks],
+                        function=function)
     wall = time.perf_counter() - started
     if results.errors:
         raise RuntimeError(f"benchmark trial failed: {results.errors[0]}")
     return results, clock, wall
 
 
-def tune_ratio(bare: dict, clock: TrialClock) -> dict:
-    """The one trial's images/s against the bare loop's: inside the training loop (reported
-    images_per_s), over Tune's training time (time_total_s), and from the driver's trial start
-    to its end (with the actor start and imports)."""
-    (trial,) = clock.trials.values()
+def fresh_and_reused(config: dict, data, *, storage: str, callbacks: Sequence = ()) -> tuple[dict, dict, dict]:
+    """The same trial twice, one after the other (the sweep's actor reuse): the first in a fresh
+    actor, the second in the first one's actor. (fresh, reused) TrialClock entries and the
+    sweep's start in seconds: run_sweep's call to Tune's loop (`tune_setup_s`: the cache into
+    the object store, the Tuner, the callbacks), then to the first trial's start
+    (`first_actor_s`: a worker loading the trainable, torch with it)."""
+    space = {**config, "seed": tune.grid_search([config.get("seed", 0)] * 2)}
+    _, clock, _ = tune_trials(space, data, storage=storage, experiment="one", callbacks=callbacks, max_concurrent=1)
+    fresh, reused = sorted(clock.trials.values(), key=lambda t: t["start"])
+    if fresh["results"][0]["pid"] != reused["results"][0]["pid"]:
+        raise RuntimeError("benchmark: the second trial did not run in the first one's actor")
+    return fresh, reused, {"tune_setup_s": clock.setup_called - clock.fit_called,
+                           "first_actor_s": fresh["start"] - clock.setup_called}
+
+
+def _before_first_epoch(trial: dict) -> float:
+    """Seconds of the trial's first iteration that are not its first epoch."""
+    first = trial["results"][0]
+    return first["time_this_iter_s"] - first["epoch_time_s"]
+
+
+def tune_ratio(bare: dict, trial: dict) -> dict:
+    """A trial's images/s against the bare loop's: over Tune's training time (time_total_s, the
+    target), inside the training loop only (reported images_per_s), and from the driver's trial
+    start to its end."""
     results = trial["results"]
     images = sum(r["n_train"] for r in results)
     loop = statistics.mean(r["images_per_s"] for r in results)
@@ -111,25 +138,26 @@ def tune_ratio(bare: dict, clock: TrialClock) -> dict:
             "bare_wall_s": bare["wall_s"], "time_total_s": total, "driver_trial_s": end_to_end}
 
 
-def fixed_costs(bare: dict, clock: TrialClock) -> dict:
-    """Seconds: the sweep's start (run_sweep called to the first trial started: Tune's set-up,
-    the cache into the object store, the first actor with the trainable's imports); per trial
+def fixed_costs(bare: dict, fresh: dict, reused: dict, sweep_start: dict) -> dict:
+    """Seconds: the sweep's start (`fresh_and_reused`); a fresh actor's warm-up (what its first trial spends before its first epoch beyond a
+    reused actor's trial: torch's lazily imported parts, first use of every kernel); per trial
     its start (Tune's start to the trial function's first line: the data from the object
-    store), its set-up before the first epoch (split, statistics, model, and whatever is
-    imported there), the first epoch's warm-up over a later one, and the per-epoch
-    report-and-checkpoint round trip."""
-    trials = [t for t in clock.trials.values() if t["results"]]
-    first_start = min(t["start"] for t in trials)
-    starts = [t["results"][0]["started_at"] - t["start"] for t in trials]
-    round_trips = [r["time_this_iter_s"] - r["epoch_time_s"] for t in trials for r in t["results"][1:]]
-    round_trip = statistics.mean(round_trips) if round_trips else None
-    setups = [t["results"][0]["time_this_iter_s"] - start - t["results"][0]["epoch_time_s"] - (round_trip or 0.0)
-              for t, start in zip(trials, starts)]
+    store), its set-up (split, statistics, model, optimizer: what the bare fit spends before
+    its first epoch too), the first epoch's warm-up over a later one, and per epoch the
+    checkpoint write and the report-and-checkpoint round trip."""
+    first = reused["results"][0]
+    trial_start = first["started_at"] - reused["start"]
+    round_trips = [r["time_this_iter_s"] - r["epoch_time_s"] for r in reused["results"][1:]]
+    round_trip = statistics.mean(round_trips) if round_trips else 0.0
     epochs = bare["epoch_time_s"]
-    return {"sweep_start_s": first_start - clock.fit_called, "trial_start_s": statistics.mean(starts), "trial_setup_s": statistics.mean(setups),
+    return {**sweep_start,
+            "actor_warm_up_s": _before_first_epoch(fresh) - _before_first_epoch(reused),
+            "trial_start_s": trial_start,
+            "trial_setup_s": _before_first_epoch(reused) - trial_start - round_trip,
+            "bare_setup_s": bare["wall_s"] - sum(epochs),
             "first_epoch_extra_s": epochs[0] - statistics.mean(epochs[1:]) if len(epochs) > 1 else None,
-            "report_round_trip_s": round_trip, "checkpoint_save_s": bare["checkpoint_save_s"],
-            "checkpoint_bytes": bare["checkpoint_bytes"]}
+            "report_round_trip_s": round_trip if round_trips else None,
+            "checkpoint_save_s": bare["checkpoint_save_s"], "checkpoint_bytes": bare["checkpoint_bytes"]}
 
 
 def two_trial_memory(config: dict, data, *, storage: str, probe_dir: Path) -> dict:
