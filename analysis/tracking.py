@@ -5,6 +5,11 @@ sweep ended) into calls of the sweep's `SweepLogger` (analysis.sweep_logger): on
 per sweep, one child run per trial. `analysis.sync` drives the same logger to replay a
 finished sweep from Ray's storage, so live logging and a replay produce the same runs.
 
+Off the trials' path: the hooks only queue the logging (copies of what Tune hands them), and
+one thread logs it in order, so neither Tune's event loop nor a trial waiting for its report
+to be taken waits on MLflow. The sweep's end waits until everything queued is logged, so the
+closing table reads complete runs.
+
 Degraded mode: a sweep must never fail because MLflow is down. Any MLflow error turns the
 logger off for the rest of the sweep with ONE warning that says how to replay; results stay
 in Ray's storage (`result.json` per trial) for `python -m analysis.sync`.
@@ -13,6 +18,9 @@ in Ray's storage (`result.json` per trial) for `python -m analysis.sync`.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +55,24 @@ def _trial_key(trial) -> str | None:
     return getattr(trial, "experiment_tag", None) or None
 
 
+LOGGING_NICENESS = 10   # the logging thread's nice value (Linux): trials come first on a busy machine
+
+
+def _yield_to_trials() -> None:
+    """Lower the calling thread's scheduling priority where the OS allows it per thread (Linux):
+    the logging then runs on idle CPU time instead of slowing the trials that share the cores
+    with the driver. Elsewhere (or when refused) it runs at normal priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOGGING_NICENESS)
+    except (AttributeError, OSError):
+        pass
+
+
+def _trial_fields(trial) -> tuple[str, dict, str | None]:
+    """What the logger needs of a trial, copied now (Tune goes on changing the trial)."""
+    return trial.trial_id, dict(trial.config), _trial_key(trial)
+
+
 class MLflowTrackingCallback(_TuneCallback):
     """Tune callback on the driver: a parent run per sweep and a child run per trial.
 
@@ -69,11 +95,14 @@ class MLflowTrackingCallback(_TuneCallback):
         self._logger: SweepLogger | None = None
         self.disabled = False
         self.warnings_issued = 0
+        self.logging_s = 0.0          # seconds the logging thread spent on MLflow
+        self._queue: queue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
 
-    # Tune pickles the run config (tuner.pkl): keep the client out of it.
+    # Tune pickles the run config (tuner.pkl): keep the client and the thread out of it.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_logger"] = None
+        state.update(_logger=None, _queue=None, _thread=None)
         return state
 
     @property
@@ -102,43 +131,74 @@ class MLflowTrackingCallback(_TuneCallback):
             self._degrade(exc)
             return None
 
-    # -- Tune hooks ----------------------------------------------------------------------
+    def _submit(self, action) -> None:
+        """Queue `action` for the logging thread (started on first use); it runs guarded, in order."""
+        if self._thread is None or not self._thread.is_alive():
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._drain, args=(self._queue,), daemon=True,
+                                            name="mlflow-tracking")
+            self._thread.start()
+        self._queue.put(action)
+
+    def _drain(self, actions: queue.SimpleQueue) -> None:
+        _yield_to_trials()
+        while (action := actions.get()) is not None:
+            started = time.perf_counter()
+            self._guard(action)
+            self.logging_s += time.perf_counter() - started
+
+    def flush(self) -> None:
+        """Wait until everything queued is logged (the thread ends; a later hook starts another)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    # -- Tune hooks: what Tune hands over is copied now, logged later on the thread ---------
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self._guard(save_sweep_info, self.info)
         # Don't let MLflow's HTTP client retry for minutes inside a sweep (user may override).
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        self._guard(check_reachable, self.tracking_uri)
-        self._guard(lambda: self.logger.parent_run_id())
+        self._submit(lambda: check_reachable(self.tracking_uri))
+        self._submit(lambda: self.logger.parent_run_id())
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        trial_id, config, key = _trial_fields(trial)
+
         def start():
-            self.logger.start_trial(trial.trial_id, trial.config, _trial_key(trial))
-            self.logger.reopen_trial(trial.trial_id)
-        self._guard(start)
+            self.logger.start_trial(trial_id, config, key)
+            self.logger.reopen_trial(trial_id)
+        self._submit(start)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        trial_id, config, key = _trial_fields(trial)
+        result = dict(result)
+
         def log():
-            self.logger.start_trial(trial.trial_id, trial.config, _trial_key(trial))
-            self.logger.log_result(trial.trial_id, result)
-        self._guard(log)
+            self.logger.start_trial(trial_id, config, key)
+            self.logger.log_result(trial_id, result)
+        self._submit(log)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        def end():
-            self.logger.start_trial(trial.trial_id, trial.config, _trial_key(trial))
-            self.logger.end_trial(trial.trial_id, "FINISHED", last_result=trial.last_result)
-        self._guard(end)
+        self._end(trial, "FINISHED", None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, "FAILED", _read_error(trial))
+
+    def _end(self, trial, status: str, error: str | None) -> None:
+        trial_id, config, key = _trial_fields(trial)
+        last_result = dict(trial.last_result or {})
+
         def end():
-            self.logger.start_trial(trial.trial_id, trial.config, _trial_key(trial))
-            self.logger.end_trial(trial.trial_id, "FAILED", last_result=trial.last_result,
-                                  error=_read_error(trial))
-        self._guard(end)
+            self.logger.start_trial(trial_id, config, key)
+            self.logger.end_trial(trial_id, status, last_result=last_result, error=error)
+        self._submit(end)
 
     def on_experiment_end(self, trials, **info):
-        n_failed = sum(1 for t in trials if t.status == "ERROR")
-        self._guard(lambda: self.logger.end_sweep(len(trials), n_failed))
+        n_trials, n_failed = len(trials), sum(1 for t in trials if t.status == "ERROR")
+        self._submit(lambda: self.logger.end_sweep(n_trials, n_failed))
+        self.flush()
 
     # Saved by Tune in the experiment folder: resume keeps the sweep_id, sync reads it back.
     def get_state(self) -> dict:

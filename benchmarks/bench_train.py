@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -26,10 +26,9 @@ from pix3d.models import get_model, list_models, published_lr
 from pix3d.train import BUDGETS, TrainConfig, fit, pose_loss
 
 
-def images_per_second(model_name: str, modalities, *, image_size: int, batch_size: int, precision: str,
-                      channels_last: bool, threads: int, device: torch.device, seconds: float = 3.0) -> float:
-    """Training steps per second x batch size, after one warm-up step."""
-    torch.set_num_threads(threads)
+def training_step(model_name: str, modalities, *, image_size: int, batch_size: int, precision: str,
+                  channels_last: bool, device: torch.device) -> Callable[[], None]:
+    """One full training step (forward, 3-head loss, backward, Adam) on a fixed random batch."""
     torch.manual_seed(0)
     model = get_model(model_name, modalities, image_size=image_size).to(device)
     x = torch.randn(batch_size, len(modality_channels(modalities)), image_size, image_size, device=device)
@@ -39,7 +38,7 @@ def images_per_second(model_name: str, modalities, *, image_size: int, batch_siz
         x = x.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
 
-    def step():
+    def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(x)
         loss = pose_loss(logits, y)
@@ -47,16 +46,31 @@ def images_per_second(model_name: str, modalities, *, image_size: int, batch_siz
         loss.backward()
         optimizer.step()
 
-    step()
+    return step
+
+
+def calls_per_second(call: Callable[[], object], *, seconds: float, device: torch.device,
+                     min_calls: int = 1) -> float:
+    """Calls of `call` per second over at least `seconds` (and `min_calls`), after one warm-up call."""
+    call()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    steps, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        step()
-        steps += 1
+    calls, started = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - started < seconds:
+        call()
+        calls += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - started)
+    return calls / (time.perf_counter() - started)
+
+
+def images_per_second(model_name: str, modalities, *, image_size: int, batch_size: int, precision: str,
+                      channels_last: bool, threads: int, device: torch.device, seconds: float = 3.0) -> float:
+    """Training steps per second x batch size, after one warm-up step."""
+    torch.set_num_threads(threads)
+    step = training_step(model_name, modalities, image_size=image_size, batch_size=batch_size,
+                         precision=precision, channels_last=channels_last, device=device)
+    return batch_size * calls_per_second(step, seconds=seconds, device=device)
 
 
 def get_args_parser() -> ArgumentParser:

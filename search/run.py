@@ -28,7 +28,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pix3d.cli import run_cli
 from pix3d.constants import parse_modalities
@@ -158,12 +158,15 @@ def _check_grid_modalities(grid: Grid, data) -> None:
         )
 
 
-def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable: str = "pose"):
-    """The grid's trainable (train_pose, or train_relpose for fusion grids) with the data in the
-    object store (once) and its resources."""
+def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable: str = "pose",
+                   function: Callable | None = None):
+    """The grid's trainable (train_pose, or train_relpose for fusion grids; `function` instead
+    when given) with the data in the object store (once) and its resources."""
     from ray import tune
 
-    if trainable == "relpose":
+    if function is not None:
+        train = function
+    elif trainable == "relpose":
         from trainables.relpose import train_relpose as train
     else:
         from trainables.pose import train_pose as train
@@ -174,18 +177,20 @@ def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable
 
 def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
-              max_failures: int = 2, callbacks: Sequence = (), resume: bool = False):
+              max_failures: int = 2, callbacks: Sequence = (), resume: bool = False,
+              function: Callable | None = None):
     """Run (or, with `resume`, restore and finish) one sweep on the connected Ray; the ResultGrid.
 
     The Python API behind the CLI: Ray must be initialised by the caller. A restored sweep
     gets the same with_parameters trainable, so the cache goes into the object store again
-    once and unfinished or errored trials continue from their last checkpoint.
+    once and unfinished or errored trials continue from their last checkpoint. `function`
+    replaces the grid's trainable function (benchmarks wrap train_pose to measure it).
     """
     from ray import tune
 
     from search.devices import NoRetryOnDeviceError
 
-    trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable)
+    trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable, function)
     sweep_path = experiment_path(storage, experiment)
     study = study_location(sweep_path, experiment) if grid.is_search else None
     if study is not None and study.storage:
@@ -212,10 +217,14 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             scheduler=grid.scheduler(int(space.get("epochs", 1))),
             num_samples=grid.num_samples if grid.is_search else 1,
             max_concurrent_trials=max_concurrent,
+            # A finished trial's actor runs the next trial: no new worker process, no second
+            # import of torch (seconds of CPU per trial, measured by benchmarks.throughput).
+            # A trial seeds everything it draws from, so it computes the same in a reused actor.
+            reuse_actors=True,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
-    print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.0f}s")
+    print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.1f}s")
     return results
 
 

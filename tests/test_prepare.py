@@ -125,6 +125,25 @@ def test_second_call_is_a_cache_hit_and_inputs_change_the_key(tmp_path):
     assert np.array_equal(np.asarray(reloaded.images), np.asarray(changed.images))
 
 
+def test_a_loaded_cache_pickles_its_images_out_of_band(tmp_path):
+    """Ray shares pickle-5 out-of-band buffers zero-copy; a memmap would be pickled inside the
+    bytes and every trial would unpickle a private copy of the cache."""
+    import pickle
+
+    root = write_pix3d_folder(tmp_path / "pix3d", 6)
+    prepared, _ = quiet_prepare(root, 24, tmp_path / "cache")
+    data = load_prepared(Path(prepared.manifest["cache_path"]))
+    assert isinstance(data.images, np.memmap)
+    buffers: list[pickle.PickleBuffer] = []
+    payload = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    assert data.images.nbytes in [buffer.raw().nbytes for buffer in buffers]
+    assert len(payload) < data.images.nbytes
+    copy = pickle.loads(payload, buffers=buffers)
+    assert type(copy.images) is np.ndarray and np.array_equal(copy.images, data.images)
+    assert copy.categories == data.categories and copy.manifest == data.manifest
+    assert isinstance(data.images, np.memmap)  # the original is untouched
+
+
 def test_precomputed_maps_are_used_and_recorded(tmp_path):
     root = write_pix3d_folder(tmp_path / "pix3d", 5, normals=True, boundaries=True)
     data, _ = quiet_prepare(root, 24, tmp_path / "cache")

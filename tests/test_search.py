@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray import tune
 
 from pix3d.cli import run_cli
 from pix3d.errors import Pix3DError
@@ -205,6 +206,21 @@ def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(r
         assert result.metrics["epoch"] == 3 and 0.0 <= result.metrics["val_azimuth_acc"] <= 1.0
         assert result.checkpoint is not None
         assert result.metrics["node_id"] == ray_session.get_runtime_context().get_node_id()
+
+
+def test_a_trial_in_a_reused_actor_computes_what_a_fresh_one_does(ray_session, tiny, tmp_path):
+    """run_sweep reuses a finished trial's actor: the second of two identical trials runs in the
+    first one's process (after it trained and set torch's state) and must report the same numbers."""
+    _, _, data = tiny
+    grid = get_grid("smoke")
+    space = grid.param_space(1, BUDGETS["quick"])
+    space.update(model="separate_net", seed=tune.grid_search([0, 0]), cpus_per_trial=1, gpus_per_trial=0)
+    results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="reuse", max_concurrent=1)
+    assert len(results) == 2 and not results.errors
+    first, second = (result.metrics_dataframe for result in results)
+    assert set(first["pid"]) == set(second["pid"]) and len(set(first["pid"])) == 1, "the actor was not reused"
+    for key in ("train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc"):
+        assert list(first[key]) == list(second[key]), key
 
 
 def test_smoke_grid_end_to_end_through_the_cli(tiny, tmp_path):

@@ -133,3 +133,44 @@ def test_resume_continues_parent_without_duplicate_children(ray_session, tmp_pat
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert sorted(steps) == [1, 2, 3], "a step was lost or logged twice"
     assert len(results2) == 2
+
+
+def test_hooks_queue_the_logging_and_the_sweep_end_waits_for_it(tmp_path):
+    """The hooks return while the store is locked (a synchronous hook would wait out sqlite's
+    busy timeout and turn tracking off); the sweep's end logs everything queued."""
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment import Trial
+
+    from analysis.tracking import MLflowTrackingCallback
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments()  # the store's tables exist before it is locked
+    callback = MLflowTrackingCallback(uri, "queued", sweep_name="queued", grid="smoke", command="pytest",
+                                      data_manifest={}, storage_path=str(tmp_path / "ray"))
+    config = {"model": "combined_net", "modalities": "rgb", "lr": 1e-4, "seed": 0}
+    trial = Trial("tiny_pose_trainable", config=config, trial_id="t0001", stub=True)
+    lock = sqlite3.connect(db, timeout=60)
+    lock.execute("BEGIN EXCLUSIVE")       # no other connection can read or write the store now
+    try:
+        callback.setup()
+        callback.on_trial_start(0, [trial], trial)
+        for epoch in (1, 2):
+            result = {"epoch": epoch, "val_loss": 1.0 / epoch, "training_iteration": epoch}
+            trial.update_last_result(result)   # as Tune does before the hook
+            callback.on_trial_result(0, [trial], trial, result)
+        callback.on_trial_complete(0, [trial], trial)
+        assert callback._thread.is_alive() and not callback.disabled  # all of it still queued
+    finally:
+        lock.rollback()
+        lock.close()
+    trial.set_status(Trial.TERMINATED)
+    callback.on_experiment_end([trial])
+    assert not callback.disabled and callback.warnings_issued == 0 and callback.logging_s > 0
+    (run,) = client.search_runs([client.get_experiment_by_name("queued").experiment_id],
+                                "tags.trial_id = 't0001'")
+    assert run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_loss")] == [(1, 1.0), (2, 0.5)]

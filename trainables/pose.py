@@ -26,6 +26,9 @@ import ray
 from ray import tune
 
 from pix3d.errors import Pix3DError
+# At module level on purpose: a trial's actor imports this module (and so torch) when it loads
+# the trainable, before Tune's clock starts the trial; with actor reuse that is once per actor.
+from pix3d.train import TrainConfig, fit, load_checkpoint, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CRASH_MARKER = "crashed_once.marker"
@@ -45,8 +48,6 @@ def train_config_from_tune(config: Mapping[str, Any]):
     start a thread per core and oversubscribe it. A trial without GPUs is pinned to the CPU
     even on a GPU node: its GPU belongs to other trials.
     """
-    from pix3d.train import TrainConfig
-
     fields = {k: v for k, v in config.items() if k not in TUNE_ONLY_KEYS}  # "rgb+mask" parses in TrainConfig
     cpus = config.get("cpus_per_trial")
     if fields.get("threads") is None and cpus:
@@ -77,8 +78,6 @@ def check_trial_device(config: Mapping[str, Any], train_config) -> dict:
 
 def _restore_state() -> dict | None:
     """The latest checkpoint Tune hands this trial (after a retry or --resume), or None."""
-    from pix3d.train import load_checkpoint
-
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -100,8 +99,6 @@ def _maybe_crash(config: Mapping[str, Any], epoch: int) -> None:
 
 def train_pose(config: dict, data=None) -> None:
     """Function trainable: one pose-classifier training run, reported epoch by epoch."""
-    from pix3d.train import fit, save_checkpoint
-
     if data is None:
         raise Pix3DError("train_pose needs the prepared data: wrap it with tune.with_parameters(train_pose, data=...)")
     started_at = time.time()

@@ -57,6 +57,13 @@ class PreparedData:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __getstate__(self) -> dict:
+        """Pickled with the arrays as plain ndarrays (views, no copy): numpy pickles a subclass
+        such as the memmap `load_prepared` opens inside the pickle bytes, so every Ray trial
+        would unpickle its own private copy of the cache; a plain ndarray travels out of band
+        (pickle protocol 5) and trials read the object store's one copy in place."""
+        return {k: np.asarray(v) if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()}
+
 
 def _file_stamp(path: Path) -> str:
     """"size:mtime_ns" of a file, or "missing": what the cache key hashes per file."""
