@@ -4,6 +4,7 @@
   pose         pose angles of an annotation and the bin schemes that turn them into labels
   images       decoding one image file into a square uint8 crop (crop box, bit depth, colour)
   edges        the Canny-like edge detector that derives boundaries from rgb
+  predict      the published normals / boundaries networks (visualpriors) run on a photo's crop
   maps         where boundaries/normals come from (mirrored map folders) and how that is described
   cache        the prepared cache on disk: its key, size, `PreparedData`, `load_prepared`, clean-up
   prepare      `prepare()`: building a cache with worker processes, its meta and manifest

@@ -3,7 +3,7 @@
 Every later stage (angles, crops, caches) trusts these records, so all checks happen here,
 once, with messages that name the json file, the entry index, its `img` and the problem.
 Real Pix3D carries fields we do not use (2d_keypoints, 3d_keypoints, voxel, img_source,
-model_raw, ...); they are ignored. Its numbers are rounded to ~5 decimals, so geometric
+model_raw, ...), and so does the synthetic set; they are ignored, whatever they hold. Its numbers are rounded to ~5 decimals, so geometric
 checks use tolerances that accept rounding but catch wrong data.
 """
 

@@ -11,7 +11,14 @@ indistinguishable in layout from Pix3D:
                                     (n + 1) / 2 * 255, background 0
     boundaries/<category>/NNNN.png  occlusion and crease edges, 0/255
     model/<category>/<name>/model.obj
+    model/<category>/<name>/3d_keypoints.txt   the model's corner vertices, one "x y z" a line
     synthetic.json                  stamp: generator version, n, seed, size (reuse / overwrite)
+
+Every entry carries every key of a real Pix3D entry, with the same types: 2d_keypoints are
+the 3d keypoints projected into the image (one annotator; [-1, -1] where a point falls outside
+it, as real Pix3D marks a missing point), model_raw is the model itself, img_source and
+model_source name the generator, and voxel is "" (no voxel grid is generated: an empty path,
+never a file that is not there).
 
 Owns `SyntheticConfig` and `BUILTIN`, the model pools, the per-image `Plan`s, the writer
 `generate` (parallel, atomic), the stamps, `ensure_builtin` and the contact sheet
@@ -39,7 +46,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pix3d.constants import MODALITY_TABLE
+from pix3d.constants import MODALITY_TABLE, SENSOR_WIDTH_MM
 from pix3d.errors import UsageError
 from pix3d.fileio import atomic_dir, atomic_path
 from pix3d.render.camera import Camera, camera_pose, sample_camera
@@ -49,7 +56,11 @@ from pix3d.render.shapes import CATEGORIES
 
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
-GENERATOR_VERSION = 2  # 2: rot_mat / trans_mat / normals in Pix3D's camera frame (x left, y up)
+# 2: rot_mat / trans_mat / normals in Pix3D's camera frame (x left, y up)
+# 3: every real Pix3D key (2d / 3d keypoints, model_raw, voxel), 3d_keypoints.txt per model
+GENERATOR_VERSION = 3
+SOURCE = "pix3d.synthetic"  # img_source and model_source of every entry
+MISSING_POINT = [-1.0, -1.0]  # real Pix3D's 2d keypoint that is not in the image
 STAMP_NAME = "synthetic.json"
 
 
@@ -127,6 +138,41 @@ def model_name(category: str, model: int) -> str:
     return f"SYNTH_{category.upper()}_{model + 1:03d}"
 
 
+def model_keypoints(mesh: Mesh) -> np.ndarray:
+    """A model's 3d keypoints (K x 3, model frame, rounded as written): its outermost vertex
+    towards each of the 8 diagonal directions (+-x, +-y, +-z), duplicates dropped."""
+    points = []
+    for sx in (-1, 1):
+        for sy in (-1, 1):
+            for sz in (-1, 1):
+                vertex = mesh.vertices[int(np.argmax(mesh.vertices @ np.array([sx, sy, sz])))]
+                rounded = tuple(round(float(c), 6) for c in vertex)
+                if rounded not in points:
+                    points.append(rounded)
+    return np.array(points, dtype=np.float64)
+
+
+def write_keypoints(points: np.ndarray, path: Path) -> None:
+    """Pix3D's 3d_keypoints.txt: one "x y z" line per keypoint."""
+    path.write_text("".join(f"{x:.6f} {y:.6f} {z:.6f}\n" for x, y, z in points))
+
+
+def project_keypoints(points: np.ndarray, R: np.ndarray, t: np.ndarray, focal_mm: float,
+                      width: int, height: int) -> list[list[float]]:
+    """[u, v] of each keypoint in Pix3D's frame (u = cx - f X/Z, v = cy - f Y/Z), rounded to
+    0.01 px; MISSING_POINT for one outside the image or behind the camera."""
+    cam = points @ R.T + t
+    f = focal_mm * width / SENSOR_WIDTH_MM
+    out = []
+    for x, y, z in cam:
+        if z <= 0:
+            out.append(list(MISSING_POINT))
+            continue
+        u, v = round(width / 2 - f * x / z, 2), round(height / 2 - f * y / z, 2)
+        out.append([u, v] if 0 <= u < width and 0 <= v < height else list(MISSING_POINT))
+    return out
+
+
 def plan_images(config: SyntheticConfig, pool) -> list[Plan]:
     """One plan per image: category, model, camera and pose, all drawn from (seed, index)."""
     # Lazy, as in camera_pose: plans are made in the parent; the render workers stay torch-free.
@@ -190,24 +236,30 @@ def _write_one(args) -> dict:
     truncated = bool(rendering.mask[0].any() or rendering.mask[-1].any()
                      or rendering.mask[:, 0].any() or rendering.mask[:, -1].any())
     name = model_name(plan.category, plan.model)
+    folder = f"model/{plan.category}/{name}"
+    keypoints = model_keypoints(_WORKER_POOL[plan.category][plan.model][0])
+    focal = float(plan.camera.focal_mm)
     return {
         "img": f"img/{stem}",
         "category": plan.category,
         "img_size": [size, size],
-        "2d_keypoints": [],
+        "2d_keypoints": [project_keypoints(keypoints, R, t, focal, size, size)],
         "mask": f"mask/{stem}",
-        "img_source": "pix3d.synthetic",
-        "model": f"model/{plan.category}/{name}/model.obj",
-        "model_source": "pix3d.synthetic",
+        "img_source": SOURCE,
+        "model": f"{folder}/model.obj",
+        "model_raw": f"{folder}/model.obj",
+        "model_source": SOURCE,
+        "3d_keypoints": f"{folder}/3d_keypoints.txt",
+        "voxel": "",
         "rot_mat": R.tolist(),
         "trans_mat": t.tolist(),
-        "focal_length": plan.camera.focal_mm,
+        "focal_length": focal,
         "cam_position": plan.cam_position.tolist(),
-        "inplane_rotation": math.radians(plan.camera.inplane),
-        "bbox": bbox,
+        "inplane_rotation": float(math.radians(plan.camera.inplane)),
         "truncated": truncated,
         "occluded": False,
         "slightly_occluded": False,
+        "bbox": bbox,
     }
 
 
@@ -260,7 +312,9 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
         pool = build_models(config)
         for category, models in pool.items():
             for m, (mesh, _) in enumerate(models):
-                write_obj(mesh, tmp / "model" / category / model_name(category, m) / "model.obj")
+                folder = tmp / "model" / category / model_name(category, m)
+                write_obj(mesh, folder / "model.obj")
+                write_keypoints(model_keypoints(mesh), folder / "3d_keypoints.txt")
         plans = plan_images(config, pool)
         for modality in MODALITY_TABLE:
             for category in CATEGORIES:
