@@ -71,6 +71,11 @@ def get_args_parser() -> ArgumentParser:
                    help="image size, batch size, precision and channels_last come from this budget")
     p.add_argument("--runs", default="300x3,allx4",
                    help="comma-separated IMAGESxEPOCHS (IMAGES a number or 'all' = the whole training split)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="instead of the budget's image size (px)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="instead of the budget's batch size")
+    p.add_argument("--lr-schedule", choices=("step", "none"), default=None,
+                   help="instead of the budget's schedule (step: StepLR, x gamma every --step-size epochs)")
+    p.add_argument("--step-size", type=positive_int, default=None, help="instead of the budget's StepLR step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
@@ -122,11 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.lr <= 0:
         raise UsageError(f"--lr must be positive, got {args.lr}")
     overrides = {k: v for k, v in BUDGETS[args.budget].items() if k not in ("epochs", "max_train_images")}
+    for key in ("image_size", "batch_size", "lr_schedule", "step_size"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
 
     from pix3d.data.prepare import prepare
 
     data = prepare(args.data, overrides["image_size"], cache_dir=Path(args.cache) if args.cache else None)
-    title = (f"{args.model} {'+'.join(modalities)} lr {args.lr:g}, {overrides['image_size']} px, "
+    schedule = overrides.get("lr_schedule", "step")
+    if schedule == "step":
+        schedule = f"StepLR({overrides.get('step_size', TrainConfig.step_size)}, {overrides.get('gamma', TrainConfig.gamma):g})"
+    title = (f"{args.model} {'+'.join(modalities)} lr {args.lr:g} {schedule}, {overrides['image_size']} px, "
              f"batch {overrides['batch_size']}, data {args.data}")
     print(title)
     curves, majority = learning_curves(data, model=args.model, modalities=modalities, lr=args.lr, runs=runs,

@@ -1,6 +1,6 @@
 """What a sweep will run, decided before anything starts: budget, trials, GPU packing.
 
-Owns the budget (`auto` follows the trials' GPUs; the quick budget's default seeds), the Tune
+Owns the budget (`auto` follows the trials' GPUs; the CPU budgets' default seeds), the Tune
 param space handed to the Tuner, the dry run's listing of it, and the GPU plan: every GPU node
 probed for CUDA, and trials refused that cannot share a GPU's memory (search.devices).
 """
@@ -15,9 +15,10 @@ from search import fusion
 from search.grids import Grid, expand
 from search.options import SweepSettings
 
-# Seeds per configuration under the `quick` budget when --seeds is not given: two is the
-# fewest that gives a spread (mean +- std) and keeps the CPU ablation near ten minutes.
+# Seeds per configuration under the CPU budgets (`quick`, `cpu`) when --seeds is not given: two
+# is the fewest that gives a spread (mean +- std) and keeps the CPU ablation within its budget.
 QUICK_SEEDS = 2
+CPU_BUDGETS = ("quick", "cpu")
 
 
 def resolve_run_budget(budget: str, gpus_per_trial: float, log: Callable = print,
@@ -45,15 +46,16 @@ def resolve_run_budget(budget: str, gpus_per_trial: float, log: Callable = print
 
 def plan_budget(grid: Grid, settings: SweepSettings, args: argparse.Namespace,
                 log: Callable = print) -> tuple[SweepSettings, dict]:
-    """(settings, budget overrides): the grid's budget, and the quick budget's seeds when
+    """(settings, budget overrides): the grid's budget, and the CPU budgets' seeds when
     --seeds was not given."""
     if grid.trainable == "relpose":
         budget_name, overrides = fusion.resolve_budget(settings.budget, args.gpus_per_trial, log=log)
     else:
         budget_name, overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, log=log, device=args.device)
-    if settings.seeds is None and budget_name == "quick" and not grid.is_search and grid.default_seeds > QUICK_SEEDS:
+    if (settings.seeds is None and budget_name in CPU_BUDGETS and not grid.is_search
+            and grid.default_seeds > QUICK_SEEDS):
         settings = replace(settings, seeds=QUICK_SEEDS)
-        log(f"quick budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
+        log(f"{budget_name} budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
             f"{grid.default_seeds} by default; --seeds N to choose)")
     return settings, overrides
 

@@ -56,6 +56,7 @@ def test_cli_bad_input_is_one_error_line(args, message, capsys):
     assert exit_info.value.code == 2 and err.startswith(message) and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a real Ray sweep and a Tune trial: minutes on 2 cores
 def test_quick_run_end_to_end(tmp_path):
     out = tmp_path / "throughput.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--quick", "--work", str(tmp_path / "work"),

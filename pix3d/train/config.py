@@ -2,7 +2,7 @@
 
 Owns the config's fields and validation (wrong types and bad values raise Pix3DError naming
 the key), `config_differences` (what makes a checkpoint another run's), and the named
-budgets (`paper`, `quick`) that `resolve_budget` turns into config overrides.
+budgets (`paper`, `quick`, `cpu`) that `resolve_budget` turns into config overrides.
 """
 
 from __future__ import annotations
@@ -178,11 +178,20 @@ BUDGETS: dict[str, dict[str, Any]] = {
     # channels_last measured 5-45% faster in fp32 for both models here.
     "quick": {"image_size": 64, "epochs": 3, "batch_size": 10, "precision": "auto",
               "channels_last": True, "max_train_images": 300},
+    # The smallest budget in which a model learns on a CPU, sized with benchmarks/bench_learning.py
+    # on a 2-core AMD EPYC (AVX2, fp32; README "A CPU budget that learns"): 3 epochs over 1,300
+    # training images (3,900 image passes) at a constant lr, batches of 32 (at lr 1e-3 they
+    # helped combined_net: 1.6x the majority after one epoch against 1.3x with batches of 10).
+    # At lr 1e-3 on RGB+mask, separate_net reaches ~2x the majority baseline and combined_net
+    # ~1.8x; combined_net's conv(64->256, 7) costs ~9 GFLOP per training image, so every pass
+    # is ~75 ms of a core, and the ablation (16 trials, 2 seeds) must stay within 30 minutes.
+    "cpu": {"image_size": 64, "epochs": 3, "batch_size": 32, "precision": "auto",
+            "channels_last": True, "max_train_images": 1300, "lr_schedule": "none"},
 }
 
 
 def resolve_budget(name: str) -> tuple[str, dict, str]:
-    """'auto' | 'paper' | 'quick' -> (resolved name, config overrides, a line saying why)."""
+    """'auto' | 'paper' | 'quick' | 'cpu' -> (resolved name, config overrides, a line saying why)."""
     if name == "auto":
         if torch.cuda.is_available():
             resolved, why = "paper", f"CUDA device found ({torch.cuda.get_device_name(0)})"
