@@ -17,11 +17,12 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
 from search.grids import GRIDS, Grid, get_grid
+from pix3d.data.maps import selectable, source_choices
 from search.storage import experiment_path
 
 SWEEP_SETTINGS_FILE = "search_run.json"
 # Settings that decide what the trials are; saved with the sweep so --resume rebuilds them.
-SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples")
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "normals", "boundaries")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -35,6 +36,10 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the trials it would launch and exit")
     parser.add_argument("--data", default="synthetic", help="Pix3D folder, or 'synthetic' for the built-in set")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    for m in selectable():
+        parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
+                            help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the "
+                                 "CAD model, every run and the table say so)")
     parser.add_argument("--budget", default="auto", help="auto | quick | paper (auto = paper on a GPU, quick otherwise)")
     parser.add_argument("--epochs", type=positive_int, default=None, help="override the epochs of the budget and grid")
     parser.add_argument("--seeds", type=nonnegative_int, default=None, help="seeds per configuration (default: the grid's)")
@@ -72,6 +77,8 @@ class SweepSettings:
     seeds: int | None
     epochs: int | None
     samples: int | None = None  # a search's size (None: the grid's num_samples)
+    normals: str | None = None     # the cache's sources (pix3d.prepare); None: auto (older sweeps)
+    boundaries: str | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in SWEEP_KEYS}
@@ -151,7 +158,8 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     # Absolute paths, so that --resume works from any working folder.
     data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
     cache = str(args.cache.expanduser().resolve()) if args.cache else None
-    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples)
+    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples,
+                          getattr(args, "normals", None), getattr(args, "boundaries", None))
     if not args.resume:
         return fresh
     sweep_path = experiment_path(storage, experiment)
