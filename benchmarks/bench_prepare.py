@@ -88,6 +88,17 @@ def timed_prepare(root: Path, cache: Path, label: str, **sources) -> float:
     return elapsed
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m benchmarks.bench_prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=positive_int, default=100, help="entries of the set")
@@ -108,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ARGS = get_args_parser().parse_args(argv)
     work = ARGS.work or Path(tempfile.mkdtemp(prefix="bench_prepare-"))
     root = work / "set"
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, {ARGS.workers} workers; "
+    print(f"{cpu_name()}, {os.cpu_count()} CPUs visible, {ARGS.workers} workers; "
           f"{ARGS.n} entries, {ARGS.photo_size} px {ARGS.format} photos -> {ARGS.size} px crops; work in {work}")
     started = time.perf_counter()
     generate(root, SyntheticConfig(n=ARGS.n, seed=5, size=ARGS.photo_size), workers=ARGS.workers, log=None)
