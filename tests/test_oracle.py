@@ -303,3 +303,63 @@ def test_table_marks_oracle_cells_with_a_dagger_and_a_footnote():
     plain = summarise(records(False), experiment="x").to_markdown()
     assert f"(n=2) {ORACLE_MARK}" in marked and "not comparable with the published numbers" in marked
     assert ORACLE_MARK not in plain
+
+
+def test_mlflow_runs_and_the_table_say_oracle(tmp_path):
+    """Through a real MLflow store: the sweep's runs carry the oracle tag and params, and the
+    table built back from them marks the oracle cell and only it."""
+    from analysis.records import load_records
+    from analysis.sweep_logger import SweepInfo, SweepLogger
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    manifest = {"key": "k", "n": 2, "oracle": ["boundaries", "normals"],
+                "sources": {"rgb": "img files", "normals": ORACLE_SOURCE, "boundaries": ORACLE_SOURCE}}
+    logger = SweepLogger(uri, SweepInfo(sweep_id="s1", sweep_name="oracle", experiment="oracle",
+                                        grid="ablation", data_manifest=manifest))
+    for trial, modalities in (("t1", "rgb+mask"), ("t2", "rgb+mask+boundaries+normals")):
+        logger.start_trial(trial, {"model": "combined_net", "modalities": modalities, "lr": 1e-5, "seed": 0})
+        logger.log_result(trial, {"epoch": 1, "val_azimuth_acc": 0.5, "majority_azimuth_acc": 0.2})
+        logger.end_trial(trial, "FINISHED", last_result=None)
+    runs = {r.data.tags["modalities"]: r for r in logger.client.search_runs([logger.experiment_id])
+            if "modalities" in r.data.tags}
+    assert runs["rgb+mask"].data.tags["oracle_inputs"] == "none"
+    full = runs["rgb+mask+boundaries+normals"]
+    assert full.data.tags["oracle_inputs"] == "boundaries+normals"
+    assert full.data.params["data.oracle"] == "boundaries+normals" and "oracle" in full.data.params["data.sources.normals"]
+    records, _, _ = load_records(uri, "oracle", metric="val_azimuth_acc", at="last", by="subset")
+    table = summarise(records, experiment="oracle").to_markdown()
+    line = next(l for l in table.splitlines() if l.startswith("| combined_net"))
+    assert line.count(ORACLE_MARK) == 1 and "not comparable with the published numbers" in table
+
+
+def test_predict_without_its_weights_is_one_usage_error_and_auto_falls_back(tmp_path):
+    """Until pix3d/data/predict.py and its weights are installed, asking for `predict` is a
+    usage error saying what is missing, and auto means canny / unavailable."""
+    from pix3d.constants import MODALITY
+    from pix3d.data.maps import missing_predict_weights
+    from pix3d.errors import UsageError
+
+    problem = missing_predict_weights(MODALITY["normals"])
+    if problem is None:
+        pytest.skip("prediction weights are installed here")
+    root = two_entry_folder(tmp_path / "set")
+    with pytest.raises(UsageError, match=r"^--normals predict: ") as caught:
+        quiet(root, 32, tmp_path / "cache", normals="predict")
+    assert "\n" not in str(caught.value) and problem in str(caught.value)
+    data, _ = quiet(root, 32, tmp_path / "cache")
+    assert data.manifest["sources"]["boundaries"] == "canny-like edges from rgb" and not data.available["normals"]
+    assert data.manifest["predict_weights"] == {"boundaries": False, "normals": False}
+
+
+def test_bench_prepare_subdivision_keeps_the_shape_and_quadruples_triangles():
+    from benchmarks.bench_prepare import subdivide
+
+    mesh = chair()
+    v, f = subdivide(mesh.vertices, mesh.faces, 2)
+    assert len(f) == 16 * len(mesh.faces) and f.max() < len(v)
+    assert np.allclose(v.min(0), mesh.vertices.min(0)) and np.allclose(v.max(0), mesh.vertices.max(0))
+
+    def area(vertices, faces):  # the same surface: summed triangle areas do not change
+        a, b, c = (vertices[faces[:, i]] for i in range(3))
+        return np.linalg.norm(np.cross(b - a, c - a), axis=1).sum() / 2
+    assert np.isclose(area(v, f), area(mesh.vertices, mesh.faces))
