@@ -67,12 +67,28 @@ class EntryResult:
     render_problem: str | None = None
 
 
+def inside_photo(window, frame, size: int) -> np.ndarray:
+    """bool S x S: the crop's pixels whose centres fall inside the photo (the rest is padding)."""
+    left, top, right, bottom = window
+    xs = left + (np.arange(size) + 0.5) * (right - left) / size
+    ys = top + (np.arange(size) + 0.5) * (bottom - top) / size
+    return ((ys >= 0) & (ys < frame[1]))[:, None] & ((xs >= 0) & (xs < frame[0]))[None, :]
+
+
 def _render(task: EntryTask, full: bool) -> OracleRender:
-    """The entry's model rendered into its crop window at the cache size (RenderProblem if not)."""
+    """The entry's model rendered into its crop window at the cache size (RenderProblem if
+    not), cut to the photo: outside it the crop is padding, as for every other channel."""
     vertices, faces = load_model(Path(task.root) / task.model, task.model)
     window = pixel_box(crop_box(task.bbox, task.margin))
-    return render_crop(vertices, faces, np.asarray(task.rot_mat), np.asarray(task.trans_mat),
-                       task.focal_length, task.frame, window, task.size, full=full)
+    render = render_crop(vertices, faces, np.asarray(task.rot_mat), np.asarray(task.trans_mat),
+                         task.focal_length, task.frame, window, task.size, full=full)
+    inside = inside_photo(window, task.frame, task.size)
+    if not inside.all():
+        render.mask &= inside
+        if render.normals is not None:
+            render.normals[~inside] = 0
+            render.boundaries &= inside
+    return render
 
 
 def _predict(out: np.ndarray, modality, size: int) -> np.ndarray:
