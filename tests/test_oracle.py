@@ -25,7 +25,7 @@ from analysis.summary import summarise
 from pix3d.constants import MODALITY_CHANNELS
 from pix3d.data.prepare import prepare
 from pix3d.render.mesh import boxes_to_mesh, write_obj
-from pix3d.render.oracle import ORACLE_SOURCE, RenderProblem, crop_camera, load_model
+from pix3d.render.oracle import ORACLE_SOURCE, RenderProblem, crop_camera
 from pix3d.render.raster import rasterize, rasterize_projected
 from pix3d.render.shapes import build_bed, build_chair
 from tests.pix3d_fixtures import REAL_ENTRY, rotation_from_angles

@@ -175,13 +175,6 @@ def entry_plan(annotations: Sequence, maps: dict[str, dict[str, str]], requested
     return files, kinds
 
 
-def entry_files(annotations: Sequence, maps: dict[str, dict[str, str]],
-                log: Callable[[str], None]) -> dict[str, list[str | None]]:
-    """modality -> each entry's file with every source on auto and no prediction weights."""
-    requested = {m.name: AUTO for m in selectable()}
-    return entry_plan(annotations, maps, requested, {}, log)[0]
-
-
 def kind_source(modality: Modality, kind: str) -> str:
     """The per-entry word (meta.json, manifest) for how an entry got a modality."""
     if kind == FILES:

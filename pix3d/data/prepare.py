@@ -56,7 +56,7 @@ from pix3d.data.pose import angles
 from pix3d.data.render_check import render_summary
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_dir, check_free_space, write_json
-from pix3d.render.oracle import EDGE_SETTINGS, IOU_THRESHOLD
+from pix3d.render.oracle import EDGE_SETTINGS
 
 MIN_SIZE = 16
 
