@@ -14,6 +14,10 @@ import pandas as pd
 from pix3d.constants import subset_label
 
 BASELINE_METRIC = "majority_azimuth_acc"
+ORACLE_MARK = "†"
+ORACLE_NOTE = (f"{ORACLE_MARK} trained on oracle inputs (normals / boundaries rendered from the CAD model at "
+               "the annotated pose, which a method working from photos does not have): not comparable "
+               "with the published numbers")
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Cell:
 
     values: list[float]
     published: float | None = None
+    oracle: bool = False  # some run of the cell trained on oracle inputs (marked †)
 
     @property
     def n(self) -> int:
@@ -84,6 +89,8 @@ class Cell:
             body = f"{self.mean:.1f} (n=1)"
         else:
             body = f"{self.mean:.1f} ± {self.std:.1f} (n={self.n})"
+        if self.oracle and self.values:
+            body += f" {ORACLE_MARK}"
         if published and self.published is not None:
             body += f" · paper {self.published:.1f}"
         return body
@@ -154,6 +161,7 @@ class Table:
                     "std_pct": round(cell.std, 4) if cell.n > 1 else "",
                     "n": cell.n,
                     "published_pct": "" if cell.published is None else cell.published,
+                    "oracle": cell.oracle,
                     "values_pct": " ".join(f"{v:.4f}" for v in cell.values),
                 })
         return pd.DataFrame(out)
@@ -163,7 +171,8 @@ class Table:
 
     def to_latex(self) -> str:
         def tex(cell: Cell, published=True) -> str:
-            return cell.text(published=published).replace("±", r"$\pm$").replace("·", r"\,/")
+            return (cell.text(published=published).replace("±", r"$\pm$").replace("·", r"\,/")
+                    .replace(ORACLE_MARK, r"$^\dagger$"))
         labels = [subset_label(c) for c in self.columns]
         lines = [r"\begin{tabular}{l" + "c" * len(labels) + "}", r"\toprule",
                  "model & " + " & ".join(labels) + r" \\", r"\midrule"]

@@ -16,7 +16,8 @@ from pix3d.errors import Pix3DError, UsageError
 AT_CHOICES = ("last", "best")
 BY_CHOICES = ("subset", "category")
 RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
-                  "lr", "seed", "seed_quirks", "split", "value", "baseline")
+                  "lr", "seed", "seed_quirks", "split", "oracle", "value", "baseline")
+ORACLE_TAG = "oracle_inputs"  # analysis.run_fields.ORACLE_TAG: modalities rendered from the CAD model
 DEFAULT_SPLIT = "published"  # pix3d.train.TrainConfig's (analysis does not import the loop)
 
 
@@ -125,6 +126,8 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
                 # A run without one trained on TrainConfig's default split.
                 "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
+                # Trained on maps rendered from the CAD model at the true pose: not comparable.
+                "oracle": tags.get(ORACLE_TAG, "none") not in ("", "none"),
                 "value": value,
                 "baseline": (run.data.metrics.get(spec.baseline, math.nan)
                              if spec.baseline and by == "subset" else math.nan),

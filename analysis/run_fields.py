@@ -103,9 +103,26 @@ def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
     return tags
 
 
+ORACLE_TAG = "oracle_inputs"  # child and parent runs: the modalities rendered from the CAD model
+
+
+def oracle_inputs(manifest: Mapping[str, Any], modalities: Any = None) -> str:
+    """'normals+boundaries' style list of the cache's oracle modalities (those of `modalities`
+    only, when given), or 'none': trials trained on them are not comparable with photos."""
+    oracle = [m for m in manifest.get("oracle") or [] if isinstance(m, str)]
+    if modalities is not None:
+        try:
+            used = set(modalities_key(modalities).split("+"))
+        except ValueError:
+            used = set(str(modalities).replace(",", "+").split("+"))
+        oracle = [m for m in oracle if m in used]
+    return "+".join(oracle) or "none"
+
+
 def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What a child run needs to say where its data came from: dataset, cache key, sources."""
-    picked: dict[str, Any] = {}
+    """What a child run needs to say where its data came from: dataset, cache key, sources
+    (an oracle source says "oracle"), and which modalities are oracle renders."""
+    picked: dict[str, Any] = {"oracle": oracle_inputs(manifest)}
     for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version"):
         if key in manifest and not isinstance(manifest[key], list):
             picked[key] = manifest[key]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.cells import Cell, Row, Table, metric_spec
+from analysis.cells import ORACLE_NOTE, Cell, Row, Table, metric_spec
 from analysis.records import DEFAULT_SPLIT
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
@@ -41,6 +41,17 @@ def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.D
     if not duplicated.any():
         return records, []
     return records[~duplicated], [f"{int(duplicated.sum())} {what} of a later run and were left out (latest kept)"]
+
+
+def _any_oracle(records: pd.DataFrame) -> bool:
+    """Whether any of these runs trained on oracle inputs (frames from older code lack the column)."""
+    return bool("oracle" in records and records["oracle"].fillna(False).astype(bool).any())
+
+
+def _oracle_note(rows: list[Row], notes: list[str]) -> None:
+    """The footnote of the † cells, when there are any."""
+    if any(cell.oracle for row in rows for cell in row.cells.values()):
+        notes.append(ORACLE_NOTE)
 
 
 class _RowLabels:
@@ -83,10 +94,11 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
             key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3])):
         cells = {}
         for column in columns:
-            values = [scale * v for v in group.loc[group["modalities"] == column, "value"]]
+            picked = group.loc[group["modalities"] == column]
+            values = [scale * v for v in picked["value"]]
             # Published values are for the published (random, per-category) split only.
             published = model_registry.published_value(model, metric, column) if split == DEFAULT_SPLIT else None
-            cells[column] = Cell(values, published)
+            cells[column] = Cell(values, published, oracle=_any_oracle(picked))
         rows.append(labels.row(model, quirks, lr, cells, split=split))
 
     baseline = {}
@@ -103,6 +115,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
                for c in PAPER_COLUMNS if not row.cells[c].n]
     if missing:
         notes.append("no finished runs for: " + ", ".join(missing))
+    _oracle_note(rows, notes)
     return Table(experiment, metric, at, columns, rows, baseline, notes, records)
 
 
@@ -121,11 +134,13 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
     for (model, split, quirks, lr, subset), group in sorted(
             groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]),
                                       item[0][3], subset_order.get(item[0][4], len(subset_order)), item[0][4])):
-        cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]])
+        cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]],
+                         oracle=_any_oracle(group.loc[group["category"] == c]))
                  for c in columns}
         rows.append(labels.row(model, quirks, lr, cells, f" · {subset_label(subset)}", split=split,
                                modalities=subset))
     empty = [f"{row.label} / {c}" for row in rows for c in columns if not row.cells[c].n]
     if empty:
         notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")
+    _oracle_note(rows, notes)
     return Table(experiment, metric, at, columns, rows, {}, notes, records, by="category")

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
 from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
-from analysis.run_fields import (data_provenance, flatten, param_text, result_step, scalar_metrics, trial_run_name,
-                                 trial_tags)
+from analysis.run_fields import (ORACLE_TAG, data_provenance, flatten, oracle_inputs, param_text, result_step,
+                                 scalar_metrics, trial_run_name, trial_tags)
 from pix3d.errors import Pix3DError
 from pix3d.fileio import write_bytes_to
 
@@ -186,6 +186,7 @@ class SweepLogger:
             "sweep_id": info.sweep_id, ROLE_TAG: "sweep", "grid": info.grid,
             "command": info.command[:5000], "code_version": info.code_version,
             "storage_path": info.storage_path, "mlflow.note.content": info.description(),
+            ORACLE_TAG: oracle_inputs(info.data_manifest),
             **{f"{SEARCH_TAG_PREFIX}{key}": str(value) for key, value in info.search.items()},
         }
         run = self.client.create_run(self.experiment_id, run_name=info.sweep_name, tags=tags)
@@ -265,6 +266,7 @@ class SweepLogger:
         if trial_key:
             tags["trial_key"] = trial_key
         tags.update(trial_tags(config))
+        tags[ORACLE_TAG] = oracle_inputs(self.info.data_manifest, config.get("modalities"))
         name = trial_run_name(config, trial_id)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = flatten(config)

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from analysis.cells import METRICS, Row, Table, metric_spec
+from analysis.cells import ORACLE_MARK, METRICS, Row, Table, metric_spec
 from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
 from analysis.summary import summarise, summarise_by_category
 from analysis.mlflow_store import default_tracking_uri
@@ -90,7 +90,7 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
     for kind, text in texts.items():
         with atomic_path(written[kind], report_as=out_dir) as tmp:
             tmp.write_text(text)
-    bar_rows = [{"label": r.label,
+    bar_rows = [{"label": r.label + (f" {ORACLE_MARK}" if any(c.oracle for c in r.cells.values()) else ""),
                  "means": {c: r.cells[c].mean for c in table.columns},
                  "stds": {c: r.cells[c].std for c in table.columns},
                  "published": {c: r.cells[c].published for c in table.columns}}

@@ -22,7 +22,9 @@ class Modality:
     annotation: the pix3d.json key of its file, for modalities every entry has (img, mask);
     folder: the folder mirroring img/ that holds its maps, for maps users bring;
     fallback: what `prepare` does for an entry without a map ("canny": edges of the RGB;
-    None: the modality is unavailable); render: the synthetic renderer's buffer it is saved from.
+    None: the modality is unavailable); render: the synthetic renderer's buffer it is saved from
+    (and, for normals and boundaries, what an oracle render gives: `pix3d.render.oracle`);
+    predict: the visualpriors feature `pix3d.data.predict` estimates it with from the RGB.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Modality:
     folder: str | None = None
     fallback: str | None = None
     render: str = ""
+    predict: str | None = None
 
     @property
     def directory(self) -> str:
@@ -45,8 +48,9 @@ class Modality:
 MODALITY_TABLE: tuple[Modality, ...] = (
     Modality("rgb", 3, "RGB", "rgb", annotation="img", render="rgb"),
     Modality("mask", 1, "Mask", "gray", annotation="mask", render="mask"),
-    Modality("boundaries", 1, "Boundaries", "gray", folder="boundaries", fallback="canny", render="boundaries"),
-    Modality("normals", 3, "Normals", "rgb", folder="normals", render="normals"),
+    Modality("boundaries", 1, "Boundaries", "gray", folder="boundaries", fallback="canny", render="boundaries",
+             predict="edge_texture"),
+    Modality("normals", 3, "Normals", "rgb", folder="normals", render="normals", predict="normal"),
 )
 MODALITY: dict[str, Modality] = {m.name: m for m in MODALITY_TABLE}
 MODALITIES: tuple[str, ...] = tuple(MODALITY)

@@ -1,13 +1,20 @@
 """Look at a Pix3D-format folder's poses and labels before spending compute on it.
 
     python -m pix3d.inspect DIR [--json] [--bins SCHEME] [--skip-invalid]
+    python -m pix3d.inspect DIR --render-check [--size PX] [--cache DIR]
+    python -m pix3d.inspect DIR --contact-sheet out.png [--rows N]
 
 With --json: one JSON object per entry (JSON lines) with img, category, model, azimuth,
 elevation, inplane (degrees) and azimuth_bin, elevation_bin, inplane_bin. Without: a summary
 with the entries per category, the label histogram of each head and its majority-class share
 (the accuracy of always guessing the most frequent bin: the floor any model must beat).
 Images are not decoded; files are checked from their headers only, so this is fast.
-The work is `pix3d.data.inspect`; this module is the command.
+--render-check prepares (or reuses) the cache of DIR at --size (DIR may also be a prepared
+cache folder) and prints the IoU distribution of each model's silhouette, rendered at its
+annotated pose, with its mask, listing the entries below 0.7 and the models that cannot be
+rendered. --contact-sheet draws rows of rgb | mask | rgb + oracle contour | oracle normals |
+oracle boundaries (| predicted normals) for a few entries. The work is `pix3d.data.inspect`
+and `pix3d.data.render_check`; this module is the command.
 """
 
 from __future__ import annotations
@@ -20,11 +27,14 @@ from typing import Sequence
 
 import numpy as np
 
-from pix3d.cli import ArgumentParser, run_cli
+from pix3d.cli import ArgumentParser, positive_int, run_cli
 from pix3d.data.annotations import load_annotations
+from pix3d.data.cache import default_cache_dir
 from pix3d.data.inspect import entry_records, label_summary, write_summary
 from pix3d.data.pose import BIN_SCHEMES, angles, fit_bins
-from pix3d.errors import current_name
+from pix3d.data.prepare import prepare
+from pix3d.data.render_check import contact_sheet, write_render_check
+from pix3d.errors import Pix3DError, current_name, one_line
 
 
 def _scheme_name(name: str) -> str:
@@ -40,12 +50,36 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--bins", default="published", choices=sorted(BIN_SCHEMES),
                         type=_scheme_name, help="bin scheme for the labels")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed on stderr) instead of failing")
+    parser.add_argument("--render-check", action="store_true",
+                        help="IoU of each model rendered at its pose with its mask (from the prepared cache)")
+    parser.add_argument("--contact-sheet", type=Path, metavar="PNG", help="write a contact sheet of oracle maps here")
+    parser.add_argument("--rows", type=positive_int, default=6, help="entries on the contact sheet")
+    parser.add_argument("--size", type=positive_int, default=224, help="crop size of --render-check (a cache's) and the sheet's tiles")
+    parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="cache root for --render-check")
     return parser
+
+
+def _render_check(args) -> int:
+    """Print the render check of DIR's cache (prepared now when missing); 0 even with entries listed."""
+    if (args.data / "manifest.json").is_file():
+        folder = args.data
+    else:
+        data = prepare(args.data, args.size, cache_dir=args.cache, skip_invalid=args.skip_invalid,
+                       log=lambda m: sys.stderr.write(m + "\n"))
+        folder = Path(data.manifest["cache_path"])
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise Pix3DError(f"{folder / 'meta.json'}: cannot read the cache's metadata ({one_line(exc)})") from None
+    write_render_check(meta, sys.stdout)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the entries as JSON lines (--json) or the label summary."""
     args = get_args_parser().parse_args(argv)
+    if args.render_check:
+        return _render_check(args)
     annotations, skipped = load_annotations(args.data, skip_invalid=args.skip_invalid, progress=True)
     for message in skipped:
         sys.stderr.write(f"skipped {message}\n")
@@ -53,6 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bins != "seed":
         # No split exists here: fitted schemes are fitted on every entry for inspection.
         sys.stderr.write(f"bins '{args.bins}' fitted on all {len(annotations)} entries (training fits on the train split only)\n")
+    if args.contact_sheet is not None:
+        path = contact_sheet(args.data, annotations, args.contact_sheet, rows=args.rows, size=min(args.size, 256))
+        sys.stdout.write(f"contact sheet: {path}\n")
+        return 0
     bins = fit_bins(args.bins, pose[:, 0], pose[:, 1], pose[:, 2])
     records = entry_records(annotations, bins)
     try:

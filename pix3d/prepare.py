@@ -2,12 +2,16 @@
 
     python -m pix3d.prepare --data DIR|synthetic --size PX [--cache DIR] [--margin F]
                             [--workers N] [--skip-invalid]
+                            [--normals auto|files|predict|oracle|none]
+                            [--boundaries auto|files|predict|canny|oracle]
 
 Each entry is cropped to a square around its bbox, resized to PX and its eight channels
 (rgb, mask, boundaries, normals) are stacked into `<cache>/prepared/<key>/images.npy`;
 boundaries and normals come from `boundaries/` and `normals/` folders mirroring `img/`
-where present (else boundaries are derived from the rgb, normals marked unavailable), and
-the manifest says which. A second call with the same inputs is a cache hit. This module is
+where present, else predicted from the rgb where `pix3d.data.predict` has its weights, else
+boundaries are derived from the rgb (Canny) and normals marked unavailable (the default,
+`auto`); `oracle` renders them from the CAD model at the annotated pose (only when asked:
+the cache, its manifest and every run trained on it say "oracle"). The manifest says which. A second call with the same inputs is a cache hit. This module is
 the command only: the work is `pix3d.data.prepare` (the build), `pix3d.data.cache` (the
 cache on disk) and `pix3d.data.maps` (where the channels come from).
 """
@@ -22,6 +26,7 @@ from typing import Sequence
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS
 from pix3d.data.cache import default_cache_dir
+from pix3d.data.maps import selectable, source_choices
 from pix3d.data.prepare import prepare
 
 
@@ -34,6 +39,10 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--margin", type=float, default=0.1, help="context around the bbox on each side, as a fraction of its longest side")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed) instead of failing")
+    for m in selectable():
+        parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
+                            help=f"where {m.name} come from (auto: files, else predict where its weights are present, "
+                                 f"else {m.fallback or 'unavailable'}; oracle: rendered from the CAD model, only when asked)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -48,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_invalid=args.skip_invalid,
         margin=args.margin,
         workers=args.workers,
+        normals=args.normals,
+        boundaries=args.boundaries,
         progress=not args.no_progress,
         log=lambda message: print(message, flush=True),
     )

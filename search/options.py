@@ -17,6 +17,7 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
 from search.grids import GRIDS, Grid, get_grid
+from pix3d.data.maps import selectable, source_choices
 from search.storage import experiment_path
 
 SWEEP_SETTINGS_FILE = "search_run.json"
@@ -24,7 +25,7 @@ SWEEP_SETTINGS_FILE = "search_run.json"
 # pix3d.train.config.BUDGETS plus "auto" (not imported here: that module imports torch; a test
 # keeps the two in step). Fusion grids check their own (relpose.train.BUDGETS).
 SWEEP_BUDGETS = ("auto", "quick", "cpu", "paper")
-SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples")
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "normals", "boundaries")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -38,6 +39,10 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the trials it would launch and exit")
     parser.add_argument("--data", default="synthetic", help="Pix3D folder, or 'synthetic' for the built-in set")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    for m in selectable():
+        parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
+                            help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the "
+                                 "CAD model, every run and the table say so)")
     parser.add_argument("--budget", default="auto",
                         help="auto | quick | cpu | paper (auto = paper on a GPU, quick otherwise; cpu: the smallest "
                              "in which the models learn on a CPU, ~30 min for the ablation on 2 cores)")
@@ -77,6 +82,8 @@ class SweepSettings:
     seeds: int | None
     epochs: int | None
     samples: int | None = None  # a search's size (None: the grid's num_samples)
+    normals: str | None = None     # the cache's sources (pix3d.prepare); None: auto (older sweeps)
+    boundaries: str | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in SWEEP_KEYS}
@@ -156,7 +163,8 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     # Absolute paths, so that --resume works from any working folder.
     data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
     cache = str(args.cache.expanduser().resolve()) if args.cache else None
-    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples)
+    fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples,
+                          getattr(args, "normals", None), getattr(args, "boundaries", None))
     if not args.resume:
         return fresh
     sweep_path = experiment_path(storage, experiment)

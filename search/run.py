@@ -142,7 +142,8 @@ def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
     from pix3d.data.prepare import prepare
 
     cache = Path(settings.cache) if settings.cache else None
-    data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache)
+    data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache,
+                   normals=settings.normals or "auto", boundaries=settings.boundaries or "auto")
     _check_grid_modalities(grid, data)
     return data
 

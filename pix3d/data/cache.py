@@ -3,7 +3,7 @@
 A cache is `<cache>/prepared/<key>/` holding `images.npy` (uint8 N x 8 x S x S, opened
 memory-mapped: trials never decode images), `meta.json` (per-entry arrays) and
 `manifest.json` (written last: its presence marks a complete cache). The key hashes the
-json, the files' sizes and mtimes and the settings, so a second preparation with the same
+json, the files' sizes and mtimes (photos, masks, maps, models) and the settings (sources included), so a second preparation with the same
 inputs is a cache hit.
 """
 
@@ -25,7 +25,7 @@ from pix3d.errors import Pix3DError
 from pix3d.data.maps import ANNOTATION_KEYS
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: model files in the key, sources chosen, render check in meta
 STALE_TEMP_S = 3600
 
 
@@ -81,7 +81,7 @@ def cache_key(root: Path, json_bytes: bytes, entries: list, maps: dict[str, dict
     digest.update(hashlib.sha256(json_bytes).digest())
     for entry in entries:
         if isinstance(entry, dict):
-            for key in ANNOTATION_KEYS:
+            for key in (*ANNOTATION_KEYS, "model"):  # the model: render check, oracle maps
                 value = entry.get(key)
                 if isinstance(value, str):
                     digest.update(f"{value}={_file_stamp(root / value)};".encode())

@@ -1,6 +1,6 @@
 """Decoding one image file into a square uint8 crop: the pixels of every cache channel.
 
-`crop_box` is the square around a bbox; `crop_resize` crops it from a file (photo, mask or
+`crop_box` is the square around a bbox, `pixel_box` the whole-pixel window cut for it; `crop_resize` crops it from a file (photo, mask or
 map, at any resolution and bit depth) and resizes it, padding with zeros outside the image.
 """
 
@@ -22,6 +22,13 @@ def crop_box(bbox: Sequence[float], margin: float) -> tuple[float, float, float,
     side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     return cx - side / 2.0, cy - side / 2.0, cx + side / 2.0, cy + side / 2.0
+
+
+def pixel_box(box: Sequence[float], sx: float = 1.0, sy: float = 1.0) -> tuple[int, int, int, int]:
+    """The whole-pixel window `crop_resize` cuts for `box` from an image scaled by (sx, sy)
+    relative to the annotated frame; the oracle renders into exactly this window."""
+    left, top = round(box[0] * sx), round(box[1] * sy)
+    return left, top, max(round(box[2] * sx), left + 1), max(round(box[3] * sy), top + 1)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -72,8 +79,7 @@ def crop_resize(
             request = (max(1, math.ceil(full_w * factor)), max(1, math.ceil(full_h * factor)))
             image.draft(image.mode, request)
         sx, sy = image.size[0] / frame[0], image.size[1] / frame[1]
-        left, top = round(box[0] * sx), round(box[1] * sy)
-        right, bottom = max(round(box[2] * sx), left + 1), max(round(box[3] * sy), top + 1)
+        left, top, right, bottom = pixel_box(box, sx, sy)
         image.load()
         converted = _as_rgb(image) if kind == "rgb" else _as_gray(image)
     # crop() fills outside the image with zeros: that is the square padding.

@@ -6,7 +6,11 @@ folder that mirrors `img/` (how a user brings maps from their own network: `find
 Where an entry has no such file, the modality's `fallback` derives it (`canny`: a Canny-like
 edge detector on the cropped RGB, `CANNY_SETTINGS`); a modality without a fallback is
 all-or-nothing: if any entry lacks its file, it is unavailable for the whole cache, never
-silently zero (rendering normals from the CAD model at the true pose would leak the label).
+silently zero. Normals and boundaries may instead be predicted from the RGB
+(`pix3d.data.predict`, where its weights are present) or rendered from the CAD model at the
+annotated pose (`oracle`, only when asked: it leaks the label); `entry_plan` resolves what
+`prepare(normals=, boundaries=)` asked for into each entry's way (auto: files, else predict,
+else the fallback, else unavailable).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pix3d.constants import MODALITY_TABLE, Modality
+from pix3d.errors import UsageError
 
 FROM_FILES = "files"
 UNAVAILABLE = "unavailable"
@@ -71,25 +76,125 @@ def _all_or_none(modality: Modality, imgs: list[str], files: list[str | None],
     return [None] * len(files)
 
 
-def entry_files(annotations: Sequence, maps: dict[str, dict[str, str]],
-                log: Callable[[str], None]) -> dict[str, list[str | None]]:
-    """modality -> each entry's file (relative to the dataset root), None where there is none
-    (then the modality's fallback derives it, or the modality is unavailable)."""
+# How an entry gets a modality's channels (the worker's switch), and the source options.
+FILES, PREDICT, ORACLE, NONE, AUTO = "files", "predict", "oracle", "none", "auto"
+ORACLE_RENDERS = ("normals", "boundaries")  # render buffers an oracle render gives
+
+
+def predicted_source(modality: Modality) -> str:
+    """The manifest's word for a modality predicted from the RGB."""
+    return f"predicted from rgb (visualpriors '{modality.predict}')"
+
+
+def selectable() -> tuple[Modality, ...]:
+    """The modalities whose source `prepare` lets one choose (--normals, --boundaries)."""
+    return tuple(m for m in MODALITY_TABLE if m.folder)
+
+
+def source_choices(modality: Modality) -> tuple[str, ...]:
+    """What --<modality> accepts: auto, files, predict, the fallback, oracle, or none."""
+    choices = [AUTO, FILES]
+    if modality.predict:
+        choices.append(PREDICT)
+    if modality.fallback:
+        choices.append(modality.fallback)
+    if modality.render in ORACLE_RENDERS:
+        choices.append(ORACLE)
+    if not modality.fallback:
+        choices.append(NONE)
+    return tuple(choices)
+
+
+def check_sources(requested: dict[str, str] | None) -> dict[str, str]:
+    """Every selectable modality's requested source ('auto' where not given); a UsageError
+    names the option and its choices."""
+    requested = dict(requested or {})
+    out = {}
+    for m in selectable():
+        value = requested.pop(m.name, None) or AUTO
+        if value not in source_choices(m):
+            raise UsageError(f"--{m.name} must be one of {', '.join(source_choices(m))}, got {value!r}")
+        out[m.name] = value
+    if requested:
+        raise UsageError(f"no source can be chosen for {', '.join(sorted(requested))}; "
+                         f"only for {', '.join(m.name for m in selectable())}")
+    return out
+
+
+def missing_predict_weights(modality: Modality) -> str | None:
+    """None when `pix3d.data.predict` is importable and has the weights of the modality's
+    feature; else one line saying what is missing (an absent module counts as absent weights)."""
+    try:
+        from pix3d.data import predict  # lazy: its network is heavy and may not be installed
+    except ImportError as exc:
+        return f"the predict source needs the module pix3d/data/predict.py, which cannot be imported ({exc})"
+    return predict.missing_weights(modality.predict)
+
+
+def weights_status(requested: dict[str, str]) -> dict[str, bool]:
+    """modality -> whether its prediction weights are present, for the modalities whose source
+    may be `predict` (asked for, or auto): it enters the cache key."""
+    return {m.name: missing_predict_weights(m) is None for m in selectable()
+            if m.predict and requested[m.name] in (AUTO, PREDICT)}
+
+
+def entry_plan(annotations: Sequence, maps: dict[str, dict[str, str]], requested: dict[str, str],
+               weights: dict[str, bool], log: Callable[[str], None]
+               ) -> tuple[dict[str, list[str | None]], dict[str, list[str]]]:
+    """(files, kinds): per modality, each entry's file (relative to the root, None where it has
+    none) and how its channels are made: files | <fallback> | predict | oracle | none.
+
+    auto: files where the folder has the entry's map, else predict where the weights are
+    present, else the fallback, else none (all-or-nothing without a fallback, as before)."""
     imgs = [a.img for a in annotations]
     files: dict[str, list[str | None]] = {}
+    kinds: dict[str, list[str]] = {}
     for m in MODALITY_TABLE:
         if m.annotation:
             files[m.name] = [getattr(a, m.annotation) for a in annotations]
-        else:
-            found = [maps.get(m.folder, {}).get(img) for img in imgs]
-            files[m.name] = found if m.fallback else _all_or_none(m, imgs, found, log)
-    return files
+            kinds[m.name] = [FILES] * len(imgs)
+            continue
+        found = [maps.get(m.folder, {}).get(img) for img in imgs]
+        mode = requested[m.name]
+        if mode == FILES:
+            missing = [img for img, f in zip(imgs, found) if f is None]
+            if missing:
+                raise UsageError(f"--{m.name} files: {m.folder}/ lacks maps for {len(missing)} of "
+                                 f"{len(imgs)} entries (e.g. {missing[0]})")
+        elif mode == PREDICT and (problem := missing_predict_weights(m)):
+            raise UsageError(f"--{m.name} predict: {problem}")
+        if mode != AUTO:
+            files[m.name] = found if mode == FILES else [None] * len(imgs)
+            kinds[m.name] = [mode] * len(imgs)
+            continue
+        if not m.fallback and not weights.get(m.name):
+            found = _all_or_none(m, imgs, found, log)
+        other = PREDICT if weights.get(m.name) else (m.fallback or NONE)
+        files[m.name] = found
+        kinds[m.name] = [FILES if f else other for f in found]
+    return files, kinds
 
 
-def entry_sources(modality: Modality, files: list[str | None]) -> list[str]:
-    """Per entry: FROM_FILES, the fallback's description, or UNAVAILABLE."""
-    missing = FALLBACK_SOURCES[modality.fallback] if modality.fallback else UNAVAILABLE
-    return [FROM_FILES if f else missing for f in files]
+def kind_source(modality: Modality, kind: str) -> str:
+    """The per-entry word (meta.json, manifest) for how an entry got a modality."""
+    if kind == FILES:
+        return FROM_FILES
+    if kind == PREDICT:
+        return predicted_source(modality)
+    if kind == ORACLE:
+        from pix3d.render.oracle import ORACLE_SOURCE
+        return ORACLE_SOURCE
+    if kind == NONE:
+        return UNAVAILABLE
+    return FALLBACK_SOURCES[kind]
+
+
+def entry_sources(modality: Modality, files: list[str | None], kinds: list[str] | None = None) -> list[str]:
+    """Per entry: FROM_FILES, the fallback's / prediction's / oracle's description, or UNAVAILABLE."""
+    if kinds is None:
+        missing = modality.fallback or NONE
+        kinds = [FILES if f else missing for f in files]
+    return [kind_source(modality, k) for k in kinds]
 
 
 def describe_source(modality: Modality, sources: list[str]) -> str:

@@ -4,8 +4,10 @@ Each entry is cropped to a square centred on its bbox (side = longest bbox side 
 1 + 2*margin, padded with zeros outside the image), resized to the size asked for
 (antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
 (rgb 0:3, mask 3, boundaries 4, normals 5:8). Where each modality comes from is
-`pix3d.data.maps`, a fallback's derivation `FALLBACKS` here; the cache's layout and key are `pix3d.data.cache`. The manifest says
-where each channel came from. The folder is built beside its final place and renamed into
+`pix3d.data.maps` (files, a fallback, a prediction or an oracle render: `prepare(normals=,
+boundaries=)`), one entry's work `pix3d.data.entry`; the cache's layout and key are
+`pix3d.data.cache`. The manifest says where each channel came from (an oracle says so), and
+meta.json records per entry the IoU of the model's rendered silhouette with the mask. The folder is built beside its final place and renamed into
 it, so a crash or a bad entry never leaves a half-written cache.
 """
 
@@ -21,7 +23,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS, MODALITY_TABLE
@@ -35,55 +36,29 @@ from pix3d.data.cache import (
     load_prepared,
     remove_stale_temp_dirs,
 )
-from pix3d.data.edges import canny_edges
-from pix3d.data.images import crop_box, crop_resize
+from pix3d.data.entry import EntryResult, EntryTask, prepare_entry
 from pix3d.data.maps import (
     CANNY_SETTINGS,
     FALLBACK_SOURCES,
     MAP_FOLDERS,
+    NONE,
+    ORACLE,
     UNAVAILABLE,
+    check_sources,
     describe_source,
-    entry_files,
+    entry_plan,
     entry_sources,
     find_maps,
+    selectable,
+    weights_status,
 )
 from pix3d.data.pose import angles
+from pix3d.data.render_check import render_summary
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_dir, check_free_space, write_json
+from pix3d.render.oracle import EDGE_SETTINGS
 
 MIN_SIZE = 16
-
-
-def _canny_from_rgb(out: np.ndarray) -> np.ndarray:
-    """The `canny` fallback: edges of the entry's already decoded RGB channels."""
-    lo, hi = MODALITY_CHANNELS["rgb"]
-    return canny_edges(out[lo:hi].transpose(1, 2, 0), **CANNY_SETTINGS)[None]
-
-
-# How each fallback of the modality table derives a channel from what is decoded before it.
-FALLBACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"canny": _canny_from_rgb}
-
-
-def _prepare_entry(task: tuple) -> tuple[int, np.ndarray | None, str | None]:
-    """Worker: (position, C x S x S uint8 or None, error message or None) for one entry.
-
-    `files` holds one path (or None) per row of the modality table, in its order, so a
-    fallback may use the modalities decoded before it."""
-    position, root, files, frame, bbox, size, margin = task
-    box = crop_box(bbox, margin)
-    out = np.zeros((CACHE_CHANNELS, size, size), dtype=np.uint8)
-    current = files[0]
-    try:
-        for modality, rel in zip(MODALITY_TABLE, files):
-            lo, hi = MODALITY_CHANNELS[modality.name]
-            if rel is not None:
-                current = rel
-                out[lo:hi] = crop_resize(Path(root) / rel, box, frame, size, modality.decode)
-            elif modality.fallback:
-                out[lo:hi] = FALLBACKS[modality.fallback](out)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return position, None, f"cannot decode {current}: {exc}"
-    return position, out, None
 
 
 def _resolve_dataset(data: str | Path, cache_dir: Path, log: Callable) -> tuple[Path, str]:
@@ -130,18 +105,28 @@ def prepare(
     skip_invalid: bool = False,
     margin: float = 0.1,
     workers: int | None = None,
+    normals: str = "auto",
+    boundaries: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> PreparedData:
-    """Prepare (or reuse) the cache of a dataset folder or of "synthetic" at `size` pixels."""
+    """Prepare (or reuse) the cache of a dataset folder or of "synthetic" at `size` pixels.
+
+    `normals` / `boundaries`: auto | files | predict | oracle | none (normals) / canny
+    (boundaries); see `pix3d.data.maps.entry_plan`. They enter the cache key."""
     workers = _check_settings(size, margin, workers)
+    requested = check_sources({"normals": normals, "boundaries": boundaries})
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     root, name = _resolve_dataset(data, cache_dir, log)
     json_path, json_bytes, raw_entries = read_entries(root)
     # The key needs only the raw json and file stamps, so a cache hit skips validation.
     maps = {folder: find_maps(root, folder, raw_entries) for folder in MAP_FOLDERS}
-    settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid)}
+    weights = weights_status(requested)
+    oracle = [m for m in requested if requested[m] == ORACLE]
+    settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid),
+                "requested_sources": requested, "predict_weights": weights,
+                "oracle_edges": EDGE_SETTINGS if oracle else None}
     key = cache_key(root, json_bytes, raw_entries, maps, settings)
     prepared_root = cache_dir / "prepared"
     final = prepared_root / key
@@ -151,7 +136,7 @@ def prepare(
     annotations, skipped = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid, progress=progress)
     for message in skipped:
         log(f"skipped {message}")
-    files = entry_files(annotations, maps, log)
+    files, kinds = entry_plan(annotations, maps, requested, weights, log)
 
     log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, margin {margin}, {workers} workers -> {final}")
     prepared_root.mkdir(parents=True, exist_ok=True)
@@ -161,17 +146,25 @@ def prepare(
     needed = cache_bytes(len(annotations), size)
     check_free_space(prepared_root, needed)
     with atomic_dir(final, needed=needed, keep_existing=True) as tmp:
-        kept, decode_skipped = _build(tmp, root, annotations, files, size, margin, workers, progress, skip_invalid)
+        kept, decode_skipped, checks = _build(tmp, root, annotations, files, kinds, size, margin, workers,
+                                              progress, skip_invalid, oracle)
         for message in decode_skipped:
             log(f"skipped {message}")
         skipped = skipped + decode_skipped
         if not kept:
             raise Pix3DError(f"{json_path}: no entry could be decoded ({len(decode_skipped)} skipped)")
         annotations = [annotations[i] for i in kept]
-        sources = {m.name: entry_sources(m, [files[m.name][i] for i in kept]) for m in MODALITY_TABLE}
-        meta = _entry_meta(annotations, sources)
+        kinds = {m: [k[i] for i in kept] for m, k in kinds.items()}
+        ious = [checks[i][0] for i in kept]
+        problems = [checks[i][1] for i in kept]
+        notes = _render_notes(annotations, problems, oracle, kinds, log)
+        sources = {m.name: entry_sources(m, [files[m.name][i] for i in kept], kinds[m.name]) for m in MODALITY_TABLE}
+        meta = _entry_meta(annotations, sources, ious, problems)
         dataset = {"name": name, "path": str(root.resolve()), "json_sha256": hashlib.sha256(json_bytes).hexdigest()}
         manifest = _manifest(key, dataset, settings, annotations, skipped, sources)
+        manifest["oracle"] = oracle
+        manifest["sources"].update(notes)
+        manifest["render_check"] = render_summary(ious, problems)
         write_json(tmp / "meta.json", meta)
         write_json(tmp / "manifest.json", manifest)  # written last: marks completeness
         if (final / "manifest.json").is_file():
@@ -181,9 +174,34 @@ def prepare(
     return load_prepared(final)
 
 
-def _entry_meta(annotations: list[Annotation], sources: dict[str, list[str]]) -> dict:
+def _render_notes(annotations: list[Annotation], problems: list[str | None], oracle: list[str],
+                  kinds: dict[str, list[str]], log: Callable[[str], None]) -> dict[str, str]:
+    """Say which entries' models could not be rendered. With an oracle source that makes the
+    oracle modalities unavailable (never a blank map; `--skip-invalid` skips those entries
+    instead): `kinds` is updated, and the manifest's words for them are returned."""
+    failed = [(a, p) for a, p in zip(annotations, problems) if p]
+    if not failed:
+        return {}
+    if not oracle:
+        a, p = failed[0]
+        log(f"render check: {len(failed)} of {len(annotations)} entries' models cannot be rendered "
+            f"(e.g. {a.where()}: {p}); `python -m pix3d.inspect DIR --render-check` lists them")
+        return {}
+    for a, p in failed:
+        log(f"{a.where()}: {p}: its oracle {' and '.join(oracle)} are unavailable")
+    for m in oracle:
+        kinds[m] = [NONE] * len(kinds[m])
+    log(f"oracle {' and '.join(oracle)} marked unavailable: {len(failed)} of {len(annotations)} entries "
+        "cannot be rendered (listed above); --skip-invalid skips those entries instead")
+    return {m: f"{UNAVAILABLE}: {ORACLE} render failed for {len(failed)} of {len(annotations)} entries"
+            for m in oracle}
+
+
+def _entry_meta(annotations: list[Annotation], sources: dict[str, list[str]],
+                ious: list[float | None], problems: list[str | None]) -> dict:
     """meta.json: per-entry arrays (paths, category, model, angles in degrees, bbox, flags,
-    and `<modality>_source` for modalities whose source may differ per entry)."""
+    `<modality>_source` for modalities whose source may differ per entry, and the render
+    check: `render_iou` of the model's silhouette with the mask, `render_problem`)."""
     pose = np.array([angles(a) for a in annotations], dtype=np.float64).reshape(-1, 3)
     return {
         "index": [a.index for a in annotations],
@@ -199,7 +217,9 @@ def _entry_meta(annotations: list[Annotation], sources: dict[str, list[str]]) ->
         "truncated": [a.truncated for a in annotations],
         "occluded": [a.occluded for a in annotations],
         "slightly_occluded": [a.slightly_occluded for a in annotations],
-        **{f"{m.name}_source": sources[m.name] for m in MODALITY_TABLE if m.fallback},
+        **{f"{m.name}_source": sources[m.name] for m in selectable()},
+        "render_iou": [None if v is None else round(float(v), 5) for v in ious],
+        "render_problem": problems,
     }
 
 
@@ -220,7 +240,7 @@ def _manifest(
         "version": PREPARE_VERSION,
         "dataset": dataset,
         "n": len(annotations),
-        **settings,  # size, margin, skip_invalid
+        **settings,  # size, margin, skip_invalid, requested_sources, predict_weights, oracle_edges
         "skipped": skipped,
         "categories": dict(sorted(categories.items())),
         "channels": {m: list(MODALITY_CHANNELS[m]) for m in MODALITIES},
@@ -250,21 +270,29 @@ def _build(
     root: Path,
     annotations: list[Annotation],
     files: dict[str, list[str | None]],
+    kinds: dict[str, list[str]],
     size: int,
     margin: float,
     workers: int,
     progress: bool,
     skip_invalid: bool,
-) -> tuple[list[int], list[str]]:
-    """Decode every entry into tmp/images.npy; (positions kept, messages for skipped)."""
+    oracle: list[str],
+) -> tuple[list[int], list[str], dict[int, tuple[float | None, str | None]]]:
+    """Decode every entry into tmp/images.npy; (positions kept, messages for skipped, position
+    -> (silhouette IoU, render problem)). With an oracle source and --skip-invalid, an entry
+    whose model cannot be rendered is skipped like one whose file cannot be decoded."""
     n = len(annotations)
     tasks = [
-        (i, str(root), tuple(files[m.name][i] for m in MODALITY_TABLE), a.img_size, a.bbox, size, margin)
+        EntryTask(i, str(root), tuple(files[m.name][i] for m in MODALITY_TABLE),
+                  tuple(kinds[m.name][i] for m in MODALITY_TABLE), a.img_size, a.bbox, size, margin,
+                  a.model, tuple(map(tuple, a.rot_mat.tolist())), tuple(a.trans_mat.tolist()),
+                  float(a.focal_length))
         for i, a in enumerate(annotations)
     ]
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, CACHE_CHANNELS, size, size))
     _reserve(tmp / "images.npy")
     failed: dict[int, str] = {}
+    checks: dict[int, tuple[float | None, str | None]] = {}
     started = time.perf_counter()
     bar = tqdm(total=n, desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
     pool = None
@@ -272,10 +300,15 @@ def _build(
         if workers > 1 and n > 1:
             pool = multiprocessing.get_context().Pool(min(workers, n))
             chunksize = max(1, min(32, n // (workers * 8)))
-            results = pool.imap_unordered(_prepare_entry, tasks, chunksize=chunksize)
+            results = pool.imap_unordered(prepare_entry, tasks, chunksize=chunksize)
         else:
-            results = map(_prepare_entry, tasks)
-        for position, array, error in results:
+            results = map(prepare_entry, tasks)
+        for result in results:
+            result: EntryResult
+            position = result.position
+            error = result.error
+            if error is None and oracle and result.render_problem and skip_invalid:
+                error = f"{result.render_problem}: cannot render its oracle {' and '.join(oracle)}"
             if error is not None:
                 ann = annotations[position]
                 message = f"{ann.where()}: {error}"
@@ -283,7 +316,8 @@ def _build(
                     raise Pix3DError(f"{message} (use --skip-invalid to skip bad entries)")
                 failed[position] = message
             else:
-                images[position] = array
+                images[position] = result.array
+                checks[position] = (result.iou, result.render_problem)
             bar.update(1)
     finally:
         bar.close()
@@ -309,4 +343,4 @@ def _build(
         del images
     if progress and n:
         tqdm.write(f"decoded {n} entries in {elapsed:.1f}s ({n / max(elapsed, 1e-9):.0f} img/s)")
-    return kept, [failed[i] for i in sorted(failed)]
+    return kept, [failed[i] for i in sorted(failed)], checks

@@ -1,7 +1,9 @@
 """The rasteriser: a z-buffer over triangles, and the boundary map drawn from its buffers.
 
 Owns `rasterize` (visible triangle and perspective-correct depth per pixel, vectorised over
-the pixels of each triangle's bounding box) and `edge_map` (occlusion and crease edges).
+the pixels of each triangle's bounding box), `rasterize_projected` (the same for triangles
+projected with any intrinsics, vectorised over the triangles too: CAD models, oracle maps)
+and `edge_map` (occlusion and crease edges).
 numpy only: it runs in the render workers, which do not import torch.
 """
 
@@ -87,3 +89,75 @@ def edge_map(mask: np.ndarray, depth: np.ndarray, normals: np.ndarray,
         edges[a] |= hit
         edges[b] |= hit
     return edges
+
+
+def rasterize_projected(u: np.ndarray, v: np.ndarray, z: np.ndarray, faces: np.ndarray,
+                        width: int, height: int, *, with_depth: bool = True,
+                        chunk: int = 1 << 19) -> tuple[np.ndarray, np.ndarray | None]:
+    """Triangles already projected to pixels (u, v per vertex, camera depth z) -> (face_id
+    H x W int32, -1 = empty; depth H x W, inf outside) or, without depth, (mask H x W, None).
+
+    The same pixel-centre rule and perspective-correct depth as `rasterize`, with any
+    intrinsics (the caller projects) and no Python loop over triangles: triangles are bucketed
+    by the power-of-two size of their pixel bounding box and each bucket is tested at once, so
+    CAD models of 100k mostly sub-pixel triangles cost milliseconds. No back-face culling (Pix3D's
+    meshes are not consistently wound); the nearest surface wins per pixel.
+    """
+    tu, tv, tz = u[faces], v[faces], z[faces]
+    area = (tu[:, 1] - tu[:, 0]) * (tv[:, 2] - tv[:, 0]) - (tv[:, 1] - tv[:, 0]) * (tu[:, 2] - tu[:, 0])
+    finite = np.isfinite(tu).all(1) & np.isfinite(tv).all(1) & (tz > 1e-9).all(1) & (np.abs(area) > 1e-12)
+    # Pixel i is covered when its centre i + 0.5 lies in the triangle: i in [ceil(lo-.5), floor(hi-.5)].
+    big = 4.0 * max(width, height) + 8.0
+    x_lo = np.maximum(np.ceil(np.clip(tu.min(1), -big, big) - 0.5), 0)
+    x_hi = np.minimum(np.floor(np.clip(tu.max(1), -big, big) - 0.5), width - 1)
+    y_lo = np.maximum(np.ceil(np.clip(tv.min(1), -big, big) - 0.5), 0)
+    y_hi = np.minimum(np.floor(np.clip(tv.max(1), -big, big) - 0.5), height - 1)
+    keep = np.flatnonzero(finite & (x_lo <= x_hi) & (y_lo <= y_hi))
+    pix_parts, inv_parts, face_parts = [], [], []
+    if len(keep):
+        bw = (x_hi[keep] - x_lo[keep] + 1).astype(np.int64)
+        bh = (y_hi[keep] - y_lo[keep] + 1).astype(np.int64)
+        kw = 1 << np.ceil(np.log2(bw)).astype(np.int64)
+        kh = 1 << np.ceil(np.log2(bh)).astype(np.int64)
+        buckets, which = np.unique(kw * 65536 + kh, return_inverse=True)
+        for b, bucket in enumerate(buckets):
+            members = keep[which == b]
+            Kw, Kh = int(bucket // 65536), int(bucket % 65536)
+            step = max(1, chunk // (Kw * Kh))
+            for start in range(0, len(members), step):
+                g = members[start:start + step]
+                px = x_lo[g][:, None, None] + np.arange(Kw)[None, None, :]
+                py = y_lo[g][:, None, None] + np.arange(Kh)[None, :, None]
+                valid = (px <= x_hi[g][:, None, None]) & (py <= y_hi[g][:, None, None])
+                cx, cy = px + 0.5, py + 0.5
+                (u0, u1, u2), (v0, v1, v2) = (tu[g].T[..., None, None], tv[g].T[..., None, None])
+                a = area[g][:, None, None]
+                w0 = ((u2 - u1) * (cy - v1) - (v2 - v1) * (cx - u1)) / a
+                w1 = ((u0 - u2) * (cy - v2) - (v0 - v2) * (cx - u2)) / a
+                w2 = 1.0 - w0 - w1
+                inside = valid & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
+                n_i, y_i, x_i = np.nonzero(inside)
+                if not len(n_i):
+                    continue
+                pix_parts.append((py[n_i, y_i, 0] * width + px[n_i, 0, x_i]).astype(np.int64))
+                if with_depth:
+                    z0, z1, z2 = tz[g].T[..., None, None]
+                    inv = w0 / z0 + w1 / z1 + w2 / z2
+                    inv_parts.append(inv[n_i, y_i, x_i])
+                    face_parts.append(g[n_i])
+    if not with_depth:
+        mask = np.zeros(height * width, bool)
+        if pix_parts:
+            mask[np.concatenate(pix_parts)] = True
+        return mask.reshape(height, width), None
+    face_id = np.full(height * width, -1, np.int32)
+    depth = np.full(height * width, np.inf)
+    if pix_parts:
+        pix, inv, face = np.concatenate(pix_parts), np.concatenate(inv_parts), np.concatenate(face_parts)
+        order = np.lexsort((-inv, pix))  # per pixel, the largest 1/z (the nearest) first
+        pix, inv, face = pix[order], inv[order], face[order]
+        first = np.ones(len(pix), bool)
+        first[1:] = pix[1:] != pix[:-1]
+        face_id[pix[first]] = face[first]
+        depth[pix[first]] = 1.0 / inv[first]
+    return face_id.reshape(height, width), depth.reshape(height, width)

@@ -17,6 +17,7 @@ from pix3d.devices import resolve_device
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import ensure_writable_dir, write_json
 from pix3d.models import list_models, published_lr
+from pix3d.data.maps import selectable, source_choices
 from pix3d.data.pose import BIN_SCHEMES
 from pix3d.train.checkpoints import load_checkpoint, save_checkpoint
 from pix3d.train.config import BUDGETS, LR_SCHEDULES, PRECISIONS, TrainConfig, resolve_budget
@@ -32,6 +33,9 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the model's published lr)")
     p.add_argument("--data", default="synthetic", help="Pix3D folder (with pix3d.json) or 'synthetic'")
     p.add_argument("--cache", type=Path, default=None, help="cache root (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
+    for m in selectable():
+        p.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
+                       help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the CAD model)")
     p.add_argument("--budget", default="auto", choices=["auto", *BUDGETS], help="auto = paper on a GPU, quick on CPU")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=None)
@@ -105,7 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pix3d.data.prepare import prepare
 
     print(message, flush=True)
-    data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress)
+    data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress,
+                   normals=args.normals, boundaries=args.boundaries)
+    if data.manifest.get("oracle"):
+        print(f"note: {' and '.join(data.manifest['oracle'])} are oracle renders of the CAD model at the true "
+              "pose: not comparable with the published numbers", flush=True)
     print(f"training {config.model} on {modalities_key(config.modalities)} (lr {config.lr:g}, "
           f"{config.epochs} epochs, batch {config.batch_size}, {config.image_size} px, "
           f"{resolve_precision(config.precision, resolve_device(config.device))} (precision {config.precision}), "

@@ -1,0 +1,150 @@
+"""One entry's channels in the cache: the work of a preparation worker process.
+
+`prepare_entry(EntryTask)` crops every modality of one entry to its square around the bbox
+at the cache size, each the way `pix3d.data.maps.entry_plan` chose: decoded from its file,
+derived by a fallback (`FALLBACKS`: Canny-like edges of the cropped RGB), predicted from the
+cropped RGB (`pix3d.data.predict`, imported lazily), or rendered from the CAD model at the
+annotated pose straight into the crop (`pix3d.render.oracle`). Whenever the model can be
+rendered it also measures the rendered silhouette against the annotated mask (IoU in the
+crop window; silhouette only, cheap, unless an oracle map is wanted). numpy, PIL only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import UnidentifiedImageError
+
+from pix3d.constants import CACHE_CHANNELS, MODALITY_CHANNELS, MODALITY_TABLE
+from pix3d.data.edges import canny_edges
+from pix3d.data.images import crop_box, crop_resize, pixel_box
+from pix3d.data.maps import CANNY_SETTINGS, FILES, ORACLE, PREDICT
+from pix3d.errors import one_line
+from pix3d.render.oracle import OracleRender, RenderProblem, load_model, render_crop, silhouette_iou
+
+
+def _canny_from_rgb(out: np.ndarray) -> np.ndarray:
+    """The `canny` fallback: edges of the entry's already decoded RGB channels."""
+    lo, hi = MODALITY_CHANNELS["rgb"]
+    return canny_edges(out[lo:hi].transpose(1, 2, 0), **CANNY_SETTINGS)[None]
+
+
+# How each fallback of the modality table derives a channel from what is decoded before it.
+FALLBACKS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"canny": _canny_from_rgb}
+
+
+@dataclass(frozen=True)
+class EntryTask:
+    """What a worker needs for one entry (picklable); files and kinds follow MODALITY_TABLE."""
+
+    position: int
+    root: str
+    files: tuple[str | None, ...]
+    kinds: tuple[str, ...]
+    frame: tuple[int, int]
+    bbox: tuple[float, float, float, float]
+    size: int
+    margin: float
+    model: str
+    rot_mat: tuple
+    trans_mat: tuple
+    focal_length: float
+    render_check: bool = True
+
+
+@dataclass
+class EntryResult:
+    """A worker's answer: the channels (None on a decode error), the error, the silhouette
+    IoU (None when not rendered) and why the model could not be rendered (None when it could)."""
+
+    position: int
+    array: np.ndarray | None
+    error: str | None = None
+    iou: float | None = None
+    render_problem: str | None = None
+
+
+def inside_photo(window, frame, size: int) -> np.ndarray:
+    """bool S x S: the crop's pixels whose centres fall inside the photo (the rest is padding)."""
+    left, top, right, bottom = window
+    xs = left + (np.arange(size) + 0.5) * (right - left) / size
+    ys = top + (np.arange(size) + 0.5) * (bottom - top) / size
+    return ((ys >= 0) & (ys < frame[1]))[:, None] & ((xs >= 0) & (xs < frame[0]))[None, :]
+
+
+def _render(task: EntryTask, full: bool) -> OracleRender:
+    """The entry's model rendered into its crop window at the cache size (RenderProblem if
+    not), cut to the photo: outside it the crop is padding, as for every other channel."""
+    vertices, faces = load_model(Path(task.root) / task.model, task.model)
+    window = pixel_box(crop_box(task.bbox, task.margin))
+    render = render_crop(vertices, faces, np.asarray(task.rot_mat), np.asarray(task.trans_mat),
+                         task.focal_length, task.frame, window, task.size, full=full)
+    inside = inside_photo(window, task.frame, task.size)
+    if not inside.all():
+        render.mask &= inside
+        if render.normals is not None:
+            render.normals[~inside] = 0
+            render.boundaries &= inside
+    return render
+
+
+def _predict(out: np.ndarray, modality, size: int) -> np.ndarray:
+    """The modality predicted from the entry's cropped RGB (channels first, uint8)."""
+    from pix3d.data.predict import predict_crop  # lazy: a network, maybe absent
+
+    lo, hi = MODALITY_CHANNELS["rgb"]
+    rgb = np.ascontiguousarray(out[lo:hi].transpose(1, 2, 0))
+    predicted = np.asarray(predict_crop(rgb, modality.predict))
+    expected = (size, size, 3) if modality.channels == 3 else (size, size)
+    if predicted.shape != expected or predicted.dtype != np.uint8:
+        raise ValueError(f"pix3d.data.predict gave {predicted.dtype} {predicted.shape} for "
+                         f"'{modality.predict}', expected uint8 {expected}")
+    return predicted.transpose(2, 0, 1) if predicted.ndim == 3 else predicted[None]
+
+
+def prepare_entry(task: EntryTask) -> EntryResult:
+    """Worker: one entry's C x S x S uint8 channels, or the one-line reason it has none."""
+    box = crop_box(task.bbox, task.margin)
+    out = np.zeros((CACHE_CHANNELS, task.size, task.size), dtype=np.uint8)
+    render: OracleRender | None = None
+    problem: str | None = None
+    what = task.files[0]
+    try:
+        for modality, rel, kind in zip(MODALITY_TABLE, task.files, task.kinds):
+            lo, hi = MODALITY_CHANNELS[modality.name]
+            if kind == FILES:
+                what = rel
+                out[lo:hi] = crop_resize(Path(task.root) / rel, box, task.frame, task.size, modality.decode)
+            elif kind == PREDICT:
+                what = f"{modality.name} predicted from {task.files[0]}"
+                out[lo:hi] = _predict(out, modality, task.size)
+            elif kind == ORACLE:
+                if render is None and problem is None:
+                    try:
+                        render = _render(task, full=True)
+                    except RenderProblem as exc:
+                        problem = str(exc)
+                if render is not None:  # else: unavailable for this entry, said by the caller
+                    out[lo:hi] = (render.normals_rgb().transpose(2, 0, 1) if modality.render == "normals"
+                                  else render.boundaries_u8()[None])
+            elif kind in FALLBACKS:
+                out[lo:hi] = FALLBACKS[kind](out)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return EntryResult(task.position, None, f"cannot decode {what}: {one_line(exc)}")
+    except Exception as exc:  # noqa: BLE001 - the prediction network is foreign code
+        if not any(k == PREDICT for k in task.kinds):
+            raise
+        return EntryResult(task.position, None, f"cannot predict from {task.files[0]}: {one_line(exc)}")
+    if render is None and problem is None and task.render_check:
+        try:
+            render = _render(task, full=False)
+        except RenderProblem as exc:
+            problem = str(exc)
+    iou = None
+    if render is not None:
+        lo, _ = MODALITY_CHANNELS["mask"]
+        iou = silhouette_iou(render.mask, out[lo])
+    return EntryResult(task.position, out, None, iou, problem)
