@@ -179,3 +179,36 @@ def test_edges_small_and_wide_crops(weights):
     assert out.shape == (448, 224, 3)
     expected = _published(nets["normal"], np.ascontiguousarray(tall[224:]))
     assert np.abs(out[224:].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_prepare_with_predict_caches_the_readouts_of_the_rgb(weights, tmp_path, monkeypatch):
+    """`prepare --normals predict --boundaries predict` with self-saved weights: both maps come
+    from the network run on each entry's cropped RGB, are labelled as predicted in the manifest,
+    and differ from the folder's own normals files; auto takes the files where they exist."""
+    from pix3d.constants import MODALITY_CHANNELS
+    from pix3d.data.prepare import prepare
+    from tests.test_oracle import two_entry_folder
+
+    folder, nets = weights
+    monkeypatch.setenv(predict.WEIGHTS_ENV, str(folder))
+    root = two_entry_folder(tmp_path / "set")
+    data = prepare(root, 48, cache_dir=tmp_path / "cache", progress=False, workers=1, log=lambda _: None,
+                   normals="predict", boundaries="predict")
+    m = data.manifest
+    assert "predicted" in m["sources"]["normals"] and "normal" in m["sources"]["normals"]
+    assert "predicted" in m["sources"]["boundaries"] and m["available"]["normals"] and m["available"]["boundaries"]
+    images = np.asarray(data.images)
+    lo, hi = MODALITY_CHANNELS["rgb"]
+    for row in range(len(data)):
+        rgb = np.ascontiguousarray(images[row, lo:hi].transpose(1, 2, 0))
+        for name, feature in (("normals", "normal"), ("boundaries", "edge_texture")):
+            a, b = MODALITY_CHANNELS[name]
+            expected = predict.predict_crop(rgb, feature)
+            expected = expected.transpose(2, 0, 1) if expected.ndim == 3 else expected[None]
+            np.testing.assert_array_equal(images[row, a:b], expected)
+    # Without the weights, auto falls back (boundaries: Canny) and predict is refused in one line.
+    monkeypatch.setenv(predict.WEIGHTS_ENV, str(tmp_path / "nowhere"))
+    predict.clear_networks()
+    auto = prepare(root, 48, cache_dir=tmp_path / "cache", progress=False, workers=1, log=lambda _: None)
+    assert "predicted" not in auto.manifest["sources"]["boundaries"]
+    assert auto.manifest["cache_path"] != m["cache_path"]

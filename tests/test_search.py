@@ -290,3 +290,12 @@ def test_killed_driver_is_finished_by_resume_without_rerunning_finished_trials(t
     assert 1 <= resumed_from <= ran_before[-1], (resumed_from, ran_before)
     assert after[unfinished] == ran_before + list(range(resumed_from + 1, epochs_per_trial + 1))
     assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
+
+
+def test_sweep_budgets_are_the_training_budgets():
+    """search.options lists the budgets without importing torch; it must name every budget
+    pix3d.train defines (a new budget must be selectable with search.run --budget)."""
+    from pix3d.train import BUDGETS
+    from search.options import SWEEP_BUDGETS
+
+    assert set(SWEEP_BUDGETS) == {"auto", *BUDGETS}
