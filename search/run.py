@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if grid.trainable == "relpose":  # a missing ImageNet file stops it here, before anything starts
         space = fusion.check_imagenet_weights(grid, space, skip_missing=args.skip_missing_weights)
     if args.dry_run:
+        if grid.trainable == "pose":
+            _dry_run_data(grid, settings)
         print_dry_run(grid, space)
         print(f"results would go to {sweep_path}")
         return 0
@@ -144,18 +146,34 @@ def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
     cache = Path(settings.cache) if settings.cache else None
     data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache,
                    normals=settings.normals or "auto", boundaries=settings.boundaries or "auto")
-    _check_grid_modalities(grid, data)
+    _check_grid_modalities(grid, data.available, data.manifest.get("dataset", "?"))
     return data
 
 
-def _check_grid_modalities(grid: Grid, data) -> None:
+def _dry_run_data(grid: Grid, settings: SweepSettings) -> None:
+    """--dry-run on a dataset folder: where each modality would come from (nothing is built),
+    and the same refusal as a real run when the grid needs a modality the data cannot give."""
+    from pix3d.data.maps import UNAVAILABLE
+    from pix3d.data.prepare import plan_sources
+
+    if str(settings.data) == "synthetic":
+        return
+    n, sources = plan_sources(settings.data, normals=settings.normals or "auto",
+                              boundaries=settings.boundaries or "auto")
+    print(f"data {settings.data}: {n} entries; " + "; ".join(
+        f"{m} {s}" if s == UNAVAILABLE else f"{m} from {s}" for m, s in sources.items()))
+    _check_grid_modalities(grid, {m: s != UNAVAILABLE for m, s in sources.items()}, str(settings.data))
+
+
+def _check_grid_modalities(grid: Grid, available: dict[str, bool], dataset: str) -> None:
     """A grid over normals on data without normals would fail in every such trial: say so now."""
     wanted = {m for subset in grid.subsets for m in parse_modalities(subset)}
-    missing = sorted(m for m in wanted if not data.available.get(m, False))
+    missing = sorted(m for m in wanted if not available.get(m, False))
     if missing:
         raise Pix3DError(
-            f"grid {grid.name} uses {', '.join(missing)}, which the data ({data.manifest.get('dataset', '?')}) "
-            "does not provide; add those folders beside img/ or use a grid without them"
+            f"grid {grid.name} uses {', '.join(missing)}, which the data ({dataset}) does not provide; "
+            "add those folders beside img/, choose a source (--normals predict|oracle, --boundaries "
+            "canny|predict|oracle), or use a grid without them"
         )
 
 

@@ -379,3 +379,27 @@ def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     assert not data.images[0, NORMALS][:, rgb_padding].any() and not data.images[0, BOUNDARIES][0][rgb_padding].any()
     meta = json.loads((Path(data.manifest["cache_path"]) / "meta.json").read_text())
     assert meta["render_iou"][0] > 0.9
+
+
+def test_paper_ablation_dry_run_on_a_real_format_folder_needs_a_normals_source(tmp_path):
+    """`search.run --grid ablation --budget paper --dry-run` on a real-format folder without
+    normals/: refused in one line naming normals and the sources; with --normals oracle it
+    plans every trial (2 models x 4 subsets x 3 seeds) and says where each modality comes from."""
+    from tests.test_search import cli_env
+
+    root = two_entry_folder(tmp_path / "set")
+
+    def dry(*extra):
+        return subprocess.run([sys.executable, "-m", "search.run", "--grid", "ablation", "--budget", "paper",
+                               "--data", str(root), "--dry-run", *extra], cwd=tmp_path, env=cli_env(),
+                              capture_output=True, text=True, timeout=120)
+
+    refused = dry()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: grid ablation uses normals") and "--normals" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    planned = dry("--normals", "oracle")
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "grid ablation: 24 trials" in planned.stdout
+    assert "normals from " + ORACLE_SOURCE in planned.stdout and "2 entries" in planned.stdout
+    assert "image_size=224" in planned.stdout and not (tmp_path / "ray_results").exists()

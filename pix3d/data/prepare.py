@@ -40,6 +40,7 @@ from pix3d.data.entry import EntryResult, EntryTask, prepare_entry
 from pix3d.data.maps import (
     CANNY_SETTINGS,
     FALLBACK_SOURCES,
+    FROM_FILES,
     MAP_FOLDERS,
     NONE,
     ORACLE,
@@ -71,6 +72,23 @@ def _resolve_dataset(data: str | Path, cache_dir: Path, log: Callable) -> tuple[
         return Path(ensure_builtin(cache_dir, log=log)), "synthetic"
     root = Path(data).expanduser()
     return root, root.resolve().name if root.exists() else root.name
+
+
+def plan_sources(data: str | Path, *, normals: str = "auto", boundaries: str = "auto",
+                 skip_invalid: bool = False) -> tuple[int, dict[str, str]]:
+    """(entries, {modality: where prepare would take it from, or UNAVAILABLE}) of a dataset
+    folder, without building anything: what `search.run --dry-run` checks a grid against.
+    The built-in set is never generated here (every modality of it is in files)."""
+    requested = check_sources({"normals": normals, "boundaries": boundaries})
+    if str(data) == "synthetic":
+        return 0, {m.name: FROM_FILES for m in MODALITY_TABLE}
+    root = Path(data).expanduser()
+    json_path, _, raw_entries = read_entries(root)
+    annotations, _ = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid, progress=False)
+    maps = {folder: find_maps(root, folder, raw_entries) for folder in MAP_FOLDERS}
+    files, kinds = entry_plan(annotations, maps, requested, weights_status(requested), log=lambda _: None)
+    return len(annotations), {m.name: describe_source(m, entry_sources(m, files[m.name], kinds[m.name]))
+                              for m in MODALITY_TABLE}
 
 
 def _check_settings(size: int, margin: float, workers: int | None) -> int:
