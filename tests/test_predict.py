@@ -10,11 +10,13 @@ network and the published formula, not through the code under test.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pix3d.data import predict
 from pix3d.errors import Pix3DError
@@ -186,6 +188,7 @@ def test_prepare_with_predict_caches_the_readouts_of_the_rgb(weights, tmp_path, 
     from the network run on each entry's cropped RGB, are labelled as predicted in the manifest,
     and differ from the folder's own normals files; auto takes the files where they exist."""
     from pix3d.constants import MODALITY_CHANNELS
+    from pix3d.data.images import crop_box, crop_resize
     from pix3d.data.prepare import prepare
     from tests.test_oracle import two_entry_folder
 
@@ -198,12 +201,18 @@ def test_prepare_with_predict_caches_the_readouts_of_the_rgb(weights, tmp_path, 
     assert "predicted" in m["sources"]["normals"] and "normal" in m["sources"]["normals"]
     assert "predicted" in m["sources"]["boundaries"] and m["available"]["normals"] and m["available"]["boundaries"]
     images = np.asarray(data.images)
-    lo, hi = MODALITY_CHANNELS["rgb"]
-    for row in range(len(data)):
-        rgb = np.ascontiguousarray(images[row, lo:hi].transpose(1, 2, 0))
+    entries = json.loads((root / "pix3d.json").read_text())
+    for row, entry in enumerate(entries):  # prepare keeps the json's order here (nothing skipped)
+        # As published: the photo's crop (the cache's window: bbox + 10% margin, squared) at 224 px,
+        # decoded as every cache crop is; not the 48 px cache crop upsampled.
+        window = crop_box(entry["bbox"], 0.1)
+        crop = crop_resize(root / entry["img"], window, tuple(entry["img_size"]), 224, "rgb").transpose(1, 2, 0)
+        small = crop_resize(root / entry["img"], window, tuple(entry["img_size"]), 48, "rgb")
+        np.testing.assert_array_equal(images[row, :3], small)  # the row is this entry
         for name, feature in (("normals", "normal"), ("boundaries", "edge_texture")):
             a, b = MODALITY_CHANNELS[name]
-            expected = predict.predict_crop(rgb, feature)
+            readout = predict.predict_crop(np.ascontiguousarray(crop), feature)
+            expected = np.asarray(Image.fromarray(readout).resize((48, 48), Image.Resampling.BILINEAR), dtype=np.uint8)
             expected = expected.transpose(2, 0, 1) if expected.ndim == 3 else expected[None]
             np.testing.assert_array_equal(images[row, a:b], expected)
     # Without the weights, auto falls back (boundaries: Canny) and predict is refused in one line.

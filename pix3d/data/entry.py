@@ -3,7 +3,7 @@
 `prepare_entry(EntryTask)` crops every modality of one entry to its square around the bbox
 at the cache size, each the way `pix3d.data.maps.entry_plan` chose: decoded from its file,
 derived by a fallback (`FALLBACKS`: Canny-like edges of the cropped RGB), predicted from the
-cropped RGB (`pix3d.data.predict`, imported lazily), or rendered from the CAD model at the
+photo's crop at 224 px (`pix3d.data.predict`, imported lazily, as published), or rendered from the CAD model at the
 annotated pose straight into the crop (`pix3d.render.oracle`). Whenever the model can be
 rendered it also measures the rendered silhouette against the annotated mask (IoU in the
 crop window; silhouette only, cheap, unless an oracle map is wanted). numpy, PIL only.
@@ -91,17 +91,29 @@ def _render(task: EntryTask, full: bool) -> OracleRender:
     return render
 
 
-def _predict(out: np.ndarray, modality, size: int) -> np.ndarray:
-    """The modality predicted from the entry's cropped RGB (channels first, uint8)."""
+# The published networks saw the photo's crop with its shorter side at 224 px: the crop they
+# predict from is decoded from the photo at no less than this, whatever the cache size.
+PREDICT_SIZE = 224
+
+
+def _predict(task: EntryTask, box, modality) -> np.ndarray:
+    """The modality predicted from the entry's photo, cropped to the cache's window at
+    PREDICT_SIZE (or the cache size when larger), resized to the cache size (channels first)."""
+    from PIL import Image
+
     from pix3d.data.predict import predict_crop  # lazy: a network, maybe absent
 
-    lo, hi = MODALITY_CHANNELS["rgb"]
-    rgb = np.ascontiguousarray(out[lo:hi].transpose(1, 2, 0))
+    side = max(task.size, PREDICT_SIZE)
+    rgb = np.ascontiguousarray(crop_resize(Path(task.root) / task.files[0], box, task.frame, side,
+                                           "rgb").transpose(1, 2, 0))
     predicted = np.asarray(predict_crop(rgb, modality.predict))
-    expected = (size, size, 3) if modality.channels == 3 else (size, size)
+    expected = (side, side, 3) if modality.channels == 3 else (side, side)
     if predicted.shape != expected or predicted.dtype != np.uint8:
         raise ValueError(f"pix3d.data.predict gave {predicted.dtype} {predicted.shape} for "
                          f"'{modality.predict}', expected uint8 {expected}")
+    if side != task.size:
+        predicted = np.asarray(Image.fromarray(predicted).resize((task.size, task.size), Image.Resampling.BILINEAR,
+                                                                 reducing_gap=3.0), dtype=np.uint8)
     return predicted.transpose(2, 0, 1) if predicted.ndim == 3 else predicted[None]
 
 
@@ -120,7 +132,7 @@ def prepare_entry(task: EntryTask) -> EntryResult:
                 out[lo:hi] = crop_resize(Path(task.root) / rel, box, task.frame, task.size, modality.decode)
             elif kind == PREDICT:
                 what = f"{modality.name} predicted from {task.files[0]}"
-                out[lo:hi] = _predict(out, modality, task.size)
+                out[lo:hi] = _predict(task, box, modality)
             elif kind == ORACLE:
                 if render is None and problem is None:
                     try:
