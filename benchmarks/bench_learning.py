@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = prepare(args.data, overrides["image_size"], cache_dir=Path(args.cache) if args.cache else None)
     schedule = overrides.get("lr_schedule", "step")
-    if schedule == "step":
+    if schedule == "none":
+        schedule = "constant"
+    elif schedule == "step":
         schedule = f"StepLR({overrides.get('step_size', TrainConfig.step_size)}, {overrides.get('gamma', TrainConfig.gamma):g})"
     title = (f"{args.model} {'+'.join(modalities)} lr {args.lr:g} {schedule}, {overrides['image_size']} px, "
              f"batch {overrides['batch_size']}, data {args.data}")
