@@ -96,16 +96,21 @@ def _render(task: EntryTask, full: bool) -> OracleRender:
 PREDICT_SIZE = 224
 
 
-def _predict(task: EntryTask, box, modality) -> np.ndarray:
-    """The modality predicted from the entry's photo, cropped to the cache's window at
-    PREDICT_SIZE (or the cache size when larger), resized to the cache size (channels first)."""
+def _predict_input(task: EntryTask, box) -> np.ndarray:
+    """The entry's photo cropped to the cache's window at PREDICT_SIZE (or the cache size when
+    larger), H x W x 3: what every predicted modality of the entry is computed from."""
+    side = max(task.size, PREDICT_SIZE)
+    return np.ascontiguousarray(crop_resize(Path(task.root) / task.files[0], box, task.frame, side,
+                                            "rgb").transpose(1, 2, 0))
+
+
+def _predict(task: EntryTask, rgb: np.ndarray, modality) -> np.ndarray:
+    """The modality predicted from `rgb` (`_predict_input`), resized to the cache size (channels first)."""
     from PIL import Image
 
     from pix3d.data.predict import predict_crop  # lazy: a network, maybe absent
 
-    side = max(task.size, PREDICT_SIZE)
-    rgb = np.ascontiguousarray(crop_resize(Path(task.root) / task.files[0], box, task.frame, side,
-                                           "rgb").transpose(1, 2, 0))
+    side = rgb.shape[0]
     predicted = np.asarray(predict_crop(rgb, modality.predict))
     expected = (side, side, 3) if modality.channels == 3 else (side, side)
     if predicted.shape != expected or predicted.dtype != np.uint8:
@@ -122,6 +127,7 @@ def prepare_entry(task: EntryTask) -> EntryResult:
     box = crop_box(task.bbox, task.margin)
     out = np.zeros((CACHE_CHANNELS, task.size, task.size), dtype=np.uint8)
     render: OracleRender | None = None
+    predict_rgb: np.ndarray | None = None
     problem: str | None = None
     what = task.files[0]
     try:
@@ -132,7 +138,9 @@ def prepare_entry(task: EntryTask) -> EntryResult:
                 out[lo:hi] = crop_resize(Path(task.root) / rel, box, task.frame, task.size, modality.decode)
             elif kind == PREDICT:
                 what = f"{modality.name} predicted from {task.files[0]}"
-                out[lo:hi] = _predict(task, box, modality)
+                if predict_rgb is None:  # decoded once for all the entry's predicted modalities
+                    predict_rgb = _predict_input(task, box)
+                out[lo:hi] = _predict(task, predict_rgb, modality)
             elif kind == ORACLE:
                 if render is None and problem is None:
                     try:
