@@ -84,8 +84,11 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "split", "seed"],
                                   "run(s) repeat a model/subset/lr/seed")
     labels = _RowLabels(records)
-    columns = list(PAPER_COLUMNS) + sorted(
-        set(records["modalities"]) - set(PAPER_COLUMNS), key=lambda s: (s.count("+"), s))
+    # The subsets these runs cover, in the paper's order, then any others: a grid over fewer
+    # subsets (`lr`: two) gets its own columns, not the ablation's fifteen mostly empty ones.
+    covered = set(records["modalities"])
+    columns = [c for c in PAPER_COLUMNS if c in covered] + sorted(
+        covered - set(PAPER_COLUMNS), key=lambda s: (s.count("+"), s))
     scale = metric_spec(metric).scale
 
     rows: list[Row] = []
@@ -112,7 +115,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
         notes.append(f"cells have unequal n ({', '.join(map(str, counts))} seeds): compare "
                      "spreads with care")
     missing = [f"{row.label} / {subset_label(c)}" for row in rows
-               for c in PAPER_COLUMNS if not row.cells[c].n]
+               for c in columns if not row.cells[c].n]
     if missing:
         notes.append("no finished runs for: " + ", ".join(missing))
     _oracle_note(rows, notes)
