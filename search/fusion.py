@@ -13,9 +13,6 @@ from typing import Any
 
 from pix3d.errors import Pix3DError, UsageError
 
-PAIR_KEYS = ("pairs_n", "pairs_size", "pairs_max_orbit_deg")
-
-
 def resolve_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, dict]:
     """(name, Tune config overrides) for a fusion grid: the pair set as pairs_* keys, then training."""
     from relpose.train import BUDGETS
@@ -30,7 +27,7 @@ def resolve_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, 
     chosen = BUDGETS[name]
     pairs, train = chosen["pairs"], chosen["train"]
     log(f"budget {name}: {pairs['n']} view pairs at {pairs['size']} px, orbits up to +-{pairs['max_orbit_deg']:g} deg; "
-        + ", ".join(f"{k} {v:g}" for k, v in train.items()))
+        + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in train.items()))
     overrides: dict[str, Any] = {f"pairs_{k}": v for k, v in pairs.items()}
     overrides.update(train)
     return name, overrides
@@ -66,8 +63,10 @@ def prepare_pairs(settings, space: dict):
     from pix3d.data.cache import default_cache_dir
     from relpose.pairs import PairConfig, load_or_make_pairs
 
-    config = PairConfig(n=int(space["pairs_n"]), size=int(space["pairs_size"]),
-                        max_orbit_deg=float(space["pairs_max_orbit_deg"]))
+    from trainables.relpose import PAIR_KEYS
+
+    config = PairConfig(**{field: type(getattr(PairConfig, field))(space[key])
+                           for key, field in PAIR_KEYS.items() if key in space})
     config.check()
     cache = Path(settings.cache) if settings.cache else default_cache_dir()
     return load_or_make_pairs(config, cache, progress=False)

@@ -225,6 +225,44 @@ def test_fit_reports_model_and_baselines_each_epoch(pairs):
     assert final["n_train"] + final["n_val"] == len(pairs)
 
 
+def test_cosine_schedule_reaches_zero_and_resumes_where_it_stopped(pairs):
+    """The lr falls along a cosine to 0 at the last step; a run stopped after epoch 1 and
+    resumed from its checkpoint ends with the same weights as one that never stopped."""
+    config = RelPoseConfig(fusion="early", loss="pose", lr=1e-3, lr_schedule="cosine", batch_size=4, epochs=3,
+                           val_fraction=0.3, threads=1, device="cpu")
+    whole = fit(config, pairs)
+    lrs = [m["lr"] for m in whole["history"]]
+    assert lrs[0] < 1e-3 and lrs[1] < lrs[0] and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    saved = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics, state):
+        saved.update(torch.load(_roundtrip(state), weights_only=True))  # as the trainable stores it
+        raise Stop
+
+    with pytest.raises(Stop):
+        fit(config, pairs, on_epoch=stop_after_first)
+    assert saved["epoch"] == 1
+    with pytest.raises(Pix3DError, match="'lr_schedule': unknown value 'step'"):
+        RelPoseConfig(lr_schedule="step")
+    resumed = fit(config, pairs, resume_from=saved)
+    assert [m["epoch"] for m in resumed["history"]] == [1, 2, 3]
+    for key, value in whole["model"].state_dict().items():
+        assert torch.equal(value, resumed["model"].state_dict()[key]), key
+
+
+def _roundtrip(state: dict):
+    """A checkpoint through torch.save / torch.load, as the trainable stores it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 def test_config_rejects_bad_values(pairs):
     with pytest.raises(Pix3DError, match="'device': unknown value 'tpu'"):
         fit(RelPoseConfig(device="tpu"), pairs)

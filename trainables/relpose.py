@@ -8,7 +8,7 @@ into the object store once per sweep.
 Config keys besides `RelPoseConfig` fields:
 - `weights`: "scratch" or "imagenet" (the grid's axis). "imagenet" reads the file named by
   `imagenet_weights`, which `search.run` resolves on the driver before anything starts.
-- `pairs_n`, `pairs_size`, `pairs_max_orbit_deg`: the pair set the sweep rendered; they are in
+- `pairs_n`, `pairs_size`, `pairs_max_orbit_deg`, `pairs_models_per_category`: the pair set the sweep rendered; they are in
   the config so MLflow records them, and they must match the data the trial is given.
 - `cpus_per_trial`, `gpus_per_trial`, `crash_once_at_epoch`: as in `trainables.pose`.
 """
@@ -29,7 +29,8 @@ from trainables.pose import TUNE_ONLY_KEYS, _maybe_crash
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHT_CHOICES = ("imagenet", "scratch")
-PAIR_KEYS = {"pairs_n": "n", "pairs_size": "size", "pairs_max_orbit_deg": "max_orbit_deg"}
+PAIR_KEYS = {"pairs_n": "n", "pairs_size": "size", "pairs_max_orbit_deg": "max_orbit_deg",
+             "pairs_models_per_category": "models_per_category"}
 
 
 def relpose_config_from_tune(config: Mapping[str, Any]):
