@@ -6,7 +6,9 @@ One row per fusion x weights x loss (x lr when several were run): the held-out r
 error in degrees, mean ± std over seeds, beside the no-motion baseline (predicting the
 identity) on the same validation pairs and their ratio (below 1 = the network predicts
 some of the motion), then translation error and the photometric L1 beside that of no motion.
-Files: table.md and table.csv, written atomically and logged to the sweep's parent run.
+Files: table.md, table.csv and table.png (each configuration's held-out rotation error epoch
+by epoch against the no-motion line, and the final ratios), written atomically and logged to
+the sweep's parent run.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_igno
         record.update(lr=float(tags.get("lr", params.get("lr", "nan"))), seed=tags.get("seed", params.get("seed", "?")),
                       end_time=run.info.end_time or 0, parent_run_id=tags.get("mlflow.parentRunId"))
         record[METRIC] = value
+        record["curve"] = [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, METRIC),
+                                                             key=lambda m: m.step)]
         record[BASELINE] = metrics.get(BASELINE, math.nan)
         for metric in EXTRA_METRICS:
             record[metric] = metrics.get(metric, math.nan)
@@ -135,9 +139,52 @@ def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_igno
     return FusionTable(experiment, at, frame, notes, parents.iloc[-1] if len(parents) else None, tracking_uri)
 
 
+def plot_table(table: FusionTable, path: str | Path) -> Path:
+    """Left: each run's held-out rotation error by epoch, one colour per fusion x weights x loss
+    (x lr), the no-motion error dashed; right: the final ratio to no motion per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pix3d.fileio import save_figure
+
+    groups = table.groups()
+    several_lrs = table.records["lr"].nunique() > 1
+    labels = [" / ".join(key[:3]) + (f" lr={key[3]:g}" if several_lrs else "") for key, _ in groups]
+    colours = plt.get_cmap("tab10")
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    for i, ((_, g), label) in enumerate(zip(groups, labels)):
+        for j, curve in enumerate(g["curve"]):
+            if curve:
+                steps, values = zip(*curve)
+                curves.plot(steps, values, color=colours(i % 10), marker="o", ms=3, lw=1.2,
+                            label=label if j == 0 else None)
+    curves.axhline(float(table.records[BASELINE].mean()), color="grey", ls="--", lw=1.2, label="no motion")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("held-out rotation error (deg)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8)
+    ratios = [float(g[METRIC].mean()) / float(g[BASELINE].mean()) for _, g in groups]
+    spreads = [float(g[METRIC].std(ddof=1)) / float(g[BASELINE].mean()) if len(g) > 1 else 0.0 for _, g in groups]
+    y = np.arange(len(groups))
+    bars.barh(y, ratios, xerr=spreads, color=[colours(i % 10) for i in range(len(groups))], alpha=0.85)
+    bars.axvline(1.0, color="grey", ls="--", lw=1.2)
+    bars.set_yticks(y, labels, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xlabel("rotation error / no motion (< 1: predicts part of the motion)")
+    for yi, ratio in zip(y, ratios):
+        bars.text(ratio, yi, f" {ratio:.2f}", va="center", fontsize=8)
+    bars.set_xlim(0, max(1.15, max(ratios) * 1.15))
+    fig.suptitle(f"relative pose, experiment {table.experiment!r} ({table.at} epoch; n seeds per bar: "
+                 f"{', '.join(str(len(g)) for _, g in groups)})", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, close=True)
+
+
 def write_table(table: FusionTable, out_dir: str | Path, *, formats: Sequence[str] = (),
                 log_to_mlflow: bool = True) -> dict[str, Path]:
-    """table.md and table.csv (atomic writes) in `out_dir`, logged to the sweep's parent run."""
+    """table.md, table.csv and table.png (atomic writes) in `out_dir`, logged to the sweep's parent run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -145,6 +192,7 @@ def write_table(table: FusionTable, out_dir: str | Path, *, formats: Sequence[st
         with atomic_path(out_dir / name) as tmp:
             Path(tmp).write_text(text)
         written[kind] = out_dir / name
+    written["png"] = plot_table(table, out_dir / "table.png")
     if log_to_mlflow:
         from analysis.table import log_table_files
 

@@ -103,6 +103,10 @@ def test_fusion_smoke_grid_end_to_end_with_mlflow_rows(tmp_path, torch_home):
 
     # The table the sweep printed, and the same one rebuilt by analysis.table.
     table = (tmp_path / "table_out" / "fusion_smoke" / "table.md").read_text()
+    png = tmp_path / "table_out" / "fusion_smoke" / "table.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"  # the curves and ratios, as a picture
+    logged = {a.path for a in client.list_artifacts(parents[0].info.run_id, "table")}
+    assert {"table/table.md", "table/table.csv", "table/table.png"} <= logged, logged
     rows = [line for line in table.splitlines() if line.startswith(("| early", "| late"))]
     assert len(rows) == 8
     rebuilt = subprocess.run([sys.executable, "-m", "analysis.table", "--experiment", "fusion_smoke",
