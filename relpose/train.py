@@ -40,16 +40,17 @@ LOSSES = ("photometric", "pose")
 LR_SCHEDULES = ("none", "cosine")
 
 # Sweep budgets (search.run's `fusion` grid): the pair set each trial trains on, and the
-# training settings. Sized on the shared 2-core CPU (issue 14; README "The study as a sweep"):
-# from scratch the pose loss sits at the no-motion error for the first ~5 epochs of 2,040
-# training pairs, then falls; 64 px learned as fast per epoch as 96 px (0.93x no-motion at
-# epoch 5 both) at a third of the cost, so `quick` is 64 px (~50 pairs/s per core for early
-# fusion) with orbits up to +-30 deg and enough epochs to leave the plateau, and a cosine decay
-# so the last epochs settle (the constant-lr curves moved by +-0.05x epoch to epoch). lr 1e-3
-# sometimes never left the plateau (2 of 4 runs); 3e-4 left it in every run. `paper` is for a GPU.
+# training settings. Sized on the shared 2-core CPU (issue 14; README "The study as a sweep"),
+# early fusion, pose loss, from scratch: the loss sits at the no-motion error for the first
+# ~10,000 pair passes, then falls. 64 px learned as fast per epoch as 96 px (0.93x no motion
+# at epoch 5 both) at a third of the cost (~50 pairs/s per core). Held-out models are what
+# limits it: with 6 models per category the run overfit and stopped at 0.79x (train loss
+# still falling), with 20 models per category the same 28,500 pair passes reached 0.69x. A
+# cosine decay settles the last epochs (constant-lr curves moved +-0.05x epoch to epoch);
+# lr 1e-3 sometimes never left the plateau (2 of 4 runs), 3e-4 left it in every run.
 BUDGETS: dict[str, dict] = {
-    "quick": {"pairs": {"n": 2400, "size": 64, "max_orbit_deg": 30.0},
-              "train": {"epochs": 14, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
+    "quick": {"pairs": {"n": 4800, "size": 64, "max_orbit_deg": 30.0, "models_per_category": 20},
+              "train": {"epochs": 7, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
     "paper": {"pairs": {"n": 8000, "size": 128, "max_orbit_deg": 30.0, "models_per_category": 20},
               "train": {"epochs": 20, "batch_size": 32, "lr": 3e-4, "lr_schedule": "cosine"}},
 }
