@@ -26,7 +26,8 @@ def resolve_budget(budget: str, gpus_per_trial: float, log=print) -> tuple[str, 
         raise UsageError(f"--budget must be auto, {', '.join(BUDGETS)}; got {budget!r}")
     chosen = BUDGETS[name]
     pairs, train = chosen["pairs"], chosen["train"]
-    log(f"budget {name}: {pairs['n']} view pairs at {pairs['size']} px, orbits up to +-{pairs['max_orbit_deg']:g} deg; "
+    models = f" of {pairs['models_per_category']} models per category" if "models_per_category" in pairs else ""
+    log(f"budget {name}: {pairs['n']} view pairs{models} at {pairs['size']} px, orbits up to +-{pairs['max_orbit_deg']:g} deg; "
         + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in train.items()))
     overrides: dict[str, Any] = {f"pairs_{k}": v for k, v in pairs.items()}
     overrides.update(train)
