@@ -20,7 +20,7 @@ from pix3d.render.shapes import build_chair
 from pix3d.train import resolve_precision
 from relpose.models import IMAGENET_FILE, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, load_or_make_pairs, make_pairs, relative_transform
-from relpose.train import PairTensors, RelPoseConfig, fit, loss_fn, photometric_l1, pose_errors
+from relpose.train import PairTensors, RelPoseConfig, fit, loss_fn, photometric_l1
 
 REPO = Path(__file__).resolve().parents[1]
 
