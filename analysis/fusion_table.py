@@ -120,16 +120,17 @@ def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_igno
     records = []
     for run in finished:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        # One read of the metric's history per run: the curve for the plot, and the best epoch.
+        history = sorted(client.get_metric_history(run.info.run_id, METRIC), key=lambda m: m.step)
         value = metrics[METRIC]
         if at == "best":
-            values = [m.value for m in client.get_metric_history(run.info.run_id, METRIC) if math.isfinite(m.value)]
+            values = [m.value for m in history if math.isfinite(m.value)]
             value = min(values) if values else math.nan
         record = {k: tags.get(k, params.get(k, "?")) for k in KEYS}
         record.update(lr=float(tags.get("lr", params.get("lr", "nan"))), seed=tags.get("seed", params.get("seed", "?")),
                       end_time=run.info.end_time or 0, parent_run_id=tags.get("mlflow.parentRunId"))
         record[METRIC] = value
-        record["curve"] = [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, METRIC),
-                                                             key=lambda m: m.step)]
+        record["curve"] = [(m.step, m.value) for m in history]
         record[BASELINE] = metrics.get(BASELINE, math.nan)
         for metric in EXTRA_METRICS:
             record[metric] = metrics.get(metric, math.nan)
