@@ -8,10 +8,14 @@ Wrap it as `tune.with_parameters(train_pose, data=prepared)`: Ray puts the cache
 object store once per sweep and every trial maps the same read-only arrays (numpy buffers
 deserialize zero-copy), instead of pickling ~GBs into each trial's config.
 
-Testing aid (documented, used by the fault-tolerance test): a config key
-`crash_once_at_epoch: N` raises right before epoch N is reported, once per trial (a marker
-file in the trial directory remembers it), so Tune's retry can be seen to resume from the
-epoch N-1 checkpoint without repeating epochs.
+Testing aid (documented, used by the fault-tolerance tests): a config key
+`crash_once_at_epoch: N` (N >= 2) raises right before epoch N is reported, in an attempt that
+started from scratch; the retry restores the epoch N-1 checkpoint and goes on, so Tune's retry
+can be seen to resume without repeating epochs. "Once" is decided by the restored checkpoint,
+not by a file: the trial directory an attempt sees differs between a fresh actor and a reused
+one (Ray 2.60: `driver_artifacts/` vs `working_dirs/`), so a marker file there was missed
+whenever the retry landed on a reused actor, and the trial crashed twice. A marker file is
+still written where the crash happened, for a reader of the trial folder.
 """
 
 from __future__ import annotations
@@ -85,14 +89,18 @@ def _restore_state() -> dict | None:
         return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
 
 
-def _maybe_crash(config: Mapping[str, Any], epoch: int) -> None:
-    """The `crash_once_at_epoch` testing aid (see the module docstring)."""
+def _maybe_crash(config: Mapping[str, Any], epoch: int, resumed_from_epoch: int) -> None:
+    """The `crash_once_at_epoch` testing aid (see the module docstring): crash before reporting
+    `epoch` only in an attempt that restored no checkpoint (`resumed_from_epoch` 0)."""
     crash_at = config.get("crash_once_at_epoch")
-    if crash_at is None or int(crash_at) != epoch:
+    if crash_at is None:
+        return
+    if int(crash_at) < 2:
+        # At epoch 1 there is no checkpoint yet: every retry would start from scratch and crash.
+        raise Pix3DError(f"crash_once_at_epoch must be >= 2 (a checkpoint to retry from), got {crash_at}")
+    if int(crash_at) != epoch or resumed_from_epoch > 0:
         return
     marker = Path(tune.get_context().get_trial_dir()) / CRASH_MARKER
-    if marker.exists():
-        return
     marker.write_text(f"crashed before reporting epoch {epoch}\n")
     raise InjectedCrash(f"testing aid: crash_once_at_epoch={epoch}")
 
@@ -115,7 +123,7 @@ def train_pose(config: dict, data=None) -> None:
     resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
 
     def on_epoch(metrics: dict, checkpoint: dict) -> None:
-        _maybe_crash(config, int(metrics["epoch"]))
+        _maybe_crash(config, int(metrics["epoch"]), resumed_from_epoch)
         report = dict(metrics)
         # Where the trial ran (two nodes on one host share hostname and IP, not node id).
         report["node_id"] = node_id

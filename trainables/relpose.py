@@ -84,7 +84,7 @@ def train_relpose(config: dict, data=None) -> None:
     resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
 
     def on_epoch(metrics: dict, state: dict) -> None:
-        _maybe_crash(config, int(metrics["epoch"]))
+        _maybe_crash(config, int(metrics["epoch"]), resumed_from_epoch)
         report = {**metrics, "node_id": node_id, "resumed_from_epoch": resumed_from_epoch}
         with tempfile.TemporaryDirectory(prefix="relpose-ckpt-") as directory:
             save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), state)  # a full disk: one line
