@@ -47,7 +47,9 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
         return space
     path = imagenet_weights_path()
     if path.is_file():
-        space["imagenet_weights"] = str(path)
+        # Absolute: a relative TORCH_HOME would otherwise resolve against each trial's working
+        # directory (Ray gives every trial its own, and a reused actor yet another).
+        space["imagenet_weights"] = str(path.absolute())
         return space
     rest = [w for w in wanted if w != "imagenet"]
     if not skip_missing or not rest:

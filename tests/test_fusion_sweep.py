@@ -69,6 +69,22 @@ def test_skip_missing_weights_keeps_the_scratch_half(tmp_path, monkeypatch, caps
     assert "grid fusion: 8 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
 
 
+def test_a_relative_torch_home_reaches_the_trials_as_an_absolute_path(torch_home, tmp_path, monkeypatch):
+    """Each trial runs in its own working directory: a relative weights path would miss the file there."""
+    from ray import tune
+
+    from search.fusion import check_imagenet_weights
+
+    monkeypatch.chdir(torch_home.parent)
+    monkeypatch.setenv("TORCH_HOME", torch_home.name)
+    space = check_imagenet_weights(get_grid("fusion"), {"weights": tune.grid_search(["imagenet", "scratch"])},
+                                   skip_missing=False, log=lambda _: None)
+    path = Path(space["imagenet_weights"])
+    assert path.is_absolute() and path == torch_home / "hub" / "checkpoints" / IMAGENET_FILE
+    monkeypatch.chdir(tmp_path)
+    assert path.is_file()
+
+
 @pytest.mark.slow  # 8 ResNet-18 trials behind a Ray start-up: 2.5 min on the shared 2-core machine, 7 at load 16
 def test_fusion_smoke_grid_end_to_end_with_mlflow_rows(tmp_path, torch_home):
     storage = tmp_path / "results"
