@@ -183,6 +183,15 @@ def test_a_trial_larger_than_any_node_fails_at_once(ray_session):
     check_cluster_resources(2, 0)  # fits: no error
 
 
+def test_the_crash_aid_refuses_epoch_1_before_any_training():
+    """At epoch 1 there is no checkpoint, so every retry would crash again: refused up front."""
+    from trainables.pose import crash_hook
+
+    with pytest.raises(Pix3DError, match="crash_once_at_epoch must be >= 2"):
+        crash_hook({"crash_once_at_epoch": 1}, resumed_from_epoch=0)
+    crash_hook({"crash_once_at_epoch": 2}, resumed_from_epoch=1)(2)  # a retry: never crashes
+
+
 @pytest.mark.parametrize("cpus_per_trial", [1, 2], ids=["concurrent", "one-at-a-time"])
 def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(ray_session, tiny, tmp_path,
                                                                              cpus_per_trial):

@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ray
 from ray import tune
@@ -89,20 +89,25 @@ def _restore_state() -> dict | None:
         return load_checkpoint(Path(directory) / CHECKPOINT_FILE)
 
 
-def _maybe_crash(config: Mapping[str, Any], epoch: int, resumed_from_epoch: int) -> None:
-    """The `crash_once_at_epoch` testing aid (see the module docstring): crash before reporting
-    `epoch` only in an attempt that restored no checkpoint (`resumed_from_epoch` 0)."""
+def crash_hook(config: Mapping[str, Any], resumed_from_epoch: int) -> Callable[[int], None]:
+    """The `crash_once_at_epoch` testing aid (see the module docstring), checked once before any
+    training: a callable for each epoch that crashes before `epoch` is reported, and only in an
+    attempt that restored no checkpoint (`resumed_from_epoch` 0)."""
     crash_at = config.get("crash_once_at_epoch")
-    if crash_at is None:
-        return
+    if crash_at is None or resumed_from_epoch > 0:
+        return lambda epoch: None
     if int(crash_at) < 2:
         # At epoch 1 there is no checkpoint yet: every retry would start from scratch and crash.
         raise Pix3DError(f"crash_once_at_epoch must be >= 2 (a checkpoint to retry from), got {crash_at}")
-    if int(crash_at) != epoch or resumed_from_epoch > 0:
-        return
-    marker = Path(tune.get_context().get_trial_dir()) / CRASH_MARKER
-    marker.write_text(f"crashed before reporting epoch {epoch}\n")
-    raise InjectedCrash(f"testing aid: crash_once_at_epoch={epoch}")
+
+    def maybe_crash(epoch: int) -> None:
+        if epoch != int(crash_at):
+            return
+        marker = Path(tune.get_context().get_trial_dir()) / CRASH_MARKER
+        marker.write_text(f"crashed before reporting epoch {epoch}\n")
+        raise InjectedCrash(f"testing aid: crash_once_at_epoch={epoch}")
+
+    return maybe_crash
 
 
 def train_pose(config: dict, data=None) -> None:
@@ -122,8 +127,10 @@ def train_pose(config: dict, data=None) -> None:
     # 0 for a fresh start; the checkpoint's epoch after a retry or --resume (shows restarts).
     resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
 
+    maybe_crash = crash_hook(config, resumed_from_epoch)
+
     def on_epoch(metrics: dict, checkpoint: dict) -> None:
-        _maybe_crash(config, int(metrics["epoch"]), resumed_from_epoch)
+        maybe_crash(int(metrics["epoch"]))
         report = dict(metrics)
         # Where the trial ran (two nodes on one host share hostname and IP, not node id).
         report["node_id"] = node_id

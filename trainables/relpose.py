@@ -25,7 +25,7 @@ import torch
 from ray import tune
 
 from pix3d.errors import Pix3DError
-from trainables.pose import TUNE_ONLY_KEYS, _maybe_crash
+from trainables.pose import TUNE_ONLY_KEYS, crash_hook
 
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHT_CHOICES = ("imagenet", "scratch")
@@ -83,8 +83,10 @@ def train_relpose(config: dict, data=None) -> None:
             return  # reported in full before the driver died: nothing left to train
     resumed_from_epoch = int(resume_from["epoch"]) if resume_from is not None else 0
 
+    maybe_crash = crash_hook(config, resumed_from_epoch)
+
     def on_epoch(metrics: dict, state: dict) -> None:
-        _maybe_crash(config, int(metrics["epoch"]), resumed_from_epoch)
+        maybe_crash(int(metrics["epoch"]))
         report = {**metrics, "node_id": node_id, "resumed_from_epoch": resumed_from_epoch}
         with tempfile.TemporaryDirectory(prefix="relpose-ckpt-") as directory:
             save_checkpoint(os.path.join(directory, CHECKPOINT_FILE), state)  # a full disk: one line
