@@ -40,7 +40,7 @@ LOSSES = ("photometric", "pose")
 LR_SCHEDULES = ("none", "cosine")
 
 # Sweep budgets (search.run's `fusion` grid): the pair set each trial trains on, and the
-# training settings. Sized on the shared 2-core CPU (issue 14; README "The study as a sweep"),
+# training settings. Sized on the shared 2-core CPU (issue 14; docs/results.md, fusion budget),
 # early fusion, pose loss, from scratch: the loss sits at the no-motion error for the first
 # ~10,000 pair passes, then falls. 64 px learned as fast per epoch as 96 px (0.93x no motion
 # at epoch 5 both) at a third of the cost (~50 pairs/s per core). Held-out models are what

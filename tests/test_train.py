@@ -356,7 +356,7 @@ def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None,
 
 @pytest.mark.slow
 def test_combined_net_rgb_mask_learns_at_the_measured_budget():
-    """The claim the project keeps for combined_net (README, benchmarks/bench_learning.py): on
+    """The claim the project keeps for combined_net (docs/results.md, bench_learning.py): on
     RGB+mask at a constant lr 1e-3 it learns azimuth well clear of the majority baseline within
     the whole training split x 8 epochs (~13,000 image passes at the quick budget's 64 px).
 

@@ -3,7 +3,7 @@
 Owns `TARGETS` (the issue's ratios: Tune trial >= 0.95x the bare loop, data path >= 10x the
 step, two trials <= 1.2x one cache copy, sweep <= 1.10x and the whole command <= 1.3x its
 trials' time over the concurrency), `verdicts` (each target: its figure, met or missed) and
-`table_lines` (what the command prints and the README quotes).
+`table_lines` (what the command prints and docs/performance.md quotes).
 """
 
 from __future__ import annotations

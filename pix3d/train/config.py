@@ -179,11 +179,11 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {"image_size": 64, "epochs": 3, "batch_size": 10, "precision": "auto",
               "channels_last": True, "max_train_images": 300},
     # The smallest budget in which a model learns on a CPU, sized with benchmarks/bench_learning.py
-    # on a 2-core AMD EPYC (AVX2, fp32; README "A CPU budget that learns"): 3 epochs over 1,300
+    # on a 2-core AMD EPYC (AVX2, fp32; docs/results.md "Sizing the cpu budget"): 3 epochs over 1,300
     # training images (3,900 image passes) at a constant lr, batches of 32 (at lr 1e-3 they
     # helped combined_net: 1.6x the majority after one epoch against 1.3x with batches of 10).
     # At lr 1e-3 on RGB+mask, separate_net reaches ~2x the majority baseline and combined_net
-    # ~1.8x (README); combined_net's conv(64->256, 7) costs ~3.2 GFLOP per training image, ~70 ms
+    # ~1.8x (docs/results.md); combined_net's conv(64->256, 7) costs ~3.2 GFLOP per training image, ~70 ms
     # of a core at 88% of its fp32 peak, and the ablation (16 trials, 2 seeds) took 26 minutes.
     "cpu": {"image_size": 64, "epochs": 3, "batch_size": 32, "precision": "auto",
             "channels_last": True, "max_train_images": 1300, "lr_schedule": "none"},
