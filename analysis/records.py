@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cells import METRICS, metric_spec
 from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.metrics import METRICS, metric_spec
 
 AT_CHOICES = ("last", "best")
 BY_CHOICES = ("subset", "category")

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.cells import ORACLE_NOTE, Cell, Row, Table, metric_spec
+from analysis.cells import ORACLE_NOTE, Cell, Row, Table
 from analysis.records import DEFAULT_SPLIT
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
 from pix3d.errors import RENAMED
+from pix3d.metrics import metric_spec
 
 PAPER_COLUMNS: tuple[str, ...] = tuple("+".join(s) for s in ABLATION_SUBSETS)
 
