@@ -249,12 +249,14 @@ def test_ensure_builtin_generates_once_then_reuses(tmp_path):
 
 
 def test_prepare_reads_the_rendered_normals_and_boundaries(dataset, tmp_path):
+    from pix3d.data.maps import BUILTIN_EDGES
     from pix3d.data.prepare import prepare
 
     data = prepare(dataset, 32, cache_dir=tmp_path, workers=1, progress=False, log=lambda m: None)
     assert data.images.shape == (CONFIG.n, 8, 32, 32)
     assert data.available["normals"] and data.manifest["sources"]["normals"] == "files"
     assert data.manifest["sources"]["boundaries"] == "files"
+    assert data.manifest["edges"] == BUILTIN_EDGES  # the render's contours and creases: 3D edges
     assert data.images[:, 3].max() == 255 and data.images[:, 5:8].max() > 0
 
 
