@@ -392,7 +392,8 @@ def test_bench_prepare_subdivision_keeps_the_shape_and_quadruples_triangles():
 
 def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     """The model runs off the photo's left edge: the crop's padding stays empty in the oracle
-    maps as in the rgb, and the render check compares only what the photo shows."""
+    maps as in the rgb (no edge; for normals no surface, 128 grey), and the render check
+    compares only what the photo shows."""
     root = tmp_path / "set"
     mesh = chair()
     entry = add_entry(root, "0001", mesh, rotation_from_angles(30, 20, 0.0), [0.35, 0.0, 2.0], 60.0, 640, 480)
@@ -401,7 +402,8 @@ def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     data, _ = quiet(root, 64, tmp_path / "cache", normals="oracle", boundaries="oracle")
     rgb_padding = data.images[0, :3].sum(0) == 0
     assert rgb_padding[:, 0].all()                     # the crop reaches past the photo's edge
-    assert not data.images[0, NORMALS][:, rgb_padding].any() and not data.images[0, BOUNDARIES][0][rgb_padding].any()
+    assert (data.images[0, NORMALS][:, rgb_padding] == NORMALS_BACKGROUND).all()
+    assert not data.images[0, BOUNDARIES][0][rgb_padding].any()
     meta = json.loads((Path(data.manifest["cache_path"]) / "meta.json").read_text())
     assert meta["render_iou"][0] > 0.9
 
