@@ -1,6 +1,7 @@
-"""The table as data: how a metric reads (`MetricSpec`, `METRICS`), cells, rows, and the
-`Table` with its renderings (markdown, CSV, LaTeX). No MLflow, no files: `analysis.summary`
-fills a Table from records, `analysis.table` writes and logs it.
+"""The table as data: cells, rows, and the `Table` with its renderings (markdown, CSV,
+LaTeX). How a metric reads (unit, direction, baseline) is its spec in `pix3d.metrics.METRICS`,
+the registry the evaluation computes from. No MLflow, no files:
+`analysis.summary` fills a Table from records, `analysis.table` writes and logs it.
 """
 
 from __future__ import annotations
@@ -12,53 +13,12 @@ import numpy as np
 import pandas as pd
 
 from pix3d.constants import subset_label
+from pix3d.metrics import metric_spec
 
-BASELINE_METRIC = "majority_azimuth_acc"
 ORACLE_MARK = "†"
 ORACLE_NOTE = (f"{ORACLE_MARK} trained on oracle inputs (normals / boundaries rendered from the CAD model at "
                "the annotated pose, which a method working from photos does not have): not comparable "
                "with the published numbers")
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """How a logged metric reads in a table: unit, direction, the baseline logged beside it."""
-
-    name: str
-    unit: str = "%"                 # "%": a fraction shown x100; "deg"; "": as logged
-    lower_is_better: bool = False
-    baseline: str | None = None     # the majority-class value of the same metric
-    per_category: bool = False      # also logged as `<name>.<category>` at a trial's end
-
-    @property
-    def scale(self) -> float:
-        return 100.0 if self.unit == "%" else 1.0
-
-    def describe(self) -> str:
-        unit = {"%": "%", "deg": "degrees"}.get(self.unit, "as logged")
-        return unit + (", lower is better" if self.lower_is_better else "")
-
-
-METRICS: dict[str, MetricSpec] = {m.name: m for m in (
-    MetricSpec("val_azimuth_acc", baseline="majority_azimuth_acc", per_category=True),
-    MetricSpec("val_azimuth_mederr", unit="deg", lower_is_better=True,
-               baseline="majority_azimuth_mederr", per_category=True),
-    MetricSpec("val_azimuth_acc_pi6", baseline="majority_azimuth_acc_pi6", per_category=True),
-    MetricSpec("val_azimuth_acc_within1"),
-    MetricSpec("best_val_azimuth_acc", baseline="majority_azimuth_acc"),
-    MetricSpec("val_elevation_acc", baseline="majority_elevation_acc"),
-    MetricSpec("val_inplane_acc", baseline="majority_inplane_acc"),
-    MetricSpec("val_loss", unit="", lower_is_better=True),
-    MetricSpec("train_loss", unit="", lower_is_better=True),
-)}
-
-
-def metric_spec(metric: str) -> MetricSpec:
-    """The spec of a known metric; another name (Python API only) reads as a fraction in %."""
-    if metric in METRICS:
-        return METRICS[metric]
-    return MetricSpec(metric, lower_is_better="loss" in metric or "err" in metric,
-                      baseline=BASELINE_METRIC if metric == "val_azimuth_acc" else None)
 
 
 @dataclass

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cells import METRICS, metric_spec
 from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
 from pix3d.errors import Pix3DError, UsageError
+from pix3d.metrics import METRICS, metric_spec
 
 AT_CHOICES = ("last", "best")
 BY_CHOICES = ("subset", "category")
 RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
-                  "lr", "seed", "seed_quirks", "split", "oracle", "value", "baseline")
+                  "lr", "seed", "seed_quirks", "split", "oracle", "edges", "value", "baseline")
 ORACLE_TAG = "oracle_inputs"  # analysis.run_fields.ORACLE_TAG: modalities rendered from the CAD model
 DEFAULT_SPLIT = "published"  # pix3d.train.TrainConfig's (analysis does not import the loop)
 
@@ -128,6 +128,8 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
                 # Trained on maps rendered from the CAD model at the true pose: not comparable.
                 "oracle": tags.get(ORACLE_TAG, "none") not in ("", "none"),
+                # What the boundaries channel showed (3D or texture edges); "" before it was logged.
+                "edges": params.get("data.edges", ""),
                 "value": value,
                 "baseline": (run.data.metrics.get(spec.baseline, math.nan)
                              if spec.baseline and by == "subset" else math.nan),

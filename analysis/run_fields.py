@@ -121,9 +121,10 @@ def oracle_inputs(manifest: Mapping[str, Any], modalities: Any = None) -> str:
 
 def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """What a child run needs to say where its data came from: dataset, cache key, sources
-    (an oracle source says "oracle"), and which modalities are oracle renders."""
+    (an oracle source says "oracle"), which modalities are oracle renders, and what the
+    boundaries show (`data.edges`: 3D or texture edges, pix3d.data.maps.edges_label)."""
     picked: dict[str, Any] = {"oracle": oracle_inputs(manifest)}
-    for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version"):
+    for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version", "edges"):
         if key in manifest and not isinstance(manifest[key], list):
             picked[key] = manifest[key]
     for key, value in manifest.items():

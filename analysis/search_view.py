@@ -23,14 +23,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.cells import metric_spec
 from analysis.mlflow_store import ROLE_TAG, search_all_runs
 from analysis.records import trial_runs
 from analysis.search_plots import ParamAxis, plot_history, plot_importances, plot_parallel
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path
-from pix3d.metrics import metric_key_part
+from pix3d.metrics import metric_key_part, metric_spec
 
 TOP = 10
 

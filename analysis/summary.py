@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.cells import ORACLE_NOTE, Cell, Row, Table, metric_spec
+from analysis.cells import ORACLE_NOTE, Cell, Row, Table
 from analysis.records import DEFAULT_SPLIT
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
 from pix3d.errors import RENAMED
+from pix3d.metrics import metric_spec
 
 PAPER_COLUMNS: tuple[str, ...] = tuple("+".join(s) for s in ABLATION_SUBSETS)
 
@@ -52,6 +53,21 @@ def _oracle_note(rows: list[Row], notes: list[str]) -> None:
     """The footnote of the † cells, when there are any."""
     if any(cell.oracle for row in rows for cell in row.cells.values()):
         notes.append(ORACLE_NOTE)
+
+
+def _edges_note(records: pd.DataFrame, notes: list[str]) -> None:
+    """Which edges the boundaries input showed, in the runs that trained on it: 3D edges (an
+    oracle render, or the built-in set's) are another input than the published texture edges."""
+    if "edges" not in records or records.empty:
+        return
+    uses = records[[("boundaries" in str(m).split("+")) for m in records["modalities"]]]
+    if uses.empty:
+        return
+    if "run_id" in uses:
+        uses = uses.drop_duplicates("run_id")  # by category: one record per run and category
+    counts = uses["edges"].fillna("").replace("", "not recorded (older runs)").value_counts()
+    notes.append("boundaries input: " + "; ".join(f"{label} in {n} run(s)" for label, n in counts.items())
+                 + " (the published input was texture edges, visualpriors 'edge_texture')")
 
 
 class _RowLabels:
@@ -119,6 +135,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     if missing:
         notes.append("no finished runs for: " + ", ".join(missing))
     _oracle_note(rows, notes)
+    _edges_note(records, notes)
     return Table(experiment, metric, at, columns, rows, baseline, notes, records)
 
 
@@ -146,4 +163,5 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
     if empty:
         notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")
     _oracle_note(rows, notes)
+    _edges_note(records, notes)
     return Table(experiment, metric, at, columns, rows, {}, notes, records, by="category")

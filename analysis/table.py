@@ -12,7 +12,7 @@ the sweep's parent run, with every cell as a parent-run metric (`table.<model>.<
 `table.majority.<subset>`) so that MLflow's chart view shows the table; the command ends with
 the links that open the experiment's training runs in the MLflow UI (analysis.mlflow_ui).
 
-`--metric` picks any metric of `METRICS` (accuracies in %, the median angular error in
+`--metric` picks any metric of `pix3d.metrics.METRICS` (accuracies in %, median angular errors in
 degrees, labelled lower-is-better); `--by category` gives the per-category breakdown (rows =
 model x subset, columns = categories) of the metrics logged per category at the end of a trial.
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from analysis.cells import ORACLE_MARK, METRICS, Row, Table, metric_spec
+from analysis.cells import ORACLE_MARK, Row, Table
 from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
 from analysis.summary import summarise, summarise_by_category
 from analysis.mlflow_store import default_tracking_uri
@@ -36,7 +36,7 @@ from analysis.mlflow_ui import experiment_review_lines
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path, ensure_writable_dir
-from pix3d.metrics import metric_key_part
+from pix3d.metrics import METRICS, metric_key_part, metric_spec
 from pix3d.models import TABLE_METRIC
 
 FORMATS = ("md", "csv", "latex")

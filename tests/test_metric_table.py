@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.cells import METRICS
+from pix3d.metrics import METRICS
 from analysis.table import build_table, main
 from analysis.mlflow_store import ROLE_TAG
 from pix3d.cli import run_cli
@@ -18,10 +18,12 @@ RUNS = [
     ("combined_net rgb s0", "combined_net", "rgb", 0,
      {"val_azimuth_acc": 0.50, "val_azimuth_mederr": 40.0, "val_azimuth_acc_pi6": 0.55,
       "majority_azimuth_mederr": 90.0, "majority_azimuth_acc": 0.2,
+      "val_rotation_mederr": 44.0, "majority_rotation_mederr": 95.0, "val_rotation_acc_pi6.chair": 0.5,
       "val_azimuth_acc.chair": 0.6, "val_azimuth_acc.desk": 0.3}),
     ("combined_net rgb s1", "combined_net", "rgb", 1,
      {"val_azimuth_acc": 0.70, "val_azimuth_mederr": 20.0, "val_azimuth_acc_pi6": 0.75,
       "majority_azimuth_mederr": 90.0, "majority_azimuth_acc": 0.2,
+      "val_rotation_mederr": 24.0, "majority_rotation_mederr": 97.0, "val_rotation_acc_pi6.chair": 0.7,
       "val_azimuth_acc.chair": 0.8, "val_azimuth_acc.desk": 0.5}),
     ("separate_net rgb+mask s0 (old)", "separate_net", "rgb+mask", 0,
      {"val_azimuth_acc": 0.40, "majority_azimuth_acc": 0.2}),
@@ -64,6 +66,24 @@ def test_acc_pi6_table_is_in_percent(store):
     uri, _ = store
     cell = build_table(uri, "ablation", metric="val_azimuth_acc_pi6").rows[0].cells["rgb"]
     assert cell.mean == pytest.approx(65.0)
+
+
+def test_rotation_metrics_read_from_the_same_specs(store, tmp_path, capsys):
+    """The geodesic metrics reach --metric from pix3d.metrics.METRICS with no analysis edit:
+    degrees, lower is better, with their own majority baseline; per category too."""
+    uri, _ = store
+    table = build_table(uri, "ablation", metric="val_rotation_mederr")
+    cell = table.rows[0].cells["rgb"]
+    assert (cell.n, cell.mean) == pytest.approx((2, 34.0))
+    assert table.baseline["rgb"].mean == pytest.approx(96.0)
+    assert "val_rotation_mederr (last epoch), mean over seeds in degrees, lower is better" in table.to_markdown()
+    by_category = build_table(uri, "ablation", metric="val_rotation_acc_pi6", by="category")
+    assert by_category.columns == ["chair"] and by_category.rows[0].cells["chair"].mean == pytest.approx(60.0)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "val_rotation_mederr" in help_text and "val_rotation_acc_pi6" in help_text
 
 
 def test_by_category_gives_categories_as_columns(store, tmp_path, capsys):

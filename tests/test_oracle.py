@@ -23,9 +23,11 @@ from analysis.cells import ORACLE_MARK
 from analysis.run_fields import data_provenance, oracle_inputs
 from analysis.summary import summarise
 from pix3d.constants import MODALITY_CHANNELS
+from pix3d.data.maps import EDGE_KINDS, ORACLE
 from pix3d.data.prepare import prepare
 from pix3d.render.mesh import boxes_to_mesh, write_obj
 from pix3d.render.oracle import ORACLE_SOURCE, RenderProblem, crop_camera
+from pix3d.render.shading import NORMALS_BACKGROUND
 from pix3d.render.raster import rasterize, rasterize_projected
 from pix3d.render.shapes import build_bed, build_chair
 from tests.pix3d_fixtures import REAL_ENTRY, rotation_from_angles
@@ -108,7 +110,7 @@ def test_oracle_silhouette_matches_an_independent_projection(tmp_path):
     data, _ = quiet(root, 96, tmp_path / "cache", normals="oracle", boundaries="oracle")
     meta = json.loads((Path(data.manifest["cache_path"]) / "meta.json").read_text())
     for i in range(len(data)):
-        rendered = data.images[i, NORMALS].any(0)     # oracle normals are 0 off the model
+        rendered = (data.images[i, NORMALS] != NORMALS_BACKGROUND).any(0)  # 128 grey off the model
         drawn = data.images[i, MASK][0] >= 128          # the test's own projection, cropped by prepare
         assert 0.1 < drawn.mean() < 0.9
         assert iou(rendered, drawn) > 0.9, (i, iou(rendered, drawn))
@@ -152,6 +154,11 @@ def test_oracle_maps_are_labelled_and_sources_enter_the_cache_key(tmp_path):
     assert data_provenance(m)["data.sources.normals"] == ORACLE_SOURCE
     assert oracle_inputs(m, "rgb+mask") == "none" and oracle_inputs(m, "rgb+mask+normals") == "normals"
     assert oracle_inputs(auto.manifest, "rgb+mask+boundaries+normals") == "none"
+    # What the boundaries show: the model's 3D edges from the oracle, texture edges from Canny.
+    assert m["edges"] == EDGE_KINDS[ORACLE] and m["edges"].startswith("3D edges")
+    assert none.manifest["edges"] == EDGE_KINDS["canny"] and none.manifest["edges"].startswith("texture edges")
+    assert auto.manifest["edges"].startswith("texture edges")  # no boundaries/ folder, no weights: Canny
+    assert data_provenance(m)["data.edges"] == EDGE_KINDS[ORACLE]
 
 
 def test_bad_source_names_are_usage_errors(tmp_path):
@@ -312,7 +319,7 @@ def test_mlflow_runs_and_the_table_say_oracle(tmp_path):
     from analysis.sweep_logger import SweepInfo, SweepLogger
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    manifest = {"key": "k", "n": 2, "oracle": ["boundaries", "normals"],
+    manifest = {"key": "k", "n": 2, "oracle": ["boundaries", "normals"], "edges": EDGE_KINDS[ORACLE],
                 "sources": {"rgb": "img files", "normals": ORACLE_SOURCE, "boundaries": ORACLE_SOURCE}}
     logger = SweepLogger(uri, SweepInfo(sweep_id="s1", sweep_name="oracle", experiment="oracle",
                                         grid="ablation", data_manifest=manifest))
@@ -330,6 +337,24 @@ def test_mlflow_runs_and_the_table_say_oracle(tmp_path):
     table = summarise(records, experiment="oracle").to_markdown()
     line = next(l for l in table.splitlines() if l.startswith("| combined_net"))
     assert line.count(ORACLE_MARK) == 1 and "not comparable with the published numbers" in table
+    assert f"boundaries input: {EDGE_KINDS[ORACLE]} in 1 run(s)" in table  # from the run's data.edges
+
+
+def test_table_says_which_edges_the_boundaries_input_showed():
+    def records(edges):
+        return pd.DataFrame([{"run_id": f"r{s}{m}", "parent_run_id": "p", "sweep_id": "s", "end_time": s,
+                              "model": "combined_net", "modalities": m, "lr": 1e-5, "seed": str(s),
+                              "seed_quirks": False, "split": "published", "oracle": False, "edges": edges,
+                              "value": 0.5, "baseline": 0.3}
+                             for s in range(2) for m in ("rgb+mask", "rgb+mask+boundaries")])
+    notes = summarise(records(EDGE_KINDS["canny"]), experiment="x").notes
+    [note] = [n for n in notes if n.startswith("boundaries input:")]
+    assert f"{EDGE_KINDS['canny']} in 2 run(s)" in note  # the rgb+mask runs do not count
+    oracle_notes = summarise(records(EDGE_KINDS[ORACLE]), experiment="x").notes
+    assert any("3D edges (oracle" in n for n in oracle_notes)
+    no_boundaries = records("")
+    no_boundaries = no_boundaries[no_boundaries["modalities"] == "rgb+mask"]
+    assert not any(n.startswith("boundaries input:") for n in summarise(no_boundaries, experiment="x").notes)
 
 
 def test_predict_without_its_weights_is_one_usage_error_and_auto_falls_back(tmp_path):
@@ -367,7 +392,8 @@ def test_bench_prepare_subdivision_keeps_the_shape_and_quadruples_triangles():
 
 def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     """The model runs off the photo's left edge: the crop's padding stays empty in the oracle
-    maps as in the rgb, and the render check compares only what the photo shows."""
+    maps as in the rgb (no edge; for normals no surface, 128 grey), and the render check
+    compares only what the photo shows."""
     root = tmp_path / "set"
     mesh = chair()
     entry = add_entry(root, "0001", mesh, rotation_from_angles(30, 20, 0.0), [0.35, 0.0, 2.0], 60.0, 640, 480)
@@ -376,7 +402,8 @@ def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     data, _ = quiet(root, 64, tmp_path / "cache", normals="oracle", boundaries="oracle")
     rgb_padding = data.images[0, :3].sum(0) == 0
     assert rgb_padding[:, 0].all()                     # the crop reaches past the photo's edge
-    assert not data.images[0, NORMALS][:, rgb_padding].any() and not data.images[0, BOUNDARIES][0][rgb_padding].any()
+    assert (data.images[0, NORMALS][:, rgb_padding] == NORMALS_BACKGROUND).all()
+    assert not data.images[0, BOUNDARIES][0][rgb_padding].any()
     meta = json.loads((Path(data.manifest["cache_path"]) / "meta.json").read_text())
     assert meta["render_iou"][0] > 0.9
 

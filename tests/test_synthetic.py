@@ -26,7 +26,7 @@ from pix3d.data.pose import angles, fit_bins
 from pix3d.render.camera import Camera, camera_pose
 from pix3d.render.mesh import boxes_to_mesh, read_obj
 from pix3d.render.raster import rasterize
-from pix3d.render.shading import normals_from_rgb, render_view
+from pix3d.render.shading import NORMALS_BACKGROUND, normals_from_rgb, render_view
 from pix3d.render.shapes import CATEGORIES, Box
 from pix3d.render.synthetic import SyntheticConfig, build_models, ensure_builtin, generate, plan_images, read_stamp
 
@@ -143,7 +143,7 @@ def test_normals_are_unit_camera_frame_vectors_inside_the_mask(dataset, entries)
         rel = e["img"].split("/", 1)[1]
         mask = png(dataset / e["mask"]) > 0
         rgb = png(dataset / "normals" / rel)
-        assert (rgb[~mask] == 0).all()
+        assert (rgb[~mask] == NORMALS_BACKGROUND).all()
         n = normals_from_rgb(rgb[mask])
         np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=0.02)
         # Visible surfaces face the camera: the normal opposes the viewing ray (Pix3D's frame:
@@ -249,12 +249,14 @@ def test_ensure_builtin_generates_once_then_reuses(tmp_path):
 
 
 def test_prepare_reads_the_rendered_normals_and_boundaries(dataset, tmp_path):
+    from pix3d.data.maps import BUILTIN_EDGES
     from pix3d.data.prepare import prepare
 
     data = prepare(dataset, 32, cache_dir=tmp_path, workers=1, progress=False, log=lambda m: None)
     assert data.images.shape == (CONFIG.n, 8, 32, 32)
     assert data.available["normals"] and data.manifest["sources"]["normals"] == "files"
     assert data.manifest["sources"]["boundaries"] == "files"
+    assert data.manifest["edges"] == BUILTIN_EDGES  # the render's contours and creases: 3D edges
     assert data.images[:, 3].max() == 255 and data.images[:, 5:8].max() > 0
 
 

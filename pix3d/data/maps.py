@@ -175,6 +175,33 @@ def entry_plan(annotations: Sequence, maps: dict[str, dict[str, str]], requested
     return files, kinds
 
 
+# What a boundaries map shows depends on where it came from. An oracle render draws the CAD
+# model's 3D edges (occluding contours and creases), and so do the built-in set's boundaries/
+# files (the same `edge_map` of its render); the published network (visualpriors
+# 'edge_texture', Taskonomy's "2D texture edges") and the Canny fallback find texture edges in
+# the photo. Files a user brings are whatever their maker drew.
+EDGES_3D, EDGES_TEXTURE, EDGES_FILES = "3D edges", "texture edges", "edges from files"
+EDGE_KINDS = {ORACLE: f"{EDGES_3D} (oracle: the CAD model's occluding contours and creases)",
+              PREDICT: f"{EDGES_TEXTURE} (predicted: visualpriors 'edge_texture')",
+              "canny": f"{EDGES_TEXTURE} (Canny-like, from rgb)"}
+BUILTIN_EDGES = f"{EDGES_3D} (the built-in set's render: occluding contours and creases)"
+
+
+def edges_label(kinds: Sequence[str], builtin: bool) -> str:
+    """The manifest's `edges`: what the boundaries channel shows (3D or texture edges, and
+    from where), for the kinds of every entry ("A for n, B for m" when they differ)."""
+    def one(kind: str) -> str:
+        if kind == FILES:
+            return BUILTIN_EDGES if builtin else f"{EDGES_FILES} (kind not known)"
+        return EDGE_KINDS.get(kind, UNAVAILABLE)
+    counts: dict[str, int] = {}
+    for kind in kinds:
+        counts[one(kind)] = counts.get(one(kind), 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), UNAVAILABLE)
+    return ", ".join(f"{label} for {n}" for label, n in counts.items())
+
+
 def kind_source(modality: Modality, kind: str) -> str:
     """The per-entry word (meta.json, manifest) for how an entry got a modality."""
     if kind == FILES:

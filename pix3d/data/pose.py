@@ -59,6 +59,33 @@ def angles(ann: Annotation) -> tuple[float, float, float]:
     return azimuth, elevation, math.degrees(ann.inplane_rotation)
 
 
+def rotation_from_angles(azimuth, elevation, inplane) -> np.ndarray:
+    """The model -> camera rotation (..., 3, 3) that angles in degrees stand for: the inverse of `angles`.
+
+    R = Rz(inplane) Rx(-elevation) Ry(azimuth), in real Pix3D's camera frame (x left, y up,
+    z forward): the camera at `view_direction(azimuth, elevation)` (pix3d.render.camera)
+    looking at the model's origin with the model's y axis up in the image, then rolled about
+    its optical axis by the in-plane angle. For |elevation| < 90 this is exactly the
+    synthetic writer's `rot_mat` (`camera_pose`: look_at, then the roll), so the annotated
+    angles of an entry give back `angles` of it; azimuth 0, elevation 0, in-plane 0 is the
+    identity (a frontal view). Past the poles (elevation beyond +-90, which only a bin
+    centre of the published elevation bins can be) the product carries on smoothly where a
+    look-at would flip.
+    """
+    a, e, r = (np.radians(np.asarray(v, dtype=np.float64)) for v in (azimuth, elevation, inplane))
+    a, e, r = np.broadcast_arrays(a, e, r)
+    ca, sa, ce, se, cr, sr = np.cos(a), np.sin(a), np.cos(e), np.sin(e), np.cos(r), np.sin(r)
+    one, zero = np.ones_like(a), np.zeros_like(a)
+
+    def matrix(rows):
+        return np.stack([np.stack(row, -1) for row in rows], -2)
+
+    yaw = matrix([[ca, zero, sa], [zero, one, zero], [-sa, zero, ca]])          # Ry(azimuth)
+    pitch = matrix([[one, zero, zero], [zero, ce, se], [zero, -se, ce]])        # Rx(-elevation)
+    roll = matrix([[cr, -sr, zero], [sr, cr, zero], [zero, zero, one]])         # Rz(in-plane)
+    return roll @ pitch @ yaw
+
+
 # ----------------------------------------------------------------------------- bins
 
 

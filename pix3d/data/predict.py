@@ -20,7 +20,9 @@ One departure from `feature_readout`: its decoder crops every upsampling step to
 returns only the top / left square of the crop. Here a non-square crop is covered by square
 224 px windows along its longer side (each exactly what the published network saw for a
 square crop) and overlaps are averaged. Normals stay in Taskonomy's encoding, unconverted,
-as the published PNGs were.
+as the published PNGs were (x right, y down, z towards the camera; `store_readout`): the
+one encoding of the normals modality, which oracle renders and the built-in set's normals/
+files use too (`pix3d.render.shading.normals_to_rgb`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pix3d.errors import Pix3DError, one_line
+from pix3d.render.shading import readout_to_uint8
 
 # feature -> channels of its readout (visualpriors' TASKS_TO_CHANNELS)
 FEATURES = {"normal": 3, "edge_texture": 1}
@@ -224,6 +227,12 @@ def predict_crop(rgb_crop: np.ndarray, feature: str, weights_dir: Path | None = 
     if (h, w) != size:
         readout = F.interpolate(readout, size=(h, w), mode="bilinear", align_corners=False,
                                 antialias=h < size[0])
-    image = ((readout[0] / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    out = image.permute(1, 2, 0).numpy()
-    return out[:, :, 0].copy() if FEATURES[feature] == 1 else np.ascontiguousarray(out)
+    out = store_readout(readout[0])
+    return out[:, :, 0].copy() if FEATURES[feature] == 1 else out
+
+
+def store_readout(readout: torch.Tensor) -> np.ndarray:
+    """A readout C x H x W in [-1, 1] as the published PNGs stored it, H x W x C uint8:
+    `pred / 2 + 0.5` scaled to 0..255 (`pix3d.render.shading.readout_to_uint8`, which the
+    oracle's and the built-in set's normals are encoded with too)."""
+    return np.ascontiguousarray(readout_to_uint8(readout.float().permute(1, 2, 0).cpu().numpy()))

@@ -47,6 +47,7 @@ from pix3d.data.maps import (
     UNAVAILABLE,
     check_sources,
     describe_source,
+    edges_label,
     entry_plan,
     entry_sources,
     find_maps,
@@ -181,6 +182,9 @@ def prepare(
         dataset = {"name": name, "path": str(root.resolve()), "json_sha256": hashlib.sha256(json_bytes).hexdigest()}
         manifest = _manifest(key, dataset, settings, annotations, skipped, sources)
         manifest["oracle"] = oracle
+        # What the boundaries channel shows; the built-in set (its stamp, pix3d.render.synthetic's
+        # STAMP_NAME, beside pix3d.json) draws its boundaries/ files from its render.
+        manifest["edges"] = edges_label(kinds["boundaries"], builtin=(root / "synthetic.json").is_file())
         manifest["sources"].update(notes)
         manifest["render_check"] = render_summary(ious, problems)
         write_json(tmp / "meta.json", meta)

@@ -21,6 +21,7 @@ from pix3d.data.annotations import Annotation
 from pix3d.errors import Pix3DError
 from pix3d.fileio import atomic_path
 from pix3d.render.oracle import IOU_THRESHOLD
+from pix3d.render.shading import NORMALS_BACKGROUND
 
 QUANTILES = (("min", 0.0), ("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
              ("p95", 0.95), ("max", 1.0))
@@ -110,7 +111,7 @@ def contact_sheet(root: Path, annotations: list[Annotation], png: Path, *, rows:
             raise Pix3DError(f"{a.where()}: {result.error}")
         ch = {m: result.array[slice(*MODALITY_CHANNELS[m])] for m in MODALITY_CHANNELS}
         rgb = _tile(ch["rgb"])
-        rendered = ch["normals"].any(0)  # the oracle's silhouette: normals are 0 outside
+        rendered = (ch["normals"] != NORMALS_BACKGROUND).any(0)  # the oracle's silhouette
         tiles = [rgb, _tile(ch["mask"]), _overlay(rgb, ch["boundaries"][0] > 0, rendered),
                  _tile(ch["normals"]), _tile(ch["boundaries"])]
         if predict:

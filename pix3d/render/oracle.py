@@ -132,7 +132,8 @@ class OracleRender:
     boundaries: np.ndarray | None = None  # bool S x S
 
     def normals_rgb(self) -> np.ndarray:
-        """The normals as the project stores them (`normals_to_rgb`): uint8 S x S x 3."""
+        """The normals encoded exactly as predicted ones are stored (`normals_to_rgb`: Taskonomy's
+        axes, pred / 2 + 0.5, 128 grey off the model): uint8 S x S x 3."""
         return normals_to_rgb(self.normals, self.mask)
 
     def boundaries_u8(self) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Owns `model_palette`, `render_background`, `Rendering` (RGB, mask, normals, boundaries,
 depth of one view), `render_view` (rasterise, shade, add noise) and the 8-bit encoding of
-camera-frame normals (`normals_to_rgb`, `normals_from_rgb`). numpy and PIL only: it runs in
+camera-frame normals (`normals_to_rgb`, `normals_from_rgb`): the one encoding of the normals
+modality, the published network's (docs/metrics.md, "Encodings"). numpy and PIL only: it runs in
 the render workers, which do not import torch.
 """
 
@@ -104,17 +105,39 @@ def render_view(mesh: Mesh, palette: np.ndarray, R: np.ndarray, t: np.ndarray, f
     return Rendering(rgb=rgb_u8, mask=mask, normals=normals, boundaries=boundaries, depth=depth)
 
 
+# Normals are stored as the published network's readout is (visualpriors' Taskonomy `normal`,
+# a tanh readout saved as pred / 2 + 0.5): in Taskonomy's axes, which are NYU's and 2D3DS's
+# colouring (red = x to the right, green = y down, blue = z towards the camera), that is the
+# camera-frame normal of this project (x left, y up, z forward) negated in all three axes.
+# Where no surface is seen (background, the crop's padding of a render) the vector is zero:
+# the readout's tanh 0, stored as 128 grey, which decodes to no direction at all (black would
+# decode to a false normal, (-1, -1, -1)).
+NORMALS_BACKGROUND = 128
+
+
+def normals_to_taskonomy(normals: np.ndarray) -> np.ndarray:
+    """Camera-frame normals (x left, y up, z forward) -> Taskonomy's axes (x right, y down, z to the camera)."""
+    return -np.asarray(normals)
+
+
+def readout_to_uint8(readout: np.ndarray) -> np.ndarray:
+    """A readout in [-1, 1] (channels last) as the published PNGs stored it: pred / 2 + 0.5 in 0..255."""
+    scaled = np.clip(np.asarray(readout, dtype=np.float32) / 2 + 0.5, 0.0, 1.0) * 255
+    return np.round(scaled).astype(np.uint8)
+
+
 def normals_to_rgb(normals: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Unit normals -> uint8 RGB (n + 1) / 2 * 255, background 0."""
-    rgb = np.clip((normals + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    rgb[~mask] = 0
+    """Unit camera-frame normals -> uint8 RGB exactly as a predicted normals map is stored
+    (Taskonomy's axes, pred / 2 + 0.5), NORMALS_BACKGROUND where `mask` is false."""
+    rgb = readout_to_uint8(normals_to_taskonomy(normals))
+    rgb[~np.asarray(mask, dtype=bool)] = NORMALS_BACKGROUND
     return rgb
 
 
 def normals_from_rgb(rgb: np.ndarray) -> np.ndarray:
-    """Inverse of `normals_to_rgb` (up to 8-bit quantisation)."""
-    return rgb.astype(np.float64) / 255 * 2 - 1
-
+    """Inverse of `normals_to_rgb`: camera-frame normals (up to 8-bit quantisation; zero-ish
+    where nothing was seen)."""
+    return -(np.asarray(rgb, dtype=np.float64) / 255 * 2 - 1)
 
 
 def encode_buffer(rendering: Rendering, buffer: str) -> np.ndarray:

@@ -7,8 +7,9 @@ indistinguishable in layout from Pix3D:
     pix3d.json                      list of entries with every field real Pix3D has
     img/<category>/NNNN.png         RGB photo: shaded furniture over a cluttered background
     mask/<category>/NNNN.png        0/255 silhouette
-    normals/<category>/NNNN.png     camera-frame unit normals (x left, y up, z forward) as
-                                    (n + 1) / 2 * 255, background 0
+    normals/<category>/NNNN.png     unit normals encoded as the published network's readout
+                                    (Taskonomy's axes: x right, y down, z to the camera;
+                                    pred / 2 + 0.5), background 128 (`normals_to_rgb`)
     boundaries/<category>/NNNN.png  occlusion and crease edges, 0/255
     model/<category>/<name>/model.obj
     model/<category>/<name>/3d_keypoints.txt   the model's corner vertices, one "x y z" a line
@@ -58,7 +59,8 @@ from pix3d.render.shapes import CATEGORIES
 # regenerated, so caches never mix renderer versions.
 # 2: rot_mat / trans_mat / normals in Pix3D's camera frame (x left, y up)
 # 3: every real Pix3D key (2d / 3d keypoints, model_raw, voxel), 3d_keypoints.txt per model
-GENERATOR_VERSION = 3
+# 4: normals/ in the predicted normals' encoding (Taskonomy's axes, background 128)
+GENERATOR_VERSION = 4
 SOURCE = "pix3d.synthetic"  # img_source and model_source of every entry
 MISSING_POINT = [-1.0, -1.0]  # real Pix3D's 2d keypoint that is not in the image
 STAMP_NAME = "synthetic.json"

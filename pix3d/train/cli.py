@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"done in {time.perf_counter() - started:.1f}s: val azimuth acc {final['val_azimuth_acc']:.3f} "
         f"(best {final['best_val_azimuth_acc']:.3f}, majority baseline {final['majority_azimuth_acc']:.3f}, "
-        f"+-1 bin {final['val_azimuth_acc_within1']:.3f}); wrote {checkpoint_path} and {history_path}"
+        f"+-1 bin {final['val_azimuth_acc_within1']:.3f}; rotation MedErr "
+        f"{final.get('val_rotation_mederr', float('nan')):.1f} deg); wrote {checkpoint_path} and {history_path}"
     )
     return 0

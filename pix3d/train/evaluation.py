@@ -1,10 +1,11 @@
 """How a model is scored: the pose loss, the majority baselines, prediction and validation metrics.
 
-Owns `pose_loss` (the training objective, also the validation loss), `majority_baseline` /
-`majority_angle_baseline` (what always guessing the most frequent training bin scores),
-`predict` (logits and per-sample loss in the order of the rows asked for) and `evaluate`, the
-one validation function: `fit` calls it every epoch, and it is public for scoring any model on
-a `BatchSource`.
+Owns `pose_loss` (the training objective, also the validation loss), `majority_baseline`
+(what always guessing the most frequent training bin scores, on every metric with a
+baseline), `predict` (logits and per-sample loss in the order of the rows asked for) and
+`evaluate`, the one validation function: `fit` calls it every epoch, and it is public for
+scoring any model on a `BatchSource`. Which metrics there are, and how each is computed from
+the predictions, is `pix3d.metrics.METRICS`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pix3d.constants import HEADS, N_BINS
+from pix3d.data.pose import Bins
 from pix3d.devices import EVAL_BATCH
-from pix3d.metrics import azimuth_angle_metrics, per_category_metrics
-from pix3d.data.pose import circular_bin_distance
+from pix3d.metrics import Predictions, baseline_metrics, per_category_metrics, validation_metrics
 from pix3d.train.batches import BatchSource
 from pix3d.train.precision import autocast
 
@@ -31,21 +32,20 @@ def pose_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mea
     return per_sample.mean() if reduction == "mean" else per_sample
 
 
-def majority_angle_baseline(train_labels: np.ndarray, val_azimuth_deg, azimuth_centres) -> dict[str, float]:
-    """MedErr and Acc@pi/6 on val of always predicting the most frequent training azimuth bin."""
-    majority = np.bincount(train_labels[:, 0], minlength=N_BINS).argmax()
-    angle = azimuth_angle_metrics(np.full(len(val_azimuth_deg), majority), val_azimuth_deg, azimuth_centres)
-    return {"majority_azimuth_mederr": angle["val_azimuth_mederr"],
-            "majority_azimuth_acc_pi6": angle["val_azimuth_acc_pi6"]}
+def bin_centres(bins: Bins) -> np.ndarray:
+    """3 x N_BINS: each head's bin centres in degrees (in-plane edges in radians converted)."""
+    return np.stack([bins.centres(head) for head in HEADS])
 
 
-def majority_baseline(train_labels: np.ndarray, val_labels: np.ndarray) -> dict[str, float]:
-    """Accuracy on val of always predicting each head's most frequent training bin."""
-    out = {}
-    for h, head in enumerate(HEADS):
-        majority = np.bincount(train_labels[:, h], minlength=N_BINS).argmax()
-        out[f"majority_{head}_acc"] = float((val_labels[:, h] == majority).mean())
-    return out
+def majority_baseline(train_labels: np.ndarray, val_labels: np.ndarray, val_angles: np.ndarray | None = None,
+                      bins: Bins | None = None) -> dict[str, float]:
+    """Every metric's baseline on val (`majority_<head>_acc`, and with the validation angles
+    (N x 3 degrees) and the bins the angular ones): each head always predicting its most
+    frequent training bin."""
+    val = Predictions(predicted=val_labels, truth=val_labels,
+                      angles=None if val_angles is None else np.asarray(val_angles, dtype=np.float64),
+                      centres=None if bins is None else bin_centres(bins))
+    return baseline_metrics(train_labels, val)
 
 
 @torch.no_grad()
@@ -73,32 +73,28 @@ def predict(model: nn.Module, source: BatchSource, indices: torch.Tensor, precis
 @torch.no_grad()
 def evaluate(model: nn.Module, source: BatchSource, indices, precision: str = "fp32",
              batch_size: int = EVAL_BATCH, *, shuffle: torch.Generator | None = None,
-             azimuth_deg: np.ndarray | None = None, azimuth_centres: np.ndarray | None = None,
+             angles: np.ndarray | None = None, bins: Bins | None = None,
              categories: Sequence[str] | None = None) -> dict:
     """Validation metrics of `model` (on `source.device`) on cache rows `indices`.
 
-    Loss, per-head accuracy, circular within-one-bin azimuth accuracy and the azimuth confusion
-    matrix (`val_azimuth_confusion`, true x predicted). With the true azimuths (degrees, all
-    cache rows) and the bin centres, also MedErr and Acc@pi/6; with `categories` (all cache
-    rows), per-category ones.
+    Every metric of `pix3d.metrics.METRICS` the inputs allow, plus the azimuth confusion matrix
+    (`val_azimuth_confusion`, true x predicted). With the annotated angles (N x 3 degrees,
+    all cache rows) and the bins, also the angular ones (azimuth and rotation MedErr,
+    Acc@pi/6); with `categories` (all cache rows), the per-category ones.
     """
     indices = torch.as_tensor(indices, dtype=torch.int64)
     logits, losses = predict(model, source, indices, precision, batch_size, shuffle)
     predicted = logits.argmax(dim=2).numpy()
     truth = source.labels.index_select(0, indices.to(source.device)).cpu().numpy()
-    metrics = {"val_loss": float(losses.mean())}
-    for h, head in enumerate(HEADS):
-        metrics[f"val_{head}_acc"] = float((predicted[:, h] == truth[:, h]).mean())
-    az_pred, az_true = predicted[:, 0], truth[:, 0]
-    metrics["val_azimuth_acc_within1"] = float((circular_bin_distance(az_pred, az_true) <= 1).mean())
-    if azimuth_deg is not None and azimuth_centres is not None:
-        rows = indices.numpy()
-        true_deg = np.asarray(azimuth_deg, dtype=np.float64)[rows]
-        metrics.update(azimuth_angle_metrics(az_pred, true_deg, azimuth_centres))
-        if categories is not None:
-            val_categories = [categories[i] for i in rows]
-            metrics.update(per_category_metrics(az_pred, az_true, true_deg, azimuth_centres, val_categories))
+    rows = indices.numpy()
+    with_angles = angles is not None and bins is not None
+    predictions = Predictions(predicted=predicted, truth=truth, losses=losses.numpy().astype(np.float64),
+                              angles=np.asarray(angles, dtype=np.float64)[rows] if with_angles else None,
+                              centres=bin_centres(bins) if with_angles else None)
+    metrics = validation_metrics(predictions)
+    if categories is not None:
+        metrics.update(per_category_metrics(predictions, [categories[i] for i in rows]))
     confusion = np.zeros((N_BINS, N_BINS), dtype=np.int64)
-    np.add.at(confusion, (az_true, az_pred), 1)
+    np.add.at(confusion, (truth[:, 0], predicted[:, 0]), 1)
     metrics["val_azimuth_confusion"] = confusion.tolist()
     return metrics

@@ -120,7 +120,7 @@ def validate(state: RunState, data, epoch: int) -> dict:
         val_shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     return evaluate(state.model, state.source, state.split.val, state.precision,
                     config.batch_size if config.seed_quirks else EVAL_BATCH, shuffle=val_shuffle,
-                    azimuth_deg=data.azimuth, azimuth_centres=state.split.azimuth_centres,
+                    angles=state.split.angles, bins=state.split.bins,
                     # Per-category numbers at the end of the trial only (not per epoch).
                     categories=data.categories if epoch == config.epochs else None)
 
@@ -132,5 +132,6 @@ def format_metrics(m: dict, epochs: int) -> str:
         f"az {m['val_azimuth_acc']:.3f} (+-1 bin {m['val_azimuth_acc_within1']:.3f}, majority "
         f"{m['majority_azimuth_acc']:.3f}; MedErr {m.get('val_azimuth_mederr', math.nan):.1f} deg, "
         f"Acc@pi/6 {m.get('val_azimuth_acc_pi6', math.nan):.3f})  el {m['val_elevation_acc']:.3f}  ip {m['val_inplane_acc']:.3f}  "
+        f"rotation MedErr {m.get('val_rotation_mederr', math.nan):.1f} deg  "
         f"lr {m['lr']:.1e}  {m['images_per_s']:.0f} img/s  {m['epoch_time_s']:.1f}s"
     )

@@ -28,7 +28,7 @@ from pix3d.data.pose import Bins, fit_bins
 from pix3d.train.batches import BatchSource, channel_stats
 from pix3d.train.checkpoints import checkpoint_to_resume, rng_state, seed_everything, set_rng_state, to_cpu
 from pix3d.train.config import TrainConfig
-from pix3d.train.evaluation import majority_angle_baseline, majority_baseline
+from pix3d.train.evaluation import majority_baseline
 from pix3d.train.precision import resolve_precision
 
 
@@ -40,8 +40,8 @@ class Split:
     val: torch.Tensor
     bins: Bins
     labels: np.ndarray              # N x 3 bin labels of every cache row
-    baseline: dict[str, float]      # the majority baselines on the validation rows
-    azimuth_centres: np.ndarray
+    baseline: dict[str, float]      # every metric's majority baseline on the validation rows
+    angles: np.ndarray              # N x 3 annotated angles (degrees) of every cache row
 
 
 @dataclass
@@ -130,11 +130,10 @@ def split_data(config: TrainConfig, data) -> Split:
         raise Pix3DError(f"split {config.split!r} left {len(train_idx)} training and {len(val_idx)} validation images; need >= 2 and >= 1")
     bins = fit_bins(config.bins, data.azimuth[train_idx], data.elevation[train_idx], data.inplane[train_idx])
     labels = bins.labels(data.azimuth, data.elevation, data.inplane)
-    baseline = majority_baseline(labels[train_idx], labels[val_idx])
-    azimuth_centres = bins.centres("azimuth")
-    baseline.update(majority_angle_baseline(labels[train_idx], data.azimuth[val_idx], azimuth_centres))
+    angles = np.stack([data.azimuth, data.elevation, data.inplane], axis=1).astype(np.float64)
+    baseline = majority_baseline(labels[train_idx], labels[val_idx], angles[val_idx], bins)
     return Split(torch.as_tensor(train_idx, dtype=torch.int64), torch.as_tensor(val_idx, dtype=torch.int64),
-                 bins, labels, baseline, azimuth_centres)
+                 bins, labels, baseline, angles)
 
 
 def normalisation(config: TrainConfig, data, train: torch.Tensor, checkpoint: dict | None) -> dict:
