@@ -110,12 +110,13 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
 
 
 def _row_key(row: Row) -> str:
-    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05]."""
+    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05][.<key>_<value>...]."""
     parts = [metric_key_part(p) for p in (row.model, row.modalities) if p]
     if row.seed_quirks is not None:
         parts.append("quirks_on" if row.seed_quirks else "quirks_off")
     if row.lr is not None:
         parts.append(f"lr_{row.lr:g}")  # digits, '.', 'e', '-': a valid metric name as it is
+    parts += [metric_key_part(f"{key}_{value}") for key, value in row.axes.items()]
     return ".".join(parts)
 
 
