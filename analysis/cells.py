@@ -64,6 +64,8 @@ class Row:
     lr: float | None
     cells: dict[str, Cell]
     modalities: str | None = None  # set in per-category tables (one row per model x subset)
+    # Other keys a grid varied, where this model ran at several of their values (label `key=value`).
+    axes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Table:
 
     def to_frame(self) -> pd.DataFrame:
         """Long form, one line per (row, column): easy to load back or plot elsewhere."""
+        axis_keys = list(dict.fromkeys(key for row in self.rows for key in row.axes))
         out = []
         for row, cells in [(r, r.cells) for r in self.rows] + [(None, self.baseline)]:
             for column in self.columns:
@@ -116,6 +119,7 @@ class Table:
                     "model": row.model if row else "",
                     "seed_quirks": "" if row is None or row.seed_quirks is None else row.seed_quirks,
                     "lr": "" if row is None or row.lr is None else row.lr,
+                    **{key: row.axes.get(key, "") if row else "" for key in axis_keys},
                     **placement, "column": subset_label(column),
                     "mean_pct": round(cell.mean, 4) if cell.n else "",
                     "std_pct": round(cell.std, 4) if cell.n > 1 else "",

@@ -1,5 +1,10 @@
 """MLflow -> records: the finished trial runs of an experiment as one row per run (or per
 run and category), with the notes a reader needs (left-out runs, runs lacking the metric).
+
+Which runs are different points and which are repeats: the table's own keys
+(`IDENTITY_COLUMNS`), plus every key a sweep's grid varies beyond them, read from its parent
+run (`grid.varies`) and carried as an `axis.<key>` column with each run's value (its params
+hold the flattened config). Runs whose parent predates the tag have the usual keys only.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
+from analysis.run_fields import VARIES_TAG, read_varies
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.metrics import METRICS, metric_spec
 
@@ -19,6 +25,15 @@ RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "m
                   "lr", "seed", "seed_quirks", "split", "oracle", "edges", "value", "baseline")
 ORACLE_TAG = "oracle_inputs"  # analysis.run_fields.ORACLE_TAG: modalities rendered from the CAD model
 DEFAULT_SPLIT = "published"  # pix3d.train.TrainConfig's (analysis does not import the loop)
+# What tells two runs apart in every table (rows and columns are made of them); for runs
+# logged before VARIES_TAG, all of it.
+IDENTITY_COLUMNS = ("model", "modalities", "lr", "seed_quirks", "split", "seed")
+AXIS_PREFIX = "axis."  # record column of a key a grid varies beyond IDENTITY_COLUMNS
+
+
+def axis_columns(records: pd.DataFrame) -> list[str]:
+    """The records' `axis.<key>` columns: the keys grids varied beyond the usual ones."""
+    return [c for c in records.columns if str(c).startswith(AXIS_PREFIX)]
 
 
 def client_for(tracking_uri: str):
@@ -49,6 +64,21 @@ def _best(history, metric: str) -> float:
     if not values:
         return math.nan
     return min(values) if metric_spec(metric.split(".")[0]).lower_is_better else max(values)
+
+
+def grid_axes(client, runs) -> list[str]:
+    """The keys the grids of these runs' sweeps vary beyond IDENTITY_COLUMNS, in the grids'
+    order, from each parent run's VARIES_TAG (a parent without the tag adds none)."""
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}
+    if not parents:
+        return []
+    sweeps = search_all_runs(client, sorted({r.info.experiment_id for r in runs}),
+                             f"tags.`{ROLE_TAG}` = 'sweep'")
+    keys: dict[str, None] = {}
+    for sweep in sweeps:
+        if sweep.info.run_id in parents:
+            keys.update(dict.fromkeys(read_varies(sweep.data.tags.get(VARIES_TAG)) or ()))
+    return [k for k in keys if k not in IDENTITY_COLUMNS]
 
 
 def _run_label(run) -> str:
@@ -107,6 +137,7 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
         lacking = [r for r in finished if not has_metric(r)]
         notes.append(f"{len(lacking)} finished run(s) lack {what} (logged before it existed?) "
                      f"and were left out: {_runs_lacking(lacking, metric)}")
+    axes = grid_axes(client, with_metric)
     records = []
     for run in with_metric:
         tags, params = run.data.tags, run.data.params
@@ -134,10 +165,13 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 "baseline": (run.data.metrics.get(spec.baseline, math.nan)
                              if spec.baseline and by == "subset" else math.nan),
             }
+            # Every run's value, whichever sweep it came from: its params hold the whole config.
+            record.update({AXIS_PREFIX + axis: params.get(axis, tags.get(axis, "?")) for axis in axes})
             if by == "category":
                 record["category"] = key[len(prefix):]
             records.append(record)
-    columns = list(RECORD_COLUMNS) + (["category"] if by == "category" else [])
+    columns = (list(RECORD_COLUMNS) + [AXIS_PREFIX + axis for axis in axes]
+               + (["category"] if by == "category" else []))
     frame = pd.DataFrame(records, columns=columns)
     latest_parent = frame.sort_values("end_time")["parent_run_id"].dropna()
     return frame, notes, (latest_parent.iloc[-1] if len(latest_parent) else None)

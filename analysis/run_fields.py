@@ -105,6 +105,28 @@ def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
 
 ORACLE_TAG = "oracle_inputs"  # child and parent runs: the modalities rendered from the CAD model
 
+# Parent run: the config keys the sweep's grid varies (search.grids.varied_keys), as a JSON
+# list. Together with model, modalities and seed they say which trials are different points
+# and which are repeats (analysis.records, analysis.summary).
+VARIES_TAG = "grid.varies"
+
+
+def varies_text(keys) -> str:
+    """The VARIES_TAG value: the keys as a JSON list, in the grid's order."""
+    return json.dumps(list(keys))
+
+
+def read_varies(text: str | None) -> tuple[str, ...] | None:
+    """The keys a VARIES_TAG value names; None when absent or not a JSON list of names (runs
+    logged before the tag existed, whose identity is then the table's usual keys)."""
+    try:
+        keys = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return None
+    return tuple(keys)
+
 
 def oracle_inputs(manifest: Mapping[str, Any], modalities: Any = None) -> str:
     """'normals+boundaries' style list of the cache's oracle modalities (those of `modalities`

@@ -1,6 +1,8 @@
 """Pure table arithmetic: a frame of one value per run in, a `Table` of mean ± std over
 seeds out (`summarise` by modality subset, `summarise_by_category` per category). Rows come
 in the model registry's order; published values come from each model's registration.
+A run repeats another when all its identity keys match (analysis.records: the usual ones and
+the `axis.<key>` columns of what its grid varied); each varied key is a row key too.
 Pure, so the same arithmetic can be checked against Tune's own results.
 """
 
@@ -9,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis.cells import ORACLE_NOTE, Cell, Row, Table
-from analysis.records import DEFAULT_SPLIT
+from analysis.records import AXIS_PREFIX, DEFAULT_SPLIT, IDENTITY_COLUMNS, axis_columns
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key, subset_label
 from pix3d.errors import RENAMED
@@ -29,10 +31,21 @@ def _split_rank(split: str) -> tuple[int, str]:
     return (0 if split == DEFAULT_SPLIT else 1, split)
 
 
-def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.DataFrame, list[str]]:
-    """Canonical modality keys and split names, and one record per `key`: the same grid point and seed logged
-    twice (two sweeps in one experiment) keeps the latest, so a re-run replaces rather than
-    double-counts a seed. Returns the records and a note when some were left out."""
+def _axis_rank(value) -> tuple:
+    """A varied key's values in order: numbers by value (8 before 16), then text."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+    return (0, number, "") if number == number else (1, 0.0, str(value))
+
+
+def _latest_only(records: pd.DataFrame, per: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[str]]:
+    """Canonical modality keys and split names, and one record per identity (IDENTITY_COLUMNS,
+    the axis columns, `per`): the same grid point and seed logged twice (two sweeps in one
+    experiment) keeps the latest, so a re-run replaces rather than double-counts a seed.
+    Returns the records and a note when some were left out."""
+    key = [*IDENTITY_COLUMNS, *axis_columns(records), *per]
     records = records.copy()
     records["modalities"] = [modalities_key(m) for m in records["modalities"]]
     # Splits by today's names ("seed" is the published split's old name); none logged: the default.
@@ -41,7 +54,11 @@ def _latest_only(records: pd.DataFrame, key: list[str], what: str) -> tuple[pd.D
     duplicated = records.duplicated(key, keep="last")
     if not duplicated.any():
         return records, []
-    return records[~duplicated], [f"{int(duplicated.sum())} {what} of a later run and were left out (latest kept)"]
+    what = "/".join(["model", "subset", "lr", "seed",
+                     *(c[len(AXIS_PREFIX):] for c in axis_columns(records)), *per])
+    unit = "value(s)" if per else "run(s)"
+    return records[~duplicated], [f"{int(duplicated.sum())} {unit} repeat a {what} of a later run and were "
+                                  "left out (latest kept)"]
 
 
 def _any_oracle(records: pd.DataFrame) -> bool:
@@ -73,15 +90,17 @@ def _edges_note(records: pd.DataFrame, notes: list[str]) -> None:
 class _RowLabels:
     """Row labels: the model, plus quirks on/off when both were run, plus the lr when a
     model was run at several, plus the split when several were (a random split beside
-    by_model shows how much leakage flatters the numbers)."""
+    by_model shows how much leakage flatters the numbers), plus `key=value` of each other
+    key a grid varied when a model was run at several of its values."""
 
     def __init__(self, records: pd.DataFrame):
         self.split_quirks = records["seed_quirks"].nunique() > 1
         self.lrs_per_model = records.groupby("model")["lr"].nunique()
         self.several_splits = records["split"].nunique() > 1
+        self.axes_per_model = {c: records.groupby("model")[c].nunique(dropna=False) for c in axis_columns(records)}
 
     def row(self, model: str, quirks, lr, cells: dict[str, Cell], suffix: str = "", split: str = "",
-            **extra) -> Row:
+            axes: dict[str, object] | None = None, **extra) -> Row:
         label = model
         if self.several_splits:
             label += f" [{split} split]"
@@ -90,16 +109,19 @@ class _RowLabels:
         several_lrs = self.lrs_per_model[model] > 1
         if several_lrs:
             label += f" lr={lr:g}"
+        shown = {column[len(AXIS_PREFIX):]: str(value) for column, value in (axes or {}).items()
+                 if self.axes_per_model[column][model] > 1}
+        label += "".join(f" {key}={value}" for key, value in shown.items())
         return Row(label + suffix, model, bool(quirks) if self.split_quirks else None,
-                   float(lr) if several_lrs else None, cells, **extra)
+                   float(lr) if several_lrs else None, cells, axes=shown, **extra)
 
 
 def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azimuth_acc",
               at: str = "last") -> Table:
     """One value per run (fractions) -> Table of mean ± std (n) in % per row and subset."""
-    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "split", "seed"],
-                                  "run(s) repeat a model/subset/lr/seed")
+    records, notes = _latest_only(records)
     labels = _RowLabels(records)
+    axes = axis_columns(records)
     # The subsets these runs cover, in the paper's order, then any others: a grid over fewer
     # subsets (`lr`: two) gets its own columns, not the ablation's fifteen mostly empty ones.
     covered = set(records["modalities"])
@@ -108,9 +130,10 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     scale = metric_spec(metric).scale
 
     rows: list[Row] = []
-    for (model, split, quirks, lr), group in sorted(
-            records.groupby(["model", "split", "seed_quirks", "lr"], sort=False),
-            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3])):
+    for (model, split, quirks, lr, *axis_values), group in sorted(
+            records.groupby(["model", "split", "seed_quirks", "lr", *axes], sort=False, dropna=False),
+            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3],
+                              *map(_axis_rank, item[0][4:]))):
         cells = {}
         for column in columns:
             picked = group.loc[group["modalities"] == column]
@@ -118,7 +141,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
             # Published values are for the published (random, per-category) split only.
             published = model_registry.published_value(model, metric, column) if split == DEFAULT_SPLIT else None
             cells[column] = Cell(values, published, oracle=_any_oracle(picked))
-        rows.append(labels.row(model, quirks, lr, cells, split=split))
+        rows.append(labels.row(model, quirks, lr, cells, split=split, axes=dict(zip(axes, axis_values))))
 
     baseline = {}
     if "baseline" in records and records["baseline"].notna().any():
@@ -143,22 +166,23 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
                           metric: str = "val_azimuth_acc", at: str = "last") -> Table:
     """One value per run and category -> Table: rows model (x quirks x lr) x subset, columns
     the categories, cells mean ± std over seeds."""
-    records, notes = _latest_only(records, ["model", "modalities", "lr", "seed_quirks", "split", "seed", "category"],
-                                  "value(s) repeat a model/subset/lr/seed/category")
+    records, notes = _latest_only(records, per=("category",))
     labels = _RowLabels(records)
+    axes = axis_columns(records)
     scale = metric_spec(metric).scale
     columns = sorted(set(records["category"]))
     subset_order = {s: i for i, s in enumerate(PAPER_COLUMNS)}
     rows: list[Row] = []
-    groups = records.groupby(["model", "split", "seed_quirks", "lr", "modalities"], sort=False)
-    for (model, split, quirks, lr, subset), group in sorted(
+    groups = records.groupby(["model", "split", "seed_quirks", "lr", *axes, "modalities"], sort=False, dropna=False)
+    for (model, split, quirks, lr, *axis_values, subset), group in sorted(
             groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]),
-                                      item[0][3], subset_order.get(item[0][4], len(subset_order)), item[0][4])):
+                                      item[0][3], *map(_axis_rank, item[0][4:-1]),
+                                      subset_order.get(item[0][-1], len(subset_order)), item[0][-1])):
         cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]],
                          oracle=_any_oracle(group.loc[group["category"] == c]))
                  for c in columns}
         rows.append(labels.row(model, quirks, lr, cells, f" · {subset_label(subset)}", split=split,
-                               modalities=subset))
+                               axes=dict(zip(axes, axis_values)), modalities=subset))
     empty = [f"{row.label} / {c}" for row in rows for c in columns if not row.cells[c].n]
     if empty:
         notes.append("no value for: " + ", ".join(empty) + " (no validation image of that category)")

@@ -80,7 +80,8 @@ def iter_results(lines: Iterable[str]) -> Iterable[dict]:
 
 # Fields of pix3d_sweep.json / search_run.json that sync uses, and the types they must have.
 _INFO_TYPES = {"sweep_id": str, "sweep_name": str, "experiment": str, "grid": str, "command": str,
-               "data_manifest": dict, "code_version": str, "storage_path": str, "search": dict}
+               "data_manifest": dict, "code_version": str, "storage_path": str, "search": dict,
+               "varies": list}
 
 
 def _read_json_object(path: Path, what: str) -> dict:
@@ -189,6 +190,7 @@ def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
         code_version=saved.get("code_version") or code_version(),
         storage_path=saved.get("storage_path") or normalise_storage_path(folder),
         tracking_uri=tracking_uri, search=saved.get("search") or {},
+        varies=tuple(saved.get("varies") or ()),  # a sweep saved before it: none, the usual keys
     )
     logger = SweepLogger(tracking_uri, info)
     trials = read_trials(folder)

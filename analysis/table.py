@@ -1,12 +1,13 @@
-"""The azimuth accuracy table, rebuilt from what MLflow logged.
+"""The pose table (azimuth accuracy unless --metric says otherwise), rebuilt from what MLflow logged.
 
     python -m analysis.table --experiment ablation [--mlflow-uri URI] [--metric val_azimuth_acc]
                              [--by subset|category] [--at last|best] [--format md|csv|latex] [--out DIR]
 
-Rows are models (split by seed_quirks on/off when both were run, and by learning rate when
-a model was run at several), columns the four modality subsets of the published table.
-Each cell is mean ± std over seeds with n, in %, and the published value beside it; a
-majority-class row says what 'learned nothing' scores. Files: table.md, table.csv,
+Rows are models (split by split and by seed_quirks on/off when several were run, and by the
+learning rate or any other key the sweep's grid varied when a model was run at several of its
+values), columns the modality subsets the runs cover, in the published table's order.
+Each cell is mean ± std over seeds with n, in the metric's unit, and the published value
+beside it; a majority-class row says what 'learned nothing' scores. Files: table.md, table.csv,
 table.png (and lr.png for learning-rate sweeps), written atomically to --out and logged to
 the sweep's parent run, with every cell as a parent-run metric (`table.<model>.<subset>`,
 `table.majority.<subset>`) so that MLflow's chart view shows the table; the command ends with
@@ -110,12 +111,13 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
 
 
 def _row_key(row: Row) -> str:
-    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05]."""
+    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05][.<key>_<value>...]."""
     parts = [metric_key_part(p) for p in (row.model, row.modalities) if p]
     if row.seed_quirks is not None:
         parts.append("quirks_on" if row.seed_quirks else "quirks_off")
     if row.lr is not None:
         parts.append(f"lr_{row.lr:g}")  # digits, '.', 'e', '-': a valid metric name as it is
+    parts += [metric_key_part(f"{key}_{value}") for key, value in row.axes.items()]
     return ".".join(parts)
 
 

@@ -109,11 +109,6 @@ def _number(kind, text: str, *, low: float | None, strict: bool, what: str):
     return value
 
 
-def finite_float(text: str) -> float:
-    """A float that is not NaN or infinite."""
-    return _number(float, text, low=None, strict=False, what="a number")
-
-
 def positive_float(text: str) -> float:
     """A finite float > 0."""
     return _number(float, text, low=0, strict=True, what="positive")

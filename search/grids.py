@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from ray import tune
+from ray.tune.search.sample import Domain
 
 from pix3d import models as model_registry
 from pix3d.constants import ABLATION_SUBSETS, modalities_key
@@ -199,7 +200,24 @@ def expand(space: Mapping[str, Any]) -> list[dict]:
     return [dict(config) for _, config in generate_variants(dict(space))]
 
 
-GRIDS: dict[str, Grid | FusionGrid] = {
+def varied_keys(space: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The config keys a param space varies: a `grid_search` axis, a sampled domain (a search's
+    proposals) or a `sample_from` rule (each model's published lr), nested keys joined by '.'
+    as the trial runs' params are. What tells two trials of a sweep apart (its parent MLflow
+    run records it: analysis.run_fields.VARIES_TAG), so a new axis needs no edit in analysis."""
+    keys: list[str] = []
+    for key, value in space.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Domain) or (isinstance(value, Mapping) and "grid_search" in value):
+            keys.append(name)
+        elif isinstance(value, Mapping):
+            keys += varied_keys(value, f"{name}.")
+    return keys
+
+
+AnyGrid = Grid | FusionGrid  # what get_grid returns: both have size, param_space, trials, trainable
+
+GRIDS: dict[str, AnyGrid] = {
     grid.name: grid
     for grid in (
         Grid(
@@ -275,7 +293,7 @@ GRIDS: dict[str, Grid | FusionGrid] = {
 }
 
 
-def get_grid(name: str) -> Grid:
+def get_grid(name: str) -> AnyGrid:
     """The grid called `name`; unknown names raise, listing the known ones."""
     try:
         return GRIDS[name]

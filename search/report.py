@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from pix3d.errors import Pix3DError, one_line
+from search.grids import varied_keys
 from search.options import read_settings
 
 
@@ -32,9 +33,11 @@ def sweep_tracking_uri(args: argparse.Namespace, sweep_path: str) -> str | None:
 
 
 def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, command: str, manifest: dict,
-                       storage: str, uri: str | None = None, search: dict | None = None) -> list:
+                       storage: str, uri: str | None = None, search: dict | None = None,
+                       space: Mapping[str, Any] | None = None) -> list:
     """The MLflow Tune callback (analysis.tracking), or none when disabled or not installed.
-    `search`: a model-based search's study (search.study.search_tags), for its parent run."""
+    `search`: a model-based search's study (search.study.search_tags), for its parent run;
+    `space`: the sweep's param space, whose varied keys its parent run records."""
     if args.no_mlflow:
         return []
     try:
@@ -46,7 +49,8 @@ def tracking_callbacks(args: argparse.Namespace, *, experiment: str, grid: str, 
     uri = uri or args.mlflow_uri or default_tracking_uri()
     print(f"MLflow: {uri} (experiment {experiment})")
     return [MLflowTrackingCallback(uri, experiment, sweep_name=experiment, grid=grid, command=command,
-                                   data_manifest=manifest, storage_path=storage, search=search)]
+                                   data_manifest=manifest, storage_path=storage, search=search,
+                                   varies=tuple(varied_keys(space or {})))]
 
 
 def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = "pose", uri: str | None = None,

@@ -111,7 +111,8 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
             write_settings(sweep_path, settings, command, uri)
         callbacks = tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
                                        manifest=getattr(data, "manifest", {}), storage=storage, uri=uri,
-                                       search=search_info(grid, sweep_path, experiment))
+                                       search=search_info(grid, sweep_path, experiment),
+                                       space=space)
         if args.resume:
             print(f"resuming sweep {sweep_path}")
             if args.mlflow_uri:

@@ -50,9 +50,12 @@ def tiny_pose_trainable(config):
     for epoch in range(1, int(config.get("epochs", EPOCHS)) + 1):
         start = time.perf_counter()
         for _ in range(20):
-            probs = _softmax(feats[train] @ weights)
-            probs[np.arange(len(train)), labels[train]] -= 1
-            weights -= step_lr * feats[train].T @ probs / len(train)
+            # Full batch, or with `batch_size` (a grid axis) a seeded minibatch per step.
+            batch = (rng.choice(train, int(config["batch_size"]), replace=False)
+                     if "batch_size" in config else train)
+            probs = _softmax(feats[batch] @ weights)
+            probs[np.arange(len(batch)), labels[batch]] -= 1
+            weights -= step_lr * feats[batch].T @ probs / len(batch)
         p_train = _softmax(feats[train] @ weights)
         p_val = _softmax(feats[val] @ weights)
         pred = p_val.argmax(1)

@@ -64,6 +64,7 @@ def test_summary_reports_categories_histograms_and_majority(folder):
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert text.startswith("24 entries, 3 categories, bins 'published'")
+    assert "fitted" not in result.stderr  # the published edges are fixed: no note about fitting
     for category in ("bed", "chair", "table"):
         count = sum(r["category"] == category for r in records)
         assert f"{category}" in text and f" {count} " in text
@@ -80,6 +81,19 @@ def test_quantile_bins_make_elevation_informative(folder):
     assert "fitted on all 24 entries" in result.stderr
     histogram = np.bincount([r["elevation_bin"] for r in records], minlength=N_BINS)
     assert histogram.max() <= 4 and (histogram > 0).all()
+
+
+def test_old_scheme_name_is_the_published_scheme_and_fits_nothing(folder, capsys):
+    """--bins seed (the published scheme's old name): its labels, and no note about fitting."""
+    from pix3d.errors import Pix3DDeprecation
+    from pix3d.inspect import main
+
+    assert main([str(folder), "--json"]) == 0
+    published = capsys.readouterr().out
+    with pytest.warns(Pix3DDeprecation, match="now called 'published'"):
+        assert main([str(folder), "--json", "--bins", "seed"]) == 0
+    old = capsys.readouterr()
+    assert old.out == published and "fitted" not in old.err
 
 
 def test_bad_mask_fails_or_is_skipped_and_listed(tmp_path):

@@ -8,9 +8,11 @@
   maps         where boundaries/normals come from (mirrored map folders) and how that is described
   cache        the prepared cache on disk: its key, size, `PreparedData`, `load_prepared`, clean-up
   prepare      `prepare()`: building a cache with worker processes, its meta and manifest
-  splits       train/validation splits (a registry: seed, random, by_model)
+  entry        one entry's channels (crop, mask, maps): a preparation worker's job
+  splits       train/validation splits (a registry: published, random, by_model)
   dataset      `ModalityView`, the channel-selecting view of a cache that trials read
   inspect      per-entry labels and label histograms of a folder
+  render_check each model rendered at its pose against its mask (IoU), the contact sheet
 
 The commands are `pix3d.prepare` and `pix3d.inspect`; this package holds no command.
 """
