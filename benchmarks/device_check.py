@@ -319,6 +319,7 @@ def measure(plan: Plan, args, gpu_memory: int) -> int:
     plan = replace(plan, n_images=len(data))
     log("2. paper epochs ...")
     results["epochs"] = paper_epochs(plan, data, device, results["ceiling"])
+    torch.cuda.empty_cache()   # the driver's cached blocks would sit beside the packed trials
     init_ray(None, log=log)
     try:
         log("3. packed sweep ...")
