@@ -354,22 +354,21 @@ def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None,
     return fit(config, data)["final"]
 
 
-@pytest.mark.slow  # 4,869 passes of combined_net at 64 px: ~4 min of 2 quiet AVX2 cores in fp32
+@pytest.mark.slow
 def test_combined_net_rgb_mask_learns_at_the_measured_budget():
-    """The claim the project keeps for combined_net (README "Budgets", benchmarks/bench_learning.py):
-    on RGB+mask at a constant lr 1e-3, batches of 32 (the `cpu` budget's), it learns azimuth
-    well clear of the majority baseline within 3 epochs of the whole training split (4,869
-    image passes at the quick budget's 64 px).
+    """The claim the project keeps for combined_net (README, benchmarks/bench_learning.py): on
+    RGB+mask at a constant lr 1e-3 it learns azimuth well clear of the majority baseline within
+    the whole training split x 8 epochs (~13,000 image passes at the quick budget's 64 px).
 
-    Measured with bench_learning at exactly this config (seed 0), val azimuth accuracy against
-    the 0.130 majority on 177 validation images: 1.61x, 1.74x, 1.74x after epochs 1-3 in fp32
-    (2-core AMD EPYC, AVX2 only), and 2.00x after epoch 3 in bf16 autocast (AMD EPYC Zen 5
-    with AVX512-BF16). The test asks for 1.5x (0.195), as it did of the 8-epoch, batch-10 run
-    it replaces (8 epochs of batches of 10, ~13,000 passes, 2.0x in fp32): at 37% of the cost,
-    with 0.031 of headroom in fp32 instead of 0.065 (the bf16 run's is 0.065)."""
-    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3, max_train_images=None, epochs=3,
-                       batch_size=32, lr_schedule="none")
-    assert final["n_train"] * 3 >= 4800, final["n_train"]  # the budget measured, not a smaller one
+    Measured (fp32, 2-core AMD EPYC with AVX2 only, 2026-12-01), val azimuth accuracy against a
+    0.130 majority on 177 validation images: 0.15, 0.18, 0.16, 0.20, 0.23, 0.26, 0.25, 0.27 over
+    the 8 epochs, so 2.0x at the end. Twice the baseline sits inside one validation set's noise
+    (+-0.03), so the test asks for 1.5x (0.195): 0.07 of headroom. The quick budget's 900
+    passes are far from enough, which is why `quick` is only a smoke run; the 4-epoch, stepped
+    budget (~6,500 passes) gave 0.23 (1.8x) here and 0.26 (2.0x) on a Xeon."""
+    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3, max_train_images=None, epochs=8,
+                       lr_schedule="none")
+    assert final["n_train"] * 8 >= 12000, final["n_train"]  # the budget measured, not a smaller one
     assert final["val_azimuth_acc"] >= 1.5 * final["majority_azimuth_acc"], final
 
 
