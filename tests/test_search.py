@@ -226,7 +226,9 @@ def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(r
     _, _, data = tiny
     grid = get_grid("smoke")
     space = grid.param_space(1, BUDGETS["quick"])
-    space.update(epochs=3, cpus_per_trial=cpus_per_trial, gpus_per_trial=0, crash_once_at_epoch=2)
+    # 16 training images: what is checked is the crash, the retry and the epochs, not learning.
+    space.update(epochs=3, cpus_per_trial=cpus_per_trial, gpus_per_trial=0, crash_once_at_epoch=2,
+                 max_train_images=16)
     results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="crash", max_failures=1,
                         cpus_per_trial=cpus_per_trial)
 
@@ -260,7 +262,8 @@ def test_a_trial_in_a_reused_actor_computes_what_a_fresh_one_does(ray_session, t
     _, _, data = tiny
     grid = get_grid("smoke")
     space = grid.param_space(1, BUDGETS["quick"])
-    space.update(model="separate_net", seed=tune.grid_search([0, 0]), cpus_per_trial=1, gpus_per_trial=0)
+    space.update(model="separate_net", seed=tune.grid_search([0, 0]), cpus_per_trial=1, gpus_per_trial=0,
+                 max_train_images=16)  # equal numbers need no more than a few batches
     results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="reuse", max_concurrent=1)
     assert len(results) == 2 and not results.errors
     first, second = (result.metrics_dataframe for result in results)
