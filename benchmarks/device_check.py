@@ -106,11 +106,10 @@ def plan_lines(plan: Plan, gpu_memory: int | None) -> list[str]:
         "(1 GPU) in a fresh and in a reused actor",
         "memory plan of the sweep's trials (estimate_train_memory, bf16):",
     ]
-    for config in plan.sweep_configs():
-        estimate = memory_estimate(config, plan.n_images)
-        lines.append(f"  {estimate.describe()}")
-    lines.append("  " + plan_gpu_packing(estimate_trials(plan.sweep_configs(), plan.n_images),
-                                         plan.gpus_per_trial, gpu_memory, "--gpu-memory-gib"))
+    # The sweep's trials are distinct shapes: estimate_trials (what search.run plans) gives one each.
+    estimates = estimate_trials(plan.sweep_configs(), plan.n_images)
+    lines.extend(f"  {estimate.describe()}" for estimate in estimates)
+    lines.append("  " + plan_gpu_packing(estimates, plan.gpus_per_trial, gpu_memory, "--gpu-memory-gib"))
     return lines
 
 
