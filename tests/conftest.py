@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from pix3d.data.cache import default_cache_dir
+from tests import loopback
 from tests.mlflow_server import mlflow_server
 
 
@@ -38,3 +40,23 @@ def served_sweep(ray_session, server, tmp_path_factory):
 
     results, callback = run_sweep(storage, "served", server.url)
     return results, callback, server
+
+
+@pytest.fixture(scope="session")
+def loopback_cluster():
+    """One real two-node Ray cluster on loopback for the suite (tests/loopback.py has its shape):
+    test_cluster, test_gpu_packing and test_devices join it with `--address`."""
+    # Here, not at the top: tests.test_search imports Ray Tune, which every pytest run would pay.
+    from tests.test_search import cli_env
+
+    yield from loopback.loopback_cluster(cli_env())
+
+
+@pytest.fixture(scope="session")
+def builtin_set():
+    """The built-in synthetic set, rendered once in the session's cache ($PIX3D_CACHE): the tests
+    that prepare it in a cache of their own seed it there (pix3d_fixtures.seed_builtin_set)."""
+    # Here, not at the top: the renderer is not needed by most runs of the suite.
+    from pix3d.render.synthetic import ensure_builtin
+
+    return ensure_builtin(default_cache_dir(), log=None, progress=False)

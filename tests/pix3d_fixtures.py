@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +254,21 @@ def read_json(root: Path) -> list[dict]:
 
 def write_json(root: Path, entries) -> None:
     (Path(root) / "pix3d.json").write_text(json.dumps(entries))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system (the cache on a different disk than /tmp): copy
+        shutil.copy2(src, dst)
+
+
+def seed_builtin_set(builtin: Path, cache_dir: Path) -> Path:
+    """Put the rendered built-in set (`builtin`, from the session fixture `builtin_set`) into
+    `cache_dir` where `prepare("synthetic", cache_dir=...)` finds it, hard-linked where the file
+    system allows: rendering its 1,800 images is minutes of a 2-core machine, preparing it is not.
+    The files are shared: a test must not change them."""
+    out = Path(cache_dir) / "synthetic" / Path(builtin).name
+    if not out.exists():
+        shutil.copytree(builtin, out, copy_function=_link_or_copy)
+    return out

@@ -9,7 +9,7 @@ import pytest
 
 COMMANDS = ["pix3d.train", "pix3d.prepare", "pix3d.synthetic", "pix3d.inspect", "search.run",
             "analysis.table", "analysis.sync", "relpose.train", "benchmarks.bench_learning",
-            "benchmarks.bench_train"]
+            "benchmarks.bench_train", "benchmarks.device_check"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)

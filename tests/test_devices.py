@@ -176,31 +176,13 @@ def test_trial_given_a_gpu_torch_cannot_see_fails_at_once_and_is_not_retried_on(
 
 
 @pytest.mark.slow
-def test_gpu_sweep_on_a_node_without_cuda_stops_before_any_trial_in_one_line(tmp_path):
-    """The issue's scenario: a loopback cluster advertising a GPU, a sweep without --device cpu."""
-    import shutil
-    import tempfile
-
-    from tests.test_cluster import free_port, start_node, stop_group
-    from tests.test_search import cli_env
-
+def test_gpu_sweep_on_a_node_without_cuda_stops_before_any_trial_in_one_line(loopback_cluster, tmp_path):
+    """The issue's scenario: a loopback cluster advertising GPUs (the session's, tests/loopback.py),
+    a sweep without --device cpu."""
     folder, cache = make_tiny_dataset(tmp_path)
-    temp_dir = tempfile.mkdtemp(prefix="rn-", dir="/tmp")
-    port = free_port()
-    env = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    group = None
-    try:
-        group = start_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
-                            "--num-cpus", "2", "--num-gpus", "1", "--temp-dir", temp_dir,
-                            "--include-dashboard", "false", "--dashboard-port", str(free_port()),
-                            "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats"], env)
-        proc = run_search("--grid", "smoke", "--address", f"127.0.0.1:{port}", "--data", str(folder),
-                          "--cache", str(cache), "--storage", str(tmp_path / "rr"), "--no-mlflow",
-                          "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=300)
-    finally:
-        if group is not None:
-            stop_group(group)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    proc = run_search("--grid", "smoke", "--address", loopback_cluster.address, "--data", str(folder),
+                      "--cache", str(cache), "--storage", str(tmp_path / "rr"), "--no-mlflow",
+                      "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     # stderr also carries the progress bars of preparing the 224 px cache; the error is one line.
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

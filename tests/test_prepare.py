@@ -21,7 +21,7 @@ from pix3d.data.images import crop_box
 from pix3d.data.maps import BOUNDARIES_DERIVED
 from pix3d.data.prepare import prepare
 from pix3d.data.annotations import load_annotations
-from tests.pix3d_fixtures import REAL_ENTRY, read_json, write_json, write_pix3d_folder
+from tests.pix3d_fixtures import REAL_ENTRY, read_json, seed_builtin_set, write_json, write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]
 RGB, MASK, BOUNDARIES, NORMALS = (slice(*MODALITY_CHANNELS[m]) for m in ("rgb", "mask", "boundaries", "normals"))
@@ -317,9 +317,11 @@ def test_cli_missing_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_builtin_synthetic_set_prepares(tmp_path):
-    pytest.importorskip("pix3d.render.synthetic")
+def test_builtin_synthetic_set_prepares(builtin_set, tmp_path):
+    # The set is rendered once per session (the builtin_set fixture), prepared here in a fresh cache.
+    seed_builtin_set(builtin_set, tmp_path / "cache")
     data, messages = quiet_prepare("synthetic", 32, tmp_path / "cache")
+    assert not any(m.startswith("cache hit") for m in messages)
     assert data.manifest["dataset"]["name"] == "synthetic" and len(data) > 0
     again, messages = quiet_prepare("synthetic", 32, tmp_path / "cache")
     assert any(m.startswith("cache hit") for m in messages)

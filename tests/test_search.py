@@ -7,11 +7,14 @@ dozen training images, so one trial takes seconds on a loaded 2-core machine.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +34,30 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK_SIZE = BUDGETS["quick"]["image_size"]
 
 
+_TINY_MASTER: list[Path] = []   # the one rendered and prepared copy of this pytest process
+
+
+def _tiny_master() -> Path:
+    """Render and prepare the tiny set once per process (~6 s of a loaded 2-core machine, ten
+    callers); removed when the process exits."""
+    if not _TINY_MASTER:
+        master = Path(tempfile.mkdtemp(prefix="pix3d-tiny-master-"))
+        atexit.register(shutil.rmtree, master, True)
+        generate(master / "pix3d-tiny", SyntheticConfig(n=84, seed=0, size=96), workers=1, progress=False, log=None)
+        prepare(master / "pix3d-tiny", QUICK_SIZE, cache_dir=master / "cache", progress=False, log=lambda _: None)
+        _TINY_MASTER.append(master)
+    return _TINY_MASTER[0]
+
+
 def make_tiny_dataset(root: Path) -> tuple[Path, Path]:
-    """84 synthetic images (12 per category, so the seed split keeps one val image each)."""
+    """84 synthetic images (12 per category, so the seed split keeps one val image each) at
+    `root`, with their cache prepared at the quick size: a private copy of the process's one
+    rendering (copy2 keeps the files' stamps, and the cache key does not hash the folder's
+    path, so the copied cache is a hit for the copied folder)."""
     folder, cache = root / "pix3d-tiny", root / "cache"
-    generate(folder, SyntheticConfig(n=84, seed=0, size=96), workers=1, progress=False, log=None)
-    prepare(folder, QUICK_SIZE, cache_dir=cache, progress=False, log=lambda _: None)
+    master = _tiny_master()
+    shutil.copytree(master / "pix3d-tiny", folder)
+    shutil.copytree(master / "cache", cache)
     return folder, cache
 
 
@@ -204,7 +226,9 @@ def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(r
     _, _, data = tiny
     grid = get_grid("smoke")
     space = grid.param_space(1, BUDGETS["quick"])
-    space.update(epochs=3, cpus_per_trial=cpus_per_trial, gpus_per_trial=0, crash_once_at_epoch=2)
+    # 16 training images: what is checked is the crash, the retry and the epochs, not learning.
+    space.update(epochs=3, cpus_per_trial=cpus_per_trial, gpus_per_trial=0, crash_once_at_epoch=2,
+                 max_train_images=16)
     results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="crash", max_failures=1,
                         cpus_per_trial=cpus_per_trial)
 
@@ -238,7 +262,8 @@ def test_a_trial_in_a_reused_actor_computes_what_a_fresh_one_does(ray_session, t
     _, _, data = tiny
     grid = get_grid("smoke")
     space = grid.param_space(1, BUDGETS["quick"])
-    space.update(model="separate_net", seed=tune.grid_search([0, 0]), cpus_per_trial=1, gpus_per_trial=0)
+    space.update(model="separate_net", seed=tune.grid_search([0, 0]), cpus_per_trial=1, gpus_per_trial=0,
+                 max_train_images=16)  # equal numbers need no more than a few batches
     results = run_sweep(grid, space, data, storage=str(tmp_path), experiment="reuse", max_concurrent=1)
     assert len(results) == 2 and not results.errors
     first, second = (result.metrics_dataframe for result in results)

@@ -33,11 +33,12 @@ PARAMS = ("model", "lr", "batch_size", "weight_decay")
 
 @pytest.fixture(scope="module")
 def tiny_search(tmp_path_factory):
-    """`search.run --grid optuna --samples 4` through the command, on the tiny set."""
+    """`search.run --grid optuna --samples 4` through the command, on the tiny set. One epoch
+    per trial: the view ranks trials by their value and nothing here reads a second epoch."""
     root = tmp_path_factory.mktemp("search-view")
     folder, cache = make_tiny_dataset(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    proc = run_search("--grid", "optuna", "--samples", "4", "--epochs", "2", "--budget", "quick",
+    proc = run_search("--grid", "optuna", "--samples", "4", "--epochs", "1", "--budget", "quick",
                       "--data", str(folder), "--cache", str(cache), "--storage", str(root / "ray"),
                       "--mlflow-uri", uri, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]

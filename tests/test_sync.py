@@ -13,6 +13,7 @@ import pytest
 from analysis.sync import read_trials, sync
 from analysis.tracking import MLflowUnavailableWarning
 from tests.mlflow_server import free_port
+from tests.pix3d_fixtures import seed_builtin_set
 from tests.sweeps import EPOCHS, METRIC_NAMES, param_space, run_sweep
 
 
@@ -102,10 +103,12 @@ def test_sync_bad_storage_is_one_error_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_run_smoke_end_to_end(tmp_path):
+def test_search_run_smoke_end_to_end(builtin_set, tmp_path):
     """`python -m search.run --grid smoke` on the built-in synthetic set, tracked and tabled."""
     from mlflow.tracking import MlflowClient
 
+    # Rendered once per session (builtin_set); the command prepares it in its own cache here.
+    seed_builtin_set(builtin_set, tmp_path / "cache")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.run(
         [sys.executable, "-m", "search.run", "--grid", "smoke", "--budget", "quick",

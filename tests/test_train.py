@@ -354,21 +354,24 @@ def _quick_fit(model: str, modalities: tuple[str, ...], lr: float | None = None,
     return fit(config, data)["final"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~9,700 passes of combined_net at 64 px: ~3 min of 2 quiet AVX2 cores in fp32
 def test_combined_net_rgb_mask_learns_at_the_measured_budget():
     """The claim the project keeps for combined_net (docs/results.md, bench_learning.py): on
     RGB+mask at a constant lr 1e-3 it learns azimuth well clear of the majority baseline within
-    the whole training split x 8 epochs (~13,000 image passes at the quick budget's 64 px).
+    the whole training split x 6 epochs (~9,700 image passes at the quick budget's 64 px).
 
-    Measured (fp32, 2-core AMD EPYC with AVX2 only, 2026-12-01), val azimuth accuracy against a
-    0.130 majority on 177 validation images: 0.15, 0.18, 0.16, 0.20, 0.23, 0.26, 0.25, 0.27 over
-    the 8 epochs, so 2.0x at the end. Twice the baseline sits inside one validation set's noise
-    (+-0.03), so the test asks for 1.5x (0.195): 0.07 of headroom. The quick budget's 900
-    passes are far from enough, which is why `quick` is only a smoke run; the 4-epoch, stepped
-    budget (~6,500 passes) gave 0.23 (1.8x) here and 0.26 (2.0x) on a Xeon."""
-    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3, max_train_images=None, epochs=8,
+    Measured with exactly this config (2 threads, seed 0) on a 2-core AMD EPYC with AVX2 only,
+    2026-12-05, val azimuth accuracy against a 0.130 majority on 177 validation images:
+    fp32 0.153, 0.181, 0.220, 0.220, 0.249, 0.277 over the 6 epochs (2.13x at the end);
+    bf16 autocast (PIX3D_PRECISION=bf16) 0.141, 0.198, 0.186, 0.203, 0.203, 0.271 (2.09x).
+    Twice the baseline sits inside one validation set's noise (+-0.03), so the test asks for
+    1.5x (0.195): 0.08 of headroom in both. It ran 8 epochs (~13,000 passes) before; bf16 was
+    not measured then. The quick budget's 900 passes are far from enough, which is why `quick`
+    is only a smoke run; at batches of 32 (the `cpu` budget's) 3 epochs gave 1.57x in fp32 and
+    1.96x in bf16 here: too little headroom for a test."""
+    final = _quick_fit("combined_net", ("rgb", "mask"), lr=1e-3, max_train_images=None, epochs=6,
                        lr_schedule="none")
-    assert final["n_train"] * 8 >= 12000, final["n_train"]  # the budget measured, not a smaller one
+    assert final["n_train"] * 6 >= 9000, final["n_train"]  # the budget measured, not a smaller one
     assert final["val_azimuth_acc"] >= 1.5 * final["majority_azimuth_acc"], final
 
 

@@ -83,9 +83,11 @@ def bare_fit(config: dict, data) -> dict:
 
 
 def tune_trials(space: dict, data, *, storage: str, experiment: str, callbacks: Sequence = (),
-                function=None, max_concurrent: int | None = None) -> tuple[object, TrialClock, float]:
+                function=None, max_concurrent: int | None = None, cpus_per_trial: float = 1.0,
+                gpus_per_trial: float = 0.0) -> tuple[object, TrialClock, float]:
     """Run `space` through `search.run.run_sweep` (the `smoke` grid's settings: no search, no
-    scheduler); (ResultGrid, its TrialClock, driver wall seconds of tuner.fit)."""
+    scheduler) with each trial's CPU and GPU share; (ResultGrid, its TrialClock, driver wall
+    seconds of tuner.fit)."""
     from search.grids import get_grid
     from search.run import run_sweep
 
@@ -94,21 +96,23 @@ def tune_trials(space: dict, data, *, storage: str, experiment: str, callbacks: 
     started = time.perf_counter()
     results = run_sweep(get_grid("smoke"), space, data, storage=storage, experiment=experiment,
                         max_failures=0, max_concurrent=max_concurrent, callbacks=[clock, *callbacks],
-                        function=function)
+                        function=function, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
     wall = time.perf_counter() - started
     if results.errors:
         raise RuntimeError(f"benchmark trial failed: {results.errors[0]}")
     return results, clock, wall
 
 
-def fresh_and_reused(config: dict, data, *, storage: str, callbacks: Sequence = ()) -> tuple[dict, dict, dict]:
+def fresh_and_reused(config: dict, data, *, storage: str, callbacks: Sequence = (),
+                     gpus_per_trial: float = 0.0) -> tuple[dict, dict, dict]:
     """The same trial twice, one after the other (the sweep's actor reuse): the first in a fresh
     actor, the second in the first one's actor. (fresh, reused) TrialClock entries and the
     sweep's start in seconds: run_sweep's call to Tune's loop (`tune_setup_s`: the cache into
     the object store, the Tuner, the callbacks), then to the first trial's start
     (`first_actor_s`: a worker loading the trainable, torch with it)."""
     space = {**config, "seed": tune.grid_search([config.get("seed", 0)] * 2)}
-    _, clock, _ = tune_trials(space, data, storage=storage, experiment="one", callbacks=callbacks, max_concurrent=1)
+    _, clock, _ = tune_trials(space, data, storage=storage, experiment="one", callbacks=callbacks, max_concurrent=1,
+                              cpus_per_trial=float(config.get("cpus_per_trial", 1)), gpus_per_trial=gpus_per_trial)
     fresh, reused = sorted(clock.trials.values(), key=lambda t: t["start"])
     if fresh["results"][0]["pid"] != reused["results"][0]["pid"]:
         raise RuntimeError("benchmark: the second trial did not run in the first one's actor")
