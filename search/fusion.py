@@ -39,13 +39,14 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
     line naming where to put it, or (skip_missing) keep only the scratch trials."""
     from ray import tune
 
-    from relpose.models import imagenet_weights_path
+    from relpose.models import NAMES, imagenet_weights_path
 
     weights = space.get("weights")
     wanted = list(weights["grid_search"]) if isinstance(weights, dict) else [weights]
     if "imagenet" not in wanted:
         return space
-    path = imagenet_weights_path()
+    backbone = space.get("backbone", "resnet18")
+    path = imagenet_weights_path(backbone)
     if path.is_file():
         # Absolute: a relative TORCH_HOME would otherwise resolve against each trial's working
         # directory (Ray gives every trial its own, and a reused actor yet another).
@@ -54,7 +55,7 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
     rest = [w for w in wanted if w != "imagenet"]
     if not skip_missing or not rest:
         raise Pix3DError(
-            f"grid {grid.name} needs the ImageNet ResNet-18 weights at {path} (torchvision's file; nothing is "
+            f"grid {grid.name} needs the ImageNet {NAMES[backbone]} weights at {path} (torchvision's file; nothing is "
             "downloaded: copy it there, or set TORCH_HOME), or add --skip-missing-weights to run the scratch half")
     log(f"note: no ImageNet weights at {path}: --skip-missing-weights runs only the weights={'/'.join(rest)} trials")
     space["weights"] = tune.grid_search(rest)

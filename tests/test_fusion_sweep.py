@@ -42,10 +42,29 @@ def test_fusion_grid_is_the_full_factorial():
     grid = get_grid("fusion")
     assert grid.trainable == "relpose"
     trials = grid.trials(2, {"epochs": 1})
-    assert len(trials) == grid.size(2) == 16
-    combos = {(t["fusion"], t["weights"], t["loss"], t["seed"]) for t in trials}
-    assert len(combos) == 16
+    assert len(trials) == grid.size(2) == 32
+    combos = {(t["fusion"], t["weights"], t["freeze_backbone"], t["loss"], t["seed"]) for t in trials}
+    assert len(combos) == 32
     assert {t["weights"] for t in trials} == {"imagenet", "scratch"}
+    assert {t["freeze_backbone"] for t in trials} == {False, True}
+    assert {t["backbone"] for t in trials} == {"resnet18"}
+    assert {t["backbone"] for t in get_grid("fusion_alexnet").trials(1, {})} == {"alexnet"}
+
+
+def test_fusion_dry_run_lists_the_frozen_axis_and_three_seeds(tmp_path, monkeypatch, capsys, torch_home):
+    """The ImageNet question as a grid: weights x frozen x fusion x loss, 3 seeds by default."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    code = search_run.main(["--grid", "fusion", "--dry-run", "--budget", "quick", "--storage", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "grid fusion: 48 trials" in out
+    listed = [line.split() for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert len(listed) == 48
+    cells = {tuple(sorted(w for w in words[1:] if "=" in w and not w.startswith("seed="))) for words in listed}
+    assert len(cells) == 16  # 2 fusions x 2 weights x 2 frozen x 2 losses
+    for value in ("freeze_backbone=True", "freeze_backbone=False", "weights=imagenet", "weights=scratch"):
+        assert sum(value in words for words in listed) == 24, value
+    assert {w for words in listed for w in words if w.startswith("seed=")} == {"seed=0", "seed=1", "seed=2"}
 
 
 def test_missing_imagenet_file_stops_before_anything_starts(tmp_path, monkeypatch):
@@ -66,7 +85,7 @@ def test_skip_missing_weights_keeps_the_scratch_half(tmp_path, monkeypatch, caps
                             "--storage", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "grid fusion: 8 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
+    assert "grid fusion: 24 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
 
 
 def test_a_relative_torch_home_reaches_the_trials_as_an_absolute_path(torch_home, tmp_path, monkeypatch):

@@ -24,10 +24,10 @@ from typing import Sequence
 
 import torch
 
-from pix3d.cli import ArgumentParser, positive_float, positive_int
+from pix3d.cli import ArgumentParser, nonnegative_float, positive_float, positive_int
 from pix3d.errors import UsageError
 from pix3d.fileio import atomic_path, ensure_writable_dir, write_json
-from relpose.models import FUSIONS, resolve_weights
+from relpose.models import BACKBONES, FUSIONS, resolve_weights
 from relpose.pairs import PairConfig, load_or_make_pairs
 from relpose.train.config import LOSSES, LR_SCHEDULES, RelPoseConfig
 from relpose.train.loop import fit
@@ -38,8 +38,11 @@ def get_args_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m relpose.train", description=__doc__.splitlines()[0])
     p.add_argument("--fusion", default="early", choices=FUSIONS, help="early: 6-channel input; late: siamese features")
     p.add_argument("--loss", default="photometric", choices=LOSSES)
+    p.add_argument("--backbone", default="resnet18", choices=BACKBONES,
+                   help="feature extractor (alexnet: the seed study's, its convolutions globally pooled)")
     p.add_argument("--weights", default="none",
-                   help="'none' (from scratch), 'imagenet' (torchvision's file in the torch hub cache) or a ResNet-18 state_dict path")
+                   help="'none' (from scratch), 'imagenet' (torchvision's file for --backbone in the torch hub "
+                        "cache) or a state_dict path of the backbone")
     p.add_argument("--freeze-backbone", action="store_true", help="train only the pose head (tests the features as they are)")
     p.add_argument("--lr", type=positive_float, default=1e-4)
     p.add_argument("--lr-schedule", default="none", choices=LR_SCHEDULES,
@@ -49,6 +52,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--pairs", type=positive_int, default=PairConfig.n, help="number of rendered view pairs")
     p.add_argument("--size", type=positive_int, default=PairConfig.size, help="image width and height (px)")
     p.add_argument("--max-orbit", type=positive_float, default=PairConfig.max_orbit_deg, help="largest azimuth change between the views (deg)")
+    p.add_argument("--test-fraction", type=nonnegative_float, default=RelPoseConfig.test_fraction,
+                   help="share of the models held out as a test split, fixed by the pair set (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="auto")
@@ -63,14 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("lr", "batch_size", "epochs"):
         if getattr(args, key) <= 0:
             raise UsageError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if not 0 <= args.test_fraction < 0.85:
+        raise UsageError(f"--test-fraction must lie in [0, 0.85) (validation takes 0.15), got {args.test_fraction}")
     pairs = PairConfig(n=args.pairs, seed=args.seed, size=args.size, max_orbit_deg=args.max_orbit)
     pairs.check()
     config = RelPoseConfig(fusion=args.fusion, loss=args.loss, weights=None if args.weights == "none" else args.weights,
-                           freeze_backbone=args.freeze_backbone, lr=args.lr,
+                           freeze_backbone=args.freeze_backbone, backbone=args.backbone,
+                           test_fraction=args.test_fraction, lr=args.lr,
                            lr_schedule=args.lr_schedule, batch_size=args.batch_size,
                            epochs=args.epochs, seed=args.seed, threads=args.threads, device=args.device)
     # Resolve the weights before rendering anything: a missing file is a one-line error at once.
-    resolve_weights(config.weights)
+    resolve_weights(config.weights, config.backbone)
     weights_tag = "scratch" if config.weights is None else ("imagenet" if config.weights == "imagenet" else "file")
     out = args.out or Path("runs") / f"relpose-{config.fusion}-{config.loss}-{weights_tag}-s{config.seed}"
     if (out / "model.pt").exists():
@@ -80,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pix3d.data.cache import default_cache_dir
 
     data = load_or_make_pairs(pairs, args.cache or default_cache_dir(), progress=not args.no_progress)
-    n_train, n_val = (len(i) for i in data.split(config.val_fraction, config.seed))
+    n_train, n_val, n_test = (len(i) for i in data.splits(config.val_fraction, config.seed, config.test_fraction))
     print(f"relative pose: {config.fusion} fusion, {config.loss} loss, weights {config.weights or 'none'}"
-          f"{' (frozen)' if config.freeze_backbone else ''}, {n_train} training / {n_val} validation pairs "
+          f"{' (frozen)' if config.freeze_backbone else ''}, {config.backbone}, {n_train} training / {n_val} validation / "
+          f"{n_test} test pairs "
           f"(held-out models), {pairs.size} px -> {out}", flush=True)
 
     def report(m: dict, _checkpoint: dict) -> None:
@@ -102,7 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     png = plot_history(result["history"], out / "curves.png",
                        f"{config.fusion} fusion, {config.loss} loss, weights {weights_tag}")
     final = result["final"]
+    test = (f"; test {final['test_rotation_err_deg']:.2f} deg vs {final['test_identity_rotation_err_deg']:.2f}"
+            if "test_rotation_err_deg" in final else "")
     print(f"done: rotation error {final['val_rotation_err_deg']:.2f} deg vs {final['identity_rotation_err_deg']:.2f} "
-          f"for the identity motion; wrote {out / 'model.pt'}, {out / 'history.json'}, {png}")
+          f"for the identity motion{test}; wrote {out / 'model.pt'}, {out / 'history.json'}, {png}")
     return 0
 

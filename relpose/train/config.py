@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from pix3d.errors import Pix3DError
-from relpose.models import FUSIONS
+from relpose.models import BACKBONES, FUSIONS
 
 LOSSES = ("photometric", "pose")
 LR_SCHEDULES = ("none", "cosine")
@@ -24,6 +24,11 @@ LR_SCHEDULES = ("none", "cosine")
 BUDGETS: dict[str, dict] = {
     "quick": {"pairs": {"n": 4800, "size": 64, "max_orbit_deg": 30.0, "models_per_category": 20},
               "train": {"epochs": 7, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
+    # What a 2-core CPU shared by several jobs (~4 pairs/s per trial, issue 28) can measure in
+    # an hour for the corner of the grid in `fusion_cpu`: ~3,400 pair passes per trial, well
+    # inside the plateau above, so it says whether a loss can be gamed, not whether it learns.
+    "cpu": {"pairs": {"n": 1200, "size": 64, "max_orbit_deg": 30.0, "models_per_category": 20},
+            "train": {"epochs": 4, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
     "paper": {"pairs": {"n": 8000, "size": 128, "max_orbit_deg": 30.0, "models_per_category": 20},
               "train": {"epochs": 20, "batch_size": 32, "lr": 3e-4, "lr_schedule": "cosine"}},
 }
@@ -35,11 +40,13 @@ class RelPoseConfig:
     loss: str = "photometric"
     weights: str | None = None  # None | "imagenet" | a state_dict path
     freeze_backbone: bool = False
+    backbone: str = "resnet18"  # relpose.models.BACKBONES
     lr: float = 1e-4
     lr_schedule: str = "none"  # "cosine": per step from lr down to 0 at the last step
     batch_size: int = 16
     epochs: int = 6
     val_fraction: float = 0.15
+    test_fraction: float = 0.15  # models held out of training and validation (PairData.test_models)
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
@@ -57,6 +64,11 @@ class RelPoseConfig:
                 raise Pix3DError(f"config key {key!r} must be positive, got {getattr(self, key)}")
         if not 0 < self.val_fraction < 1:
             raise Pix3DError(f"config key 'val_fraction' must lie in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            raise Pix3DError(f"config key 'test_fraction' must lie in [0, 1) and leave training models "
+                             f"beside val_fraction {self.val_fraction}, got {self.test_fraction}")
+        if self.backbone not in BACKBONES:
+            raise Pix3DError(f"config key 'backbone': unknown value {self.backbone!r}; choose from {', '.join(BACKBONES)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RelPoseConfig":

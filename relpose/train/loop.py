@@ -34,19 +34,23 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    train_idx, val_idx = data.split(config.val_fraction, config.seed)
+    # The test models are the pair set's (the same for every seed); nothing here looks at
+    # them but the report: no early stopping, no sizing, no choice is made on them.
+    train_idx, val_idx, test_idx = data.splits(config.val_fraction, config.seed, config.test_fraction)
     if len(train_idx) < 1:
         raise Pix3DError(f"the split left no training pairs (of {len(data)}); use more pairs")
     tensors = PairTensors(data, device)
-    model = RelPoseNet(config.fusion, config.weights, config.freeze_backbone).to(device)
+    model = RelPoseNet(config.fusion, config.weights, config.freeze_backbone, config.backbone).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     steps = config.epochs * -(-len(train_idx) // config.batch_size)
     scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
                  if config.lr_schedule == "cosine" else None)
     shuffle = torch.Generator().manual_seed(config.seed)
-    train_t, val_t = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    train_t, val_t, test_t = (torch.as_tensor(i) for i in (train_idx, val_idx, test_idx))
     reference = baselines(tensors, val_t)  # computed once: they do not change with training
+    if len(test_t):
+        reference.update(baselines(tensors, test_t, prefix="test_"))
     history, first_epoch = [], 1
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -74,7 +78,8 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] 
         train_time = time.perf_counter() - started
         metrics = {"epoch": epoch, "train_loss": loss_sum / seen, "pairs_per_s": seen / train_time,
                    "lr": optimizer.param_groups[0]["lr"],
-                   **evaluate(model, tensors, val_t), **reference, "n_train": len(train_idx), "n_val": len(val_idx)}
+                   **evaluate(model, tensors, val_t), **(evaluate(model, tensors, test_t, "test") if len(test_t) else {}),
+                   **reference, "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(test_idx)}
         history.append(metrics)
         if on_epoch:
             on_epoch(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
