@@ -77,19 +77,23 @@ def prepare_pairs(settings, space: dict):
 
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
-    """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
+    """One line per trial (fusion, weights, frozen, loss, lr, seed, test rotation error vs no
+    motion on the held-out test split; validation when a run has none), status counts."""
     from search.report import lr_text, number_text, summary_lines
 
-    header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
+    header = (f"{'fusion':<6} {'weights':<8} {'frozen':<6} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
               f"{'rot deg':>8} {'no-motion':>9}  status")
 
     def row(config: dict, metrics: dict) -> tuple:
-        return (str(config.get("fusion", "-")), str(config.get("weights", "-")), str(config.get("loss", "-")),
+        split = "test_" if "test_rotation_err_deg" in metrics else "val_"
+        return (str(config.get("fusion", "-")), str(config.get("weights", "-")),
+                "yes" if config.get("freeze_backbone") else "no", str(config.get("loss", "-")),
                 config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
-                metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"))
+                metrics.get(f"{split}rotation_err_deg"),
+                metrics.get("test_identity_rotation_err_deg" if split == "test_" else "identity_rotation_err_deg"))
 
-    def line(fusion, weights, loss, lr, seed, epoch, rot, identity, status) -> str:
-        return (f"{fusion:<6} {weights:<8} {loss:<11} {lr_text(lr):>7} {str(seed):>4} {str(epoch or '-'):>6} "
+    def line(fusion, weights, frozen, loss, lr, seed, epoch, rot, identity, status) -> str:
+        return (f"{fusion:<6} {weights:<8} {frozen:<6} {loss:<11} {lr_text(lr):>7} {str(seed):>4} {str(epoch or '-'):>6} "
                 f"{number_text(rot, '.2f'):>8} {number_text(identity, '.2f'):>9}  {status}")
 
-    return summary_lines(results, header, row, line, sort_by=5)
+    return summary_lines(results, header, row, line, sort_by=6)

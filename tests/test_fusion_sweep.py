@@ -187,3 +187,64 @@ def test_every_fusion_trial_is_a_valid_relpose_config(name, tmp_path):
         assert isinstance(config, RelPoseConfig)
         assert config.threads == 2 and config.device == "cpu"
         assert config.weights == (weights_file if trial["weights"] == "imagenet" else None)
+
+
+def _log_relpose_run(client, experiment_id: str, parent_id: str, *, loss: str, seed: int,
+                     history: list[dict]) -> None:
+    """One trial run as trainables.relpose + search.tracking log it: tags, params, per-epoch metrics."""
+    from analysis.mlflow_store import ROLE_TAG
+
+    tags = {ROLE_TAG: "trial", "mlflow.parentRunId": parent_id, "fusion": "early", "weights": "scratch",
+            "loss": loss, "freeze_backbone": "False", "backbone": "resnet18", "lr": "0.0003", "seed": str(seed)}
+    run = client.create_run(experiment_id, tags=tags)
+    for epoch, metrics in enumerate(history, 1):
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value, step=epoch)
+    client.set_terminated(run.info.run_id)
+
+
+def test_fusion_table_reports_the_test_split_over_seeds_and_early_stops_on_validation(tmp_path):
+    """The table's headline is the held-out test split, mean ± std over 3 seeds; `--at best`
+    picks each run's epoch on validation and reports that epoch's test error."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from analysis.fusion_table import build_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("fusion_held_out")
+    parent = client.create_run(experiment_id, tags={"pix3d.role": "sweep"})
+    rng = np.random.default_rng(0)
+    test_last, test_at_best_val = {}, {}
+    for loss in ("photometric", "pose"):
+        for seed in range(3):
+            val = rng.uniform(5, 10, size=3)
+            test = rng.uniform(5, 10, size=3)
+            history = [{"val_rotation_err_deg": v, "identity_rotation_err_deg": 10.0,
+                        "test_rotation_err_deg": t, "test_identity_rotation_err_deg": 12.0,
+                        "test_translation_err_m": 0.5, "test_identity_translation_err_m": 0.6,
+                        "test_photometric_l1": 0.07, "test_identity_photometric_l1": 0.08,
+                        "test_true_motion_photometric_l1": 0.03, "test_outside_fraction": 0.01}
+                       for v, t in zip(val, test)]
+            _log_relpose_run(client, experiment_id, parent.info.run_id, loss=loss, seed=seed, history=history)
+            test_last.setdefault(loss, []).append(test[-1])
+            test_at_best_val.setdefault(loss, []).append(test[int(np.argmin(val))])
+    client.set_terminated(parent.info.run_id)
+
+    for at, expected in (("last", test_last), ("best", test_at_best_val)):
+        table = build_table(uri, "fusion_held_out", at=at)
+        assert table.split == "test"
+        frame = table.to_frame().set_index("loss")
+        for loss, values in expected.items():
+            assert frame.loc[loss, "n"] == 3
+            assert frame.loc[loss, "rotation_err_deg"] == pytest.approx(np.mean(values), abs=1e-4)
+            assert frame.loc[loss, "rotation_err_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+            assert frame.loc[loss, "ratio_std"] == pytest.approx(np.std(np.array(values) / 12.0, ddof=1), abs=1e-4)
+            assert frame.loc[loss, "no_motion_rotation_err_deg"] == 12.0
+        markdown = table.to_markdown()
+        assert "held-out test rotation error" in markdown and "resnet18 fine-tuned" in markdown
+    from analysis.fusion_table import write_table
+
+    written = write_table(table, tmp_path / "out", log_to_mlflow=False)
+    assert written["png"].read_bytes()[:4] == b"\x89PNG" and "| early | scratch |" in written["md"].read_text()
