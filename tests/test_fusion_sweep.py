@@ -248,3 +248,16 @@ def test_fusion_table_reports_the_test_split_over_seeds_and_early_stops_on_valid
 
     written = write_table(table, tmp_path / "out", log_to_mlflow=False)
     assert written["png"].read_bytes()[:4] == b"\x89PNG" and "| early | scratch |" in written["md"].read_text()
+
+
+def test_relpose_trials_are_named_and_tagged_by_every_axis():
+    """Frozen and fine-tuned trials differ in name and tags, so neither hides the other."""
+    from analysis.run_fields import trial_run_name, trial_tags
+
+    config = {"fusion": "early", "weights": "scratch", "loss": "pose", "freeze_backbone": True,
+              "backbone": "alexnet", "lr": 1e-3, "seed": 0}
+    assert trial_run_name(config) == "relpose early scratch pose frozen alexnet lr=0.001 s0"
+    assert trial_run_name({**config, "freeze_backbone": False, "backbone": "resnet18"}) == \
+        "relpose early scratch pose lr=0.001 s0"
+    tags = trial_tags(config)
+    assert tags["freeze_backbone"] == "True" and tags["backbone"] == "alexnet"
