@@ -2,13 +2,19 @@
 
     python -m analysis.table --experiment fusion      # dispatches here for fusion experiments
 
-One row per fusion x weights x loss (x lr when several were run): the held-out rotation
-error in degrees, mean ± std over seeds, beside the no-motion baseline (predicting the
-identity) on the same validation pairs and their ratio (below 1 = the network predicts
-some of the motion), then translation error and the photometric L1 beside that of no motion.
-Files: table.md, table.csv and table.png (each configuration's held-out rotation error epoch
-by epoch against the no-motion line, and the final ratios), written atomically and logged to
-the sweep's parent run.
+One row per fusion x weights x backbone (fine-tuned or frozen) x loss (x lr when several were
+run). The headline is the held-out TEST split (models fixed by the pair set, never trained on,
+never used for early stopping or sizing; `relpose.pairs.PairData.test_models`): rotation error
+in degrees, mean ± std over seeds, beside the no-motion baseline (predicting the identity) on
+the same pairs and their ratio (below 1 = the network predicts some of the motion, ± its
+spread over seeds), then translation error, the photometric L1 beside that of no motion and of
+the true motion (its floor), and the share of object pixels the prediction sends out of view.
+`--at best` takes each run at the epoch of its best VALIDATION rotation error (early stopping
+on validation) and reports the test numbers of that epoch. Runs logged before the test split
+existed are reported on their validation split, and the table says so.
+Files: table.md, table.csv and table.png (each configuration's rotation error epoch by epoch
+against the no-motion line, and the final ratios), written atomically and logged to the
+sweep's parent run.
 """
 
 from __future__ import annotations
@@ -25,11 +31,22 @@ from analysis.records import trial_runs
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
 
-METRIC = "val_rotation_err_deg"
-BASELINE = "identity_rotation_err_deg"
-EXTRA_METRICS = ("val_translation_err_m", "identity_translation_err_m", "val_photometric_l1",
-                 "identity_photometric_l1", "true_motion_photometric_l1")
-KEYS = ("fusion", "weights", "loss")
+METRIC = "val_rotation_err_deg"  # what early stopping (--at best) looks at: validation only
+# The logged metric behind each column, per split (relpose.train.evaluation names them).
+SPLIT_METRICS = {
+    "test": {"rotation": "test_rotation_err_deg", "no_motion": "test_identity_rotation_err_deg",
+             "translation": "test_translation_err_m", "no_motion_translation": "test_identity_translation_err_m",
+             "photometric": "test_photometric_l1", "no_motion_photometric": "test_identity_photometric_l1",
+             "true_photometric": "test_true_motion_photometric_l1", "outside": "test_outside_fraction"},
+    "validation": {"rotation": "val_rotation_err_deg", "no_motion": "identity_rotation_err_deg",
+                   "translation": "val_translation_err_m", "no_motion_translation": "identity_translation_err_m",
+                   "photometric": "val_photometric_l1", "no_motion_photometric": "identity_photometric_l1",
+                   "true_photometric": "true_motion_photometric_l1", "outside": "val_outside_fraction"},
+}
+KEYS = ("fusion", "weights", "backbone", "frozen", "loss")
+# Runs logged before these axes existed trained a fine-tuned ResNet-18.
+KEY_SOURCES = {"fusion": ("fusion", None), "weights": ("weights", None), "backbone": ("backbone", "resnet18"),
+               "frozen": ("freeze_backbone", "False"), "loss": ("loss", None)}
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -42,14 +59,21 @@ def _pm(values, digits: int) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if not math.isnan(std) else "")
 
 
+def _label(key: tuple) -> tuple[str, ...]:
+    fusion, weights, backbone, frozen, loss = key[:5]
+    tuned = "frozen" if str(frozen) == "True" else "fine-tuned"
+    return fusion, weights, f"{backbone} {tuned}", loss
+
+
 @dataclass
 class FusionTable:
     experiment: str
     at: str
-    records: pd.DataFrame  # one row per finished run
+    records: pd.DataFrame  # one row per finished run: the columns of SPLIT_METRICS' keys
     notes: list[str] = field(default_factory=list)
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    split: str = "test"
 
     def groups(self) -> list[tuple[tuple, pd.DataFrame]]:
         by = list(KEYS) + (["lr"] if self.records["lr"].nunique() > 1 else [])
@@ -58,33 +82,45 @@ class FusionTable:
     def to_frame(self) -> pd.DataFrame:
         rows = []
         for key, g in self.groups():
-            rot, rot_std = _mean_std(g[METRIC])
-            base, _ = _mean_std(g[BASELINE])
-            row = dict(zip(KEYS, key[:3]))
-            row.update(lr=float(g["lr"].iloc[0]) if len(key) == 3 else float(key[3]),
+            rot, rot_std = _mean_std(g["rotation"])
+            base, _ = _mean_std(g["no_motion"])
+            ratios = g["rotation"] / g["no_motion"]
+            row = dict(zip(KEYS, key[:len(KEYS)]))
+            row.update(split=self.split, lr=float(g["lr"].iloc[0]) if len(key) == len(KEYS) else float(key[-1]),
                        rotation_err_deg=round(rot, 4), rotation_err_std=round(rot_std, 4) if g.shape[0] > 1 else "",
                        no_motion_rotation_err_deg=round(base, 4), ratio=round(rot / base, 4) if base else "",
-                       n=len(g), values=" ".join(f"{v:.4f}" for v in g[METRIC]))
-            for metric in EXTRA_METRICS:
-                row[metric] = round(float(g[metric].mean()), 5)
+                       ratio_std=round(float(ratios.std(ddof=1)), 4) if g.shape[0] > 1 else "",
+                       n=len(g), values=" ".join(f"{v:.4f}" for v in g["rotation"]))
+            for column in ("translation", "no_motion_translation", "photometric", "no_motion_photometric",
+                           "true_photometric", "outside", "val_rotation"):
+                row[column] = round(float(g[column].mean()), 5)
             rows.append(row)
         return pd.DataFrame(rows)
 
     def to_markdown(self) -> str:
         several_lrs = self.records["lr"].nunique() > 1
-        lines = [f"### held-out rotation error (deg, {self.at} epoch), mean ± std over seeds: experiment "
-                 f"`{self.experiment}`", "",
-                 "| fusion | weights | loss |" + (" lr |" if several_lrs else "")
-                 + " rotation (deg) | no motion (deg) | ratio | translation (m) | photometric L1 (no motion) | n |",
-                 "|---|---|---|" + ("---|" if several_lrs else "") + "---|---|---|---|---|---|"]
+        lines = [f"### held-out {self.split} rotation error (deg, {self.at} epoch), mean ± std over seeds: "
+                 f"experiment `{self.experiment}`", "",
+                 "| fusion | weights | backbone | loss |" + (" lr |" if several_lrs else "")
+                 + " rotation (deg) | no motion (deg) | ratio | translation (m) | photometric L1 "
+                 "(no motion; true motion) | out of view | val rotation (deg) | n |",
+                 "|---|---|---|---|" + ("---|" if several_lrs else "") + "---|---|---|---|---|---|---|---|"]
         for key, g in self.groups():
-            base = float(g[BASELINE].mean())
-            ratio = float(g[METRIC].mean()) / base if base else math.nan
-            lines.append("| " + " | ".join(key[:3]) + " |" + (f" {key[3]:g} |" if several_lrs else "")
-                         + f" {_pm(g[METRIC], 2)} | {base:.2f} | {ratio:.2f} | {_pm(g['val_translation_err_m'], 3)} |"
-                         f" {g['val_photometric_l1'].mean():.4f} ({g['identity_photometric_l1'].mean():.4f}) | {len(g)} |")
-        lines += ["", "- ratio = rotation error / no-motion error on the same held-out pairs (< 1: the network "
-                  "predicts part of the motion; 1: it learned nothing)"]
+            base = float(g["no_motion"].mean())
+            ratio = float(g["rotation"].mean()) / base if base else math.nan
+            spread = f" ± {float((g['rotation'] / g['no_motion']).std(ddof=1)):.2f}" if len(g) > 1 else ""
+            lines.append("| " + " | ".join(_label(key)) + " |" + (f" {key[-1]:g} |" if several_lrs else "")
+                         + f" {_pm(g['rotation'], 2)} | {base:.2f} | {ratio:.2f}{spread} | {_pm(g['translation'], 3)} |"
+                         f" {g['photometric'].mean():.4f} ({g['no_motion_photometric'].mean():.4f};"
+                         f" {g['true_photometric'].mean():.4f}) | {g['outside'].mean():.1%} |"
+                         f" {g['val_rotation'].mean():.2f} | {len(g)} |")
+        lines += ["", f"- ratio = rotation error / no-motion error on the same held-out {self.split} pairs, ± its "
+                  "std over seeds (< 1: the network predicts part of the motion; 1: it learned nothing)",
+                  "- photometric L1 over all object pixels, those the motion sends out of view (or behind "
+                  "the camera) at the penalty 1.0; out of view = their share under the prediction"]
+        if self.split == "test":
+            lines.append("- test: models fixed by the pair set, never trained on nor used for early stopping or "
+                         "sizing; validation (last column) is what --at best chooses the epoch on")
         lines += [f"- {note}" for note in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -108,8 +144,13 @@ def is_fusion_experiment(tracking_uri: str, experiment: str) -> bool:
     return bool(runs) and "fusion" in runs[0].data.tags
 
 
+def _history(client, run_id: str, metric: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, metric)}
+
+
 def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_ignored) -> FusionTable:
-    """The fusion table of `experiment` from its finished MLflow trial runs."""
+    """The fusion table of `experiment` from its finished MLflow trial runs: the test split
+    when every run has one, else validation (older runs)."""
     client, runs = trial_runs(tracking_uri, experiment)
     finished = [r for r in runs if r.info.status == "FINISHED" and METRIC in r.data.metrics]
     notes = []
@@ -117,27 +158,37 @@ def build_table(tracking_uri: str, experiment: str, *, at: str = "last", **_igno
         notes.append(f"left out: {len(runs) - len(finished)} trial run(s) not finished or without {METRIC}")
     if not finished:
         raise Pix3DError(f"experiment {experiment!r} has no finished trial runs with {METRIC} ({len(runs)} trial runs in all)")
+    split = "test" if all(SPLIT_METRICS["test"]["rotation"] in r.data.metrics for r in finished) else "validation"
+    if split == "validation":
+        notes.append("no held-out test split in (some of) these runs (logged before it existed): validation "
+                     "numbers, on the pairs that also chose the budget")
+    names = SPLIT_METRICS[split]
     records = []
     for run in finished:
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        # One read of the metric's history per run: the curve for the plot, and the best epoch.
-        history = sorted(client.get_metric_history(run.info.run_id, METRIC), key=lambda m: m.step)
-        value = metrics[METRIC]
+        # One read of the validation history: the epoch --at best picks (early stopping on validation).
+        validation = _history(client, run.info.run_id, METRIC)
+        shown = validation if split == "validation" else _history(client, run.info.run_id, names["rotation"])
+        epoch = max(validation)
         if at == "best":
-            values = [m.value for m in history if math.isfinite(m.value)]
-            value = min(values) if values else math.nan
-        record = {k: tags.get(k, params.get(k, "?")) for k in KEYS}
+            finite = {step: v for step, v in validation.items() if math.isfinite(v)}
+            epoch = min(finite, key=finite.get) if finite else epoch
+        record = {column: tags.get(tag, params.get(tag, default or "?"))
+                  for column, (tag, default) in KEY_SOURCES.items()}
         record.update(lr=float(tags.get("lr", params.get("lr", "nan"))), seed=tags.get("seed", params.get("seed", "?")),
-                      end_time=run.info.end_time or 0, parent_run_id=tags.get("mlflow.parentRunId"))
-        record[METRIC] = value
-        record["curve"] = [(m.step, m.value) for m in history]
-        record[BASELINE] = metrics.get(BASELINE, math.nan)
-        for metric in EXTRA_METRICS:
-            record[metric] = metrics.get(metric, math.nan)
+                      end_time=run.info.end_time or 0, parent_run_id=tags.get("mlflow.parentRunId"), epoch=epoch)
+        for column, metric in names.items():
+            if at == "best" and epoch != max(validation):
+                value = _history(client, run.info.run_id, metric).get(epoch, math.nan)
+            else:
+                value = metrics.get(metric, math.nan)
+            record[column] = value
+        record["val_rotation"] = validation.get(epoch, math.nan)
+        record["curve"] = sorted(shown.items())
         records.append(record)
     frame = pd.DataFrame(records)
     parents = frame.sort_values("end_time")["parent_run_id"].dropna()
-    return FusionTable(experiment, at, frame, notes, parents.iloc[-1] if len(parents) else None, tracking_uri)
+    return FusionTable(experiment, at, frame, notes, parents.iloc[-1] if len(parents) else None, tracking_uri, split)
 
 
 def plot_table(table: FusionTable, path: str | Path) -> Path:
@@ -152,7 +203,7 @@ def plot_table(table: FusionTable, path: str | Path) -> Path:
 
     groups = table.groups()
     several_lrs = table.records["lr"].nunique() > 1
-    labels = [" / ".join(key[:3]) + (f" lr={key[3]:g}" if several_lrs else "") for key, _ in groups]
+    labels = [" / ".join(_label(key)) + (f" lr={key[-1]:g}" if several_lrs else "") for key, _ in groups]
     colours = plt.get_cmap("tab10")
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     for i, ((_, g), label) in enumerate(zip(groups, labels)):
@@ -161,13 +212,13 @@ def plot_table(table: FusionTable, path: str | Path) -> Path:
                 steps, values = zip(*curve)
                 curves.plot(steps, values, color=colours(i % 10), marker="o", ms=3, lw=1.2,
                             label=label if j == 0 else None)
-    curves.axhline(float(table.records[BASELINE].mean()), color="grey", ls="--", lw=1.2, label="no motion")
+    curves.axhline(float(table.records["no_motion"].mean()), color="grey", ls="--", lw=1.2, label="no motion")
     curves.set_xlabel("epoch")
-    curves.set_ylabel("held-out rotation error (deg)")
+    curves.set_ylabel(f"held-out {table.split} rotation error (deg)")
     curves.grid(alpha=0.3)
     curves.legend(fontsize=8)
-    ratios = [float(g[METRIC].mean()) / float(g[BASELINE].mean()) for _, g in groups]
-    spreads = [float(g[METRIC].std(ddof=1)) / float(g[BASELINE].mean()) if len(g) > 1 else 0.0 for _, g in groups]
+    ratios = [float(g["rotation"].mean()) / float(g["no_motion"].mean()) for _, g in groups]
+    spreads = [float((g["rotation"] / g["no_motion"]).std(ddof=1)) if len(g) > 1 else 0.0 for _, g in groups]
     y = np.arange(len(groups))
     bars.barh(y, ratios, xerr=spreads, color=[colours(i % 10) for i in range(len(groups))], alpha=0.85)
     bars.axvline(1.0, color="grey", ls="--", lw=1.2)
@@ -177,7 +228,7 @@ def plot_table(table: FusionTable, path: str | Path) -> Path:
     for yi, ratio in zip(y, ratios):
         bars.text(ratio, yi, f" {ratio:.2f}", va="center", fontsize=8)
     bars.set_xlim(0, max(1.15, max(ratios) * 1.15))
-    fig.suptitle(f"relative pose, experiment {table.experiment!r} ({table.at} epoch; n seeds per bar: "
+    fig.suptitle(f"relative pose, experiment {table.experiment!r}, {table.split} split ({table.at} epoch; n seeds per bar: "
                  f"{', '.join(str(len(g)) for _, g in groups)})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, close=True)

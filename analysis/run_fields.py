@@ -62,14 +62,19 @@ def result_step(result: Mapping[str, Any]) -> int:
     return 0
 
 
-RELPOSE_TAG_KEYS = ("fusion", "weights", "loss")  # trainables.relpose's grid axes
+RELPOSE_TAG_KEYS = ("fusion", "weights", "loss", "freeze_backbone", "backbone")  # trainables.relpose's grid axes
 
 
 def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
     """`combined_net rgb+mask lr=1e-05 s0` (+ ` quirks`): a sweep reads as a list in the UI.
-    Relative-pose trials (fusion grids): `relpose early scratch pose lr=0.001 s0`."""
+    Relative-pose trials (fusion grids): `relpose early scratch pose frozen lr=0.001 s0`
+    (`frozen` for a frozen backbone, the backbone's name when it is not ResNet-18)."""
     parts = [str(config.get("model", "relpose" if "fusion" in config else "trial"))]
-    parts += [str(config[k]) for k in RELPOSE_TAG_KEYS if k in config]
+    parts += [str(config[k]) for k in ("fusion", "weights", "loss") if k in config]
+    if config.get("freeze_backbone"):
+        parts.append("frozen")
+    if config.get("backbone", "resnet18") != "resnet18":
+        parts.append(str(config["backbone"]))
     if "modalities" in config:
         try:
             parts.append(modalities_key(config["modalities"]))

@@ -1,17 +1,22 @@
-"""Relative-pose networks: early or late fusion of two views over a ResNet-18 backbone.
+"""Relative-pose networks: early or late fusion of two views over a ResNet-18 or AlexNet backbone.
 
 - `early`: both RGB images stacked as 6 channels into one backbone. With ImageNet weights the
   first convolution's RGB filters are copied to both halves and halved, so at the start it
   sees the mean of the two images exactly as the ImageNet model would.
-- `late`: one backbone (shared weights, a siamese pair) per image, the two 512-d features
-  concatenated.
+- `late`: one backbone (shared weights, a siamese pair) per image, the two feature vectors
+  (512-d for ResNet-18, 256-d for AlexNet) concatenated.
+
+AlexNet (the backbone of the seed study) is torchvision's convolutional part without its last
+max-pool, globally average-pooled: so it accepts the 32-128 px pairs here (its classifier
+needs 224 px) and keeps every ImageNet-trained filter.
 
 Both end in an MLP that outputs a twist (v, omega) for `pix3d.geometry.se3_exp`, scaled
 down and zero-initialised so training starts at the identity motion.
 
 ImageNet weights never come from the network: `weights` is a path to a torchvision
-ResNet-18 state_dict, or "imagenet" for torchvision's own file in the torch hub cache
-(`<torch.hub.get_dir()>/checkpoints/resnet18-f37072fd.pth`), or None (from scratch).
+state_dict of the backbone, or "imagenet" for torchvision's own file in the torch hub cache
+(`<torch.hub.get_dir()>/checkpoints/resnet18-f37072fd.pth` or `alexnet-owt-7be5be79.pth`),
+or None (from scratch).
 """
 
 from __future__ import annotations
@@ -24,39 +29,70 @@ from torch import nn
 from pix3d.errors import Pix3DError
 
 FUSIONS = ("early", "late")
-IMAGENET_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1 file name
+BACKBONES = ("resnet18", "alexnet")
+# torchvision's file names for ResNet18_Weights.IMAGENET1K_V1 and AlexNet_Weights.IMAGENET1K_V1.
+IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "alexnet": "alexnet-owt-7be5be79.pth"}
+IMAGENET_FILE = IMAGENET_FILES["resnet18"]
+FEATURES = {"resnet18": 512, "alexnet": 256}
+NAMES = {"resnet18": "ResNet-18", "alexnet": "AlexNet"}  # as messages name them
+# Keys a state_dict must have to be the backbone's (its first and last convolutions).
+_REQUIRED_KEYS = {"resnet18": ("conv1.weight", "layer4.1.bn2.weight"),
+                  "alexnet": ("features.0.weight", "features.10.weight")}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Output scale: a unit network output is 0.1 m of translation or 0.1 rad (5.7 deg) of rotation.
 TWIST_SCALE = 0.1
 
 
-def imagenet_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILE
+def _check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise Pix3DError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 
 
-def resolve_weights(weights: str | Path | None) -> Path | None:
+def imagenet_weights_path(backbone: str = "resnet18") -> Path:
+    _check_backbone(backbone)
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[backbone]
+
+
+def resolve_weights(weights: str | Path | None, backbone: str = "resnet18") -> Path | None:
     """None/'none' -> None; 'imagenet' -> the torch hub cache file; else the path (must exist)."""
     if weights is None or str(weights) in ("", "none"):
         return None
-    path = imagenet_weights_path() if str(weights) == "imagenet" else Path(weights)
+    path = imagenet_weights_path(backbone) if str(weights) == "imagenet" else Path(weights)
     if not path.is_file():
-        hint = (" (nothing is downloaded: copy torchvision's ResNet-18 ImageNet file there, or pass "
+        hint = (f" (nothing is downloaded: copy torchvision's {NAMES[backbone]} ImageNet file there, or pass "
                 "--weights PATH)") if str(weights) == "imagenet" else ""
         raise Pix3DError(f"weights file {path} does not exist{hint}")
     return path
 
 
-def load_resnet18_state(path: Path) -> dict:
+def load_backbone_state(path: Path, backbone: str = "resnet18") -> dict:
+    """The state_dict in `path`, checked to be `backbone`'s (a torchvision file, or one wrapped
+    as {"state_dict": ...})."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise Pix3DError(f"weights file {path} is not a torch state_dict ({type(exc).__name__}: {exc})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or "conv1.weight" not in state or "layer4.1.bn2.weight" not in state:
-        raise Pix3DError(f"weights file {path} is not a ResNet-18 state_dict (no conv1 / layer4 keys)")
+    first, last = _REQUIRED_KEYS[backbone]
+    if not isinstance(state, dict) or first not in state or last not in state:
+        raise Pix3DError(f"weights file {path} is not a {NAMES[backbone]} state_dict (no {first} / {last} keys)")
     return state
+
+
+def _widen_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn.Conv2d:
+    """`conv` for `in_channels` inputs; pretrained RGB filters are copied to each group of 3
+    channels and divided by the number of groups (so stacked copies of one image give the
+    ImageNet response)."""
+    wide = nn.Conv2d(in_channels, conv.out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
+                     padding=conv.padding, bias=conv.bias is not None)
+    with torch.no_grad():
+        if pretrained and in_channels % 3 == 0:
+            wide.weight.copy_(conv.weight.detach().repeat(1, in_channels // 3, 1, 1) / (in_channels // 3))
+            if conv.bias is not None:
+                wide.bias.copy_(conv.bias.detach())
+    return wide
 
 
 def resnet18_backbone(in_channels: int, weights: Path | None) -> nn.Module:
@@ -65,38 +101,57 @@ def resnet18_backbone(in_channels: int, weights: Path | None) -> nn.Module:
 
     net = resnet18(weights=None)
     if weights is not None:
-        state = load_resnet18_state(weights)
+        state = load_backbone_state(weights, "resnet18")
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or [k for k in unexpected if not k.startswith("fc.")]:
             raise Pix3DError(f"weights file {weights} does not match ResNet-18: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
     if in_channels != 3:
-        rgb = net.conv1.weight.detach()
-        conv = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        with torch.no_grad():
-            if weights is not None and in_channels % 3 == 0:
-                conv.weight.copy_(rgb.repeat(1, in_channels // 3, 1, 1) / (in_channels // 3))
-        net.conv1 = conv
+        net.conv1 = _widen_first_conv(net.conv1, in_channels, weights is not None)
     net.fc = nn.Identity()
     return net
+
+
+def alexnet_backbone(in_channels: int, weights: Path | None) -> nn.Module:
+    """AlexNet's convolutions (outputs 256-d after a global average pool), optionally from an
+    ImageNet state_dict; its classifier is dropped."""
+    from torchvision.models import alexnet  # torchvision is heavy: only when a net is built
+
+    net = alexnet(weights=None)
+    if weights is not None:
+        state = load_backbone_state(weights, "alexnet")
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or [k for k in unexpected if not k.startswith("classifier.")]:
+            raise Pix3DError(f"weights file {weights} does not match AlexNet: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+    # Without the last max-pool: a 32 px input still leaves a 1 x 1 map after conv5.
+    layers = list(net.features.children())[:-1]
+    if in_channels != 3:
+        layers[0] = _widen_first_conv(layers[0], in_channels, weights is not None)
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+BUILDERS = {"resnet18": resnet18_backbone, "alexnet": alexnet_backbone}
 
 
 class RelPoseNet(nn.Module):
     """(source, target) float images in [0, 1], B x 3 x H x W each -> twist B x 6 (target -> source)."""
 
-    def __init__(self, fusion: str, weights: str | Path | None = None, freeze_backbone: bool = False):
+    def __init__(self, fusion: str, weights: str | Path | None = None, freeze_backbone: bool = False,
+                 backbone: str = "resnet18"):
         super().__init__()
         if fusion not in FUSIONS:
             raise Pix3DError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
-        path = resolve_weights(weights)
+        _check_backbone(backbone)
+        path = resolve_weights(weights, backbone)
         self.fusion = fusion
         self.pretrained = path is not None
-        self.backbone = resnet18_backbone(6 if fusion == "early" else 3, path)
+        self.backbone = BUILDERS[backbone](6 if fusion == "early" else 3, path)
         self.frozen = freeze_backbone
         if freeze_backbone:
             for p in self.backbone.parameters():
                 p.requires_grad_(False)
-        features = 512 if fusion == "early" else 1024
+        features = FEATURES[backbone] * (1 if fusion == "early" else 2)
         self.head = nn.Sequential(nn.Linear(features, 256), nn.ReLU(inplace=True), nn.Linear(256, 6))
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)

@@ -89,16 +89,39 @@ class PairData:
         return {"dataset": "relpose view pairs (built-in renderer)", "key": PairConfig(**self.config).key(),
                 **self.config}
 
-    def split(self, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """Train / validation pair indices, by model: a validation model is never trained on."""
+    def split(self, val_fraction: float, seed: int, test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Train / validation pair indices, by model: a validation model is never trained on.
+        With `test_fraction`, the test models (`test_split`) are in neither."""
+        train, val, _ = self.splits(val_fraction, seed, test_fraction)
+        return train, val
+
+    def test_models(self, test_fraction: float) -> set[str]:
+        """The models held out for testing: drawn from the pair set's own seed, so every
+        training seed (and every run on this pair set) is tested on the same models, and none
+        of them is ever trained on or used for validation (early stopping, sizing)."""
+        if not 0 <= test_fraction < 1:
+            raise Pix3DError(f"test_fraction must lie in [0, 1), got {test_fraction}")
+        models = np.unique(self.model_ids)
+        if test_fraction == 0:
+            return set()
+        rng = np.random.default_rng([int(self.config.get("seed", 0)), 29])
+        n_test = max(1, int(round(len(models) * test_fraction)))
+        return set(rng.choice(models, n_test, replace=False).tolist())
+
+    def splits(self, val_fraction: float, seed: int, test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Train / validation / test pair indices, by model. The test models are fixed by the
+        pair set (`test_models`); validation models are drawn per `seed` from the rest."""
         if not 0 < val_fraction < 1:
             raise Pix3DError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-        models = np.unique(self.model_ids)
+        test = self.test_models(test_fraction)
+        models = np.array(sorted(set(np.unique(self.model_ids).tolist()) - test))
         rng = np.random.default_rng(seed)
+        # Without test models this draws exactly what the split drew before a test split existed.
         n_val = max(1, int(round(len(models) * val_fraction)))
-        val_models = set(rng.choice(models, n_val, replace=False).tolist())
+        val_models = set(rng.choice(models, min(n_val, len(models)), replace=False).tolist())
         is_val = np.array([m in val_models for m in self.model_ids])
-        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        is_test = np.array([m in test for m in self.model_ids])
+        return np.flatnonzero(~is_val & ~is_test), np.flatnonzero(is_val), np.flatnonzero(is_test)
 
 
 def relative_transform(R_t: np.ndarray, t_t: np.ndarray, R_s: np.ndarray, t_s: np.ndarray) -> np.ndarray:

@@ -39,13 +39,14 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
     line naming where to put it, or (skip_missing) keep only the scratch trials."""
     from ray import tune
 
-    from relpose.models import imagenet_weights_path
+    from relpose.models import NAMES, imagenet_weights_path
 
     weights = space.get("weights")
     wanted = list(weights["grid_search"]) if isinstance(weights, dict) else [weights]
     if "imagenet" not in wanted:
         return space
-    path = imagenet_weights_path()
+    backbone = space.get("backbone", "resnet18")
+    path = imagenet_weights_path(backbone)
     if path.is_file():
         # Absolute: a relative TORCH_HOME would otherwise resolve against each trial's working
         # directory (Ray gives every trial its own, and a reused actor yet another).
@@ -54,7 +55,7 @@ def check_imagenet_weights(grid, space: dict, *, skip_missing: bool, log=print) 
     rest = [w for w in wanted if w != "imagenet"]
     if not skip_missing or not rest:
         raise Pix3DError(
-            f"grid {grid.name} needs the ImageNet ResNet-18 weights at {path} (torchvision's file; nothing is "
+            f"grid {grid.name} needs the ImageNet {NAMES[backbone]} weights at {path} (torchvision's file; nothing is "
             "downloaded: copy it there, or set TORCH_HOME), or add --skip-missing-weights to run the scratch half")
     log(f"note: no ImageNet weights at {path}: --skip-missing-weights runs only the weights={'/'.join(rest)} trials")
     space["weights"] = tune.grid_search(rest)
@@ -76,19 +77,23 @@ def prepare_pairs(settings, space: dict):
 
 
 def summarize(results) -> tuple[list[str], dict[str, int]]:
-    """One line per trial (fusion, weights, loss, lr, seed, rotation error vs no motion), status counts."""
+    """One line per trial (fusion, weights, frozen, loss, lr, seed, test rotation error vs no
+    motion on the held-out test split; validation when a run has none), status counts."""
     from search.report import lr_text, number_text, summary_lines
 
-    header = (f"{'fusion':<6} {'weights':<8} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
+    header = (f"{'fusion':<6} {'weights':<8} {'frozen':<6} {'loss':<11} {'lr':>7} {'seed':>4} {'epochs':>6} "
               f"{'rot deg':>8} {'no-motion':>9}  status")
 
     def row(config: dict, metrics: dict) -> tuple:
-        return (str(config.get("fusion", "-")), str(config.get("weights", "-")), str(config.get("loss", "-")),
+        split = "test_" if "test_rotation_err_deg" in metrics else "val_"
+        return (str(config.get("fusion", "-")), str(config.get("weights", "-")),
+                "yes" if config.get("freeze_backbone") else "no", str(config.get("loss", "-")),
                 config.get("lr"), config.get("seed", "-"), metrics.get("epoch"),
-                metrics.get("val_rotation_err_deg"), metrics.get("identity_rotation_err_deg"))
+                metrics.get(f"{split}rotation_err_deg"),
+                metrics.get("test_identity_rotation_err_deg" if split == "test_" else "identity_rotation_err_deg"))
 
-    def line(fusion, weights, loss, lr, seed, epoch, rot, identity, status) -> str:
-        return (f"{fusion:<6} {weights:<8} {loss:<11} {lr_text(lr):>7} {str(seed):>4} {str(epoch or '-'):>6} "
+    def line(fusion, weights, frozen, loss, lr, seed, epoch, rot, identity, status) -> str:
+        return (f"{fusion:<6} {weights:<8} {frozen:<6} {loss:<11} {lr_text(lr):>7} {str(seed):>4} {str(epoch or '-'):>6} "
                 f"{number_text(rot, '.2f'):>8} {number_text(identity, '.2f'):>9}  {status}")
 
-    return summary_lines(results, header, row, line, sort_by=5)
+    return summary_lines(results, header, row, line, sort_by=6)

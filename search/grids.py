@@ -140,11 +140,14 @@ class Grid:
 
 @dataclass(frozen=True)
 class FusionGrid:
-    """A grid of the relative-pose study (trainables.relpose): fusion x weights x loss x seeds.
+    """A grid of the relative-pose study (trainables.relpose):
+    fusion x weights x frozen x loss x seeds, on one backbone.
 
-    Fusion and weights are the scientific axes (does ImageNet give pose; does early or late
-    fusion do better), the loss says what supervision it takes. The pair set and the training
-    settings come from `relpose.train.BUDGETS` (resolved by search.run); `fixed` wins over them.
+    Weights and frozen are the ImageNet question (ImageNet features as they are, frozen, against
+    fine-tuned, against the same network from scratch; scratch-frozen is the random-feature
+    control), fusion asks early or late, the loss says what supervision it takes. The pair set
+    and the training settings come from `relpose.train.BUDGETS` (resolved by search.run); `fixed`
+    wins over them.
     """
 
     trainable: ClassVar[str] = "relpose"
@@ -157,13 +160,16 @@ class FusionGrid:
     fusions: tuple[str, ...] = ("early", "late")
     weights: tuple[str, ...] = ("imagenet", "scratch")
     losses: tuple[str, ...] = ("photometric", "pose")
+    frozen: tuple[bool, ...] = (False, True)  # freeze_backbone: fine-tuned, features as they are
+    backbone: str = "resnet18"  # relpose.models.BACKBONES
     lrs: tuple[float, ...] = ()  # empty: the budget's learning rate
     fixed: Mapping[str, Any] = field(default_factory=dict)
-    default_seeds: int = 2
+    default_seeds: int = 3
 
     def size(self, seeds: int | None = None) -> int:
         seeds = self.default_seeds if seeds is None else seeds
-        return len(self.fusions) * len(self.weights) * len(self.losses) * (len(self.lrs) or 1) * seeds
+        return (len(self.fusions) * len(self.weights) * len(self.frozen) * len(self.losses)
+                * (len(self.lrs) or 1) * seeds)
 
     def param_space(self, seeds: int | None = None, budget: Mapping[str, Any] | None = None) -> dict:
         seeds = self.default_seeds if seeds is None else seeds
@@ -171,6 +177,8 @@ class FusionGrid:
         space.update(self.fixed)
         space["fusion"] = tune.grid_search(list(self.fusions))
         space["weights"] = tune.grid_search(list(self.weights))
+        space["freeze_backbone"] = tune.grid_search(list(self.frozen))
+        space["backbone"] = self.backbone
         space["loss"] = tune.grid_search(list(self.losses))
         if self.lrs:
             space["lr"] = tune.grid_search(list(self.lrs))
@@ -273,13 +281,28 @@ GRIDS: dict[str, AnyGrid] = {
         ),
         FusionGrid(
             "fusion",
-            "relative pose: fusion {early, late} x weights {imagenet, scratch} x loss {photometric, pose}",
+            "relative pose (ResNet-18): fusion {early, late} x weights {imagenet, scratch} x backbone "
+            "{fine-tuned, frozen} x loss {photometric, pose}",
+        ),
+        FusionGrid(
+            "fusion_cpu",
+            "the corner of the fusion grid a shared CPU can measure (use --budget cpu): early fusion, "
+            "scratch, fine-tuned, loss {photometric, pose} x 3 seeds",
+            fusions=("early",),
+            weights=("scratch",),
+            frozen=(False,),
+        ),
+        FusionGrid(
+            "fusion_alexnet",
+            "the fusion grid on the seed study's AlexNet backbone (torchvision's alexnet file for imagenet)",
+            backbone="alexnet",
         ),
         FusionGrid(
             "fusion_lr",
             "relative pose from scratch, pose loss: lr 1e-4..3e-3 x both fusions (the nuisance lr)",
             weights=("scratch",),
             losses=("pose",),
+            frozen=(False,),
             lrs=(1e-4, 3e-4, 1e-3, 3e-3),
             default_seeds=1,
         ),
@@ -287,6 +310,7 @@ GRIDS: dict[str, AnyGrid] = {
             "fusion_smoke",
             "tiny end-to-end check of the fusion grid: 24 pairs at 32 px, 1 epoch, 1 seed",
             fixed={"pairs_n": 24, "pairs_size": 32, "epochs": 1, "batch_size": 8},
+            frozen=(False,),
             default_seeds=1,
         ),
     )

@@ -42,10 +42,29 @@ def test_fusion_grid_is_the_full_factorial():
     grid = get_grid("fusion")
     assert grid.trainable == "relpose"
     trials = grid.trials(2, {"epochs": 1})
-    assert len(trials) == grid.size(2) == 16
-    combos = {(t["fusion"], t["weights"], t["loss"], t["seed"]) for t in trials}
-    assert len(combos) == 16
+    assert len(trials) == grid.size(2) == 32
+    combos = {(t["fusion"], t["weights"], t["freeze_backbone"], t["loss"], t["seed"]) for t in trials}
+    assert len(combos) == 32
     assert {t["weights"] for t in trials} == {"imagenet", "scratch"}
+    assert {t["freeze_backbone"] for t in trials} == {False, True}
+    assert {t["backbone"] for t in trials} == {"resnet18"}
+    assert {t["backbone"] for t in get_grid("fusion_alexnet").trials(1, {})} == {"alexnet"}
+
+
+def test_fusion_dry_run_lists_the_frozen_axis_and_three_seeds(tmp_path, monkeypatch, capsys, torch_home):
+    """The ImageNet question as a grid: weights x frozen x fusion x loss, 3 seeds by default."""
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    code = search_run.main(["--grid", "fusion", "--dry-run", "--budget", "quick", "--storage", str(tmp_path / "results")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "grid fusion: 48 trials" in out
+    listed = [line.split() for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert len(listed) == 48
+    cells = {tuple(sorted(w for w in words[1:] if "=" in w and not w.startswith("seed="))) for words in listed}
+    assert len(cells) == 16  # 2 fusions x 2 weights x 2 frozen x 2 losses
+    for value in ("freeze_backbone=True", "freeze_backbone=False", "weights=imagenet", "weights=scratch"):
+        assert sum(value in words for words in listed) == 24, value
+    assert {w for words in listed for w in words if w.startswith("seed=")} == {"seed=0", "seed=1", "seed=2"}
 
 
 def test_missing_imagenet_file_stops_before_anything_starts(tmp_path, monkeypatch):
@@ -66,7 +85,7 @@ def test_skip_missing_weights_keeps_the_scratch_half(tmp_path, monkeypatch, caps
                             "--storage", str(tmp_path / "results")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "grid fusion: 8 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
+    assert "grid fusion: 24 trials" in out and "weights=scratch" in out and "imagenet" not in out.split("grid fusion")[1]
 
 
 def test_a_relative_torch_home_reaches_the_trials_as_an_absolute_path(torch_home, tmp_path, monkeypatch):
@@ -168,3 +187,77 @@ def test_every_fusion_trial_is_a_valid_relpose_config(name, tmp_path):
         assert isinstance(config, RelPoseConfig)
         assert config.threads == 2 and config.device == "cpu"
         assert config.weights == (weights_file if trial["weights"] == "imagenet" else None)
+
+
+def _log_relpose_run(client, experiment_id: str, parent_id: str, *, loss: str, seed: int,
+                     history: list[dict]) -> None:
+    """One trial run as trainables.relpose + search.tracking log it: tags, params, per-epoch metrics."""
+    from analysis.mlflow_store import ROLE_TAG
+
+    tags = {ROLE_TAG: "trial", "mlflow.parentRunId": parent_id, "fusion": "early", "weights": "scratch",
+            "loss": loss, "freeze_backbone": "False", "backbone": "resnet18", "lr": "0.0003", "seed": str(seed)}
+    run = client.create_run(experiment_id, tags=tags)
+    for epoch, metrics in enumerate(history, 1):
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value, step=epoch)
+    client.set_terminated(run.info.run_id)
+
+
+def test_fusion_table_reports_the_test_split_over_seeds_and_early_stops_on_validation(tmp_path):
+    """The table's headline is the held-out test split, mean ± std over 3 seeds; `--at best`
+    picks each run's epoch on validation and reports that epoch's test error."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from analysis.fusion_table import build_table
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("fusion_held_out")
+    parent = client.create_run(experiment_id, tags={"pix3d.role": "sweep"})
+    rng = np.random.default_rng(0)
+    test_last, test_at_best_val = {}, {}
+    for loss in ("photometric", "pose"):
+        for seed in range(3):
+            val = rng.uniform(5, 10, size=3)
+            test = rng.uniform(5, 10, size=3)
+            history = [{"val_rotation_err_deg": v, "identity_rotation_err_deg": 10.0,
+                        "test_rotation_err_deg": t, "test_identity_rotation_err_deg": 12.0,
+                        "test_translation_err_m": 0.5, "test_identity_translation_err_m": 0.6,
+                        "test_photometric_l1": 0.07, "test_identity_photometric_l1": 0.08,
+                        "test_true_motion_photometric_l1": 0.03, "test_outside_fraction": 0.01}
+                       for v, t in zip(val, test)]
+            _log_relpose_run(client, experiment_id, parent.info.run_id, loss=loss, seed=seed, history=history)
+            test_last.setdefault(loss, []).append(test[-1])
+            test_at_best_val.setdefault(loss, []).append(test[int(np.argmin(val))])
+    client.set_terminated(parent.info.run_id)
+
+    for at, expected in (("last", test_last), ("best", test_at_best_val)):
+        table = build_table(uri, "fusion_held_out", at=at)
+        assert table.split == "test"
+        frame = table.to_frame().set_index("loss")
+        for loss, values in expected.items():
+            assert frame.loc[loss, "n"] == 3
+            assert frame.loc[loss, "rotation_err_deg"] == pytest.approx(np.mean(values), abs=1e-4)
+            assert frame.loc[loss, "rotation_err_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+            assert frame.loc[loss, "ratio_std"] == pytest.approx(np.std(np.array(values) / 12.0, ddof=1), abs=1e-4)
+            assert frame.loc[loss, "no_motion_rotation_err_deg"] == 12.0
+        markdown = table.to_markdown()
+        assert "held-out test rotation error" in markdown and "resnet18 fine-tuned" in markdown
+    from analysis.fusion_table import write_table
+
+    written = write_table(table, tmp_path / "out", log_to_mlflow=False)
+    assert written["png"].read_bytes()[:4] == b"\x89PNG" and "| early | scratch |" in written["md"].read_text()
+
+
+def test_relpose_trials_are_named_and_tagged_by_every_axis():
+    """Frozen and fine-tuned trials differ in name and tags, so neither hides the other."""
+    from analysis.run_fields import trial_run_name, trial_tags
+
+    config = {"fusion": "early", "weights": "scratch", "loss": "pose", "freeze_backbone": True,
+              "backbone": "alexnet", "lr": 1e-3, "seed": 0}
+    assert trial_run_name(config) == "relpose early scratch pose frozen alexnet lr=0.001 s0"
+    assert trial_run_name({**config, "freeze_backbone": False, "backbone": "resnet18"}) == \
+        "relpose early scratch pose lr=0.001 s0"
+    tags = trial_tags(config)
+    assert tags["freeze_backbone"] == "True" and tags["backbone"] == "alexnet"

@@ -18,9 +18,10 @@ from pix3d.render.camera import Camera, camera_pose, sample_camera
 from pix3d.render.mesh import boxes_to_mesh
 from pix3d.render.shapes import build_chair
 from pix3d.train import resolve_precision
-from relpose.models import IMAGENET_FILE, RelPoseNet, resolve_weights
+from relpose.models import IMAGENET_FILE, IMAGENET_FILES, RelPoseNet, resolve_weights
 from relpose.pairs import PairConfig, load_or_make_pairs, make_pairs, relative_transform
 from relpose.train import PairTensors, RelPoseConfig, fit, loss_fn, photometric_l1
+from relpose.train.loss import OUTSIDE_PENALTY, photometric_terms
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,46 @@ def test_true_motion_explains_the_target_better_than_no_motion(pairs):
     assert (true < none).float().mean() >= 2 / 3 and true.mean() < 0.65 * none.mean(), (true, none)
 
 
+def _shifted(n: int, **offsets: float) -> torch.Tensor:
+    """n identical rigid motions: a translation (x, y, z in metres), no rotation."""
+    T = torch.eye(4).repeat(n, 1, 1)
+    for axis, value in offsets.items():
+        T[:, "xyz".index(axis), 3] = value
+    return T
+
+
+def test_photometric_loss_cannot_be_gamed_by_leaving_the_frame(pairs):
+    """Every object pixel counts: one sent out of the source image, or behind its camera, costs
+    OUTSIDE_PENALTY. So no motion scores better by leaving (the old loss averaged over the
+    pixels left inside and gave a 5 m shift 0.0), and the true motion scores best."""
+    b = PairTensors(pairs, torch.device("cpu")).batch(torch.arange(len(pairs)))
+    n = len(pairs)
+    identity = torch.eye(4).expand(n, 4, 4).contiguous()
+    # The identity on identical images: nothing to explain, nothing lost.
+    same = {**b, "source": b["target"]}
+    l1, lost = photometric_terms(same, identity)
+    assert float(l1.max()) < 1e-4 and float(lost.max()) == 0.0
+    # Out of the frame (5 m sideways) and behind the camera (10 m backwards): every object pixel
+    # pays the penalty, far above the identity's error on the same pairs.
+    none = photometric_l1(b, identity)
+    for away in (_shifted(n, x=5.0), _shifted(n, z=-10.0)):
+        l1, lost = photometric_terms(b, away)
+        assert torch.allclose(lost, torch.ones(n)) and torch.allclose(l1, torch.full((n,), OUTSIDE_PENALTY))
+        assert (l1 > none + 0.5).all(), (l1, none)
+    # The true motion scores best: below the identity, the motions out of view, and the true
+    # motion nudged by 1.7 deg about either image axis or 3 cm across the image. (Along the
+    # optical axis the error is nearly flat: a small object a few metres away barely changes
+    # size with 3 cm, so that direction is left out.)
+    true = photometric_l1(b, b["T"]).mean()
+    nudges = []
+    for axis in (0, 1, 3, 4):
+        for sign in (-1.0, 1.0):
+            twist = torch.zeros(n, 6)
+            twist[:, axis] = sign * 0.03
+            nudges.append(photometric_l1(b, geometry.se3_exp(twist) @ b["T"]).mean())
+    assert true < 0.7 * none.mean() and true < min(nudges), (true, none.mean(), nudges)
+
+
 def test_photometric_loss_alone_moves_the_warp_towards_the_true_one(pairs):
     """Gradient descent on a free twist per pair, through se3_exp, depth, projection and
     grid_sample, with no pose labels: the photometric error falls and the object pixels'
@@ -94,6 +135,22 @@ def test_split_holds_out_whole_models(pairs):
     train, val = pairs.split(0.3, seed=0)
     assert len(train) + len(val) == len(pairs) and len(val) > 0
     assert not set(pairs.model_ids[train]) & set(pairs.model_ids[val])
+
+
+def test_test_models_are_the_pair_sets_and_never_trained_or_validated_on(pairs):
+    """The test split is drawn from the pair set, not the training seed: every seed is tested
+    on the same models, and none of them is in its training or validation split."""
+    tests = []
+    for seed in range(4):
+        train, val, test = pairs.splits(0.2, seed, test_fraction=0.2)
+        assert len(train) + len(val) + len(test) == len(pairs) and len(test) > 0 and len(val) > 0
+        used = set(pairs.model_ids[train]) | set(pairs.model_ids[val])
+        assert not used & set(pairs.model_ids[test])
+        tests.append(tuple(test))
+    assert len(set(tests)) == 1
+    # Without a test split, the split is what it always was (saved sweeps compare like with like).
+    assert all(np.array_equal(a, b) for a, b in zip(pairs.splits(0.3, 0)[:2], pairs.split(0.3, 0)))
+    assert len(pairs.splits(0.3, 0)[2]) == 0
 
 
 def test_pair_cache_is_reused_and_a_corrupt_one_is_named(tmp_path):
@@ -164,6 +221,45 @@ def test_bad_weight_files_are_named(tmp_path):
         RelPoseNet("early", tmp_path / "missing.pth")
     with pytest.raises(Pix3DError, match="unknown fusion 'middle'"):
         RelPoseNet("middle")
+    with pytest.raises(Pix3DError, match="r18.pth is not a AlexNet state_dict"):
+        _fake_resnet18_file(tmp_path / "r18.pth")
+        RelPoseNet("early", tmp_path / "r18.pth", backbone="alexnet")
+    with pytest.raises(Pix3DError, match="unknown backbone 'vgg'"):
+        RelPoseNet("early", backbone="vgg")
+
+
+def _torchvision_state_file(backbone: str, path: Path) -> dict:
+    """A torchvision state_dict of `backbone` saved as torchvision's ImageNet file is (random
+    weights: what is tested is that a file of that layout loads, trains and is used)."""
+    from torchvision import models
+
+    torch.manual_seed(11)
+    state = getattr(models, backbone)(weights=None).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+@pytest.mark.parametrize("backbone, first_conv", [("resnet18", "conv1.weight"), ("alexnet", "features.0.weight")])
+def test_imagenet_state_dicts_of_both_backbones_load_and_train_a_step(backbone, first_conv, tmp_path, monkeypatch, pairs):
+    """torchvision's ResNet-18 and AlexNet files, found where torchvision keeps them (the torch
+    hub cache), load into both fusions and train: an epoch of `fit` changes the backbone (from
+    its second step: the zero-initialised last layer of the head passes no gradient before)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = _torchvision_state_file(backbone, tmp_path / "torch" / "hub" / "checkpoints" / IMAGENET_FILES[backbone])
+    late = RelPoseNet("late", "imagenet", backbone=backbone)
+    loaded = {k: v for k, v in late.backbone.state_dict().items() if v.shape == state[first_conv].shape}
+    assert any(torch.equal(v, state[first_conv]) for v in loaded.values())
+    early = RelPoseNet("early", "imagenet", backbone=backbone)
+    assert early.pretrained and early(*(torch.rand(2, 3, 32, 32),) * 2).shape == (2, 6)
+    config = RelPoseConfig(fusion="early", loss="photometric", weights="imagenet", backbone=backbone, lr=1e-3,
+                           batch_size=2, epochs=1, val_fraction=0.2, test_fraction=0.2, threads=1, device="cpu")
+    result = fit(config, pairs)
+    trained = result["model"].backbone.state_dict()
+    first = next(k for k, v in trained.items() if v.dim() == 4)  # the widened first convolution
+    rgb = state[first_conv]
+    assert not torch.allclose(trained[first], torch.cat([rgb, rgb], 1) / 2)  # it trained
+    assert np.isfinite(result["final"]["test_rotation_err_deg"])
 
 
 def test_frozen_backbone_keeps_weights_and_statistics(tmp_path, pairs):
@@ -222,7 +318,10 @@ def test_fit_reports_model_and_baselines_each_epoch(pairs):
                 "identity_photometric_l1", "true_motion_photometric_l1", "train_loss"):
         assert np.isfinite(final[key]), key
     assert final["true_motion_photometric_l1"] < final["identity_photometric_l1"]
-    assert final["n_train"] + final["n_val"] == len(pairs)
+    assert final["n_train"] + final["n_val"] + final["n_test"] == len(pairs) and final["n_test"] > 0
+    for key in ("test_rotation_err_deg", "test_identity_rotation_err_deg", "test_photometric_l1",
+                "test_true_motion_photometric_l1", "test_outside_fraction", "val_outside_fraction"):
+        assert np.isfinite(final[key]), key
 
 
 def test_cosine_schedule_reaches_zero_and_resumes_where_it_stopped(pairs):
