@@ -25,7 +25,7 @@ from pix3d.errors import Pix3DError
 from pix3d.data.maps import ANNOTATION_KEYS
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
-PREPARE_VERSION = 2  # 2: model files in the key, sources chosen, render check in meta
+PREPARE_VERSION = 3  # 2: model files in the key, sources chosen, render check in meta; 3: crop, published split
 STALE_TEMP_S = 3600
 
 

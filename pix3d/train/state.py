@@ -121,8 +121,11 @@ def configure_torch(config: TrainConfig) -> tuple[torch.device, str]:
 
 def split_data(config: TrainConfig, data) -> Split:
     """Split, optional training cap, bins fitted on the training split only, majority baselines."""
+    dataset = (getattr(data, "manifest", None) or {}).get("dataset") or {}
     train_idx, val_idx = split_indices(config.split, data.categories, data.model_ids,
-                                       seed=config.seed, val_fraction=config.val_fraction)
+                                       seed=config.seed, val_fraction=config.val_fraction,
+                                       img_paths=data.img_paths, dataset=dataset.get("name"),
+                                       builtin=bool(dataset.get("builtin")))
     if config.max_train_images and len(train_idx) > config.max_train_images:
         keep = np.random.default_rng(config.seed).choice(len(train_idx), config.max_train_images, replace=False)
         train_idx = np.sort(train_idx[keep])
