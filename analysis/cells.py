@@ -100,7 +100,7 @@ class Cell:
 class Row:
     label: str
     model: str
-    seed_quirks: bool | None
+    seed_quirks: bool | str | None  # True / False: all four / none; a str: the quirks on alone
     lr: float | None
     cells: dict[str, Cell]
     modalities: str | None = None  # set in per-category tables (one row per model x subset)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.cells import METRICS, metric_spec
 from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
+from pix3d import models as model_registry
 from pix3d.errors import Pix3DError, UsageError
 
 AT_CHOICES = ("last", "best")
@@ -123,7 +124,8 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 "model": tags.get("model", params.get("model", "?")),
                 "modalities": tags.get("modalities", params.get("modalities", "rgb")),
                 "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
-                "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
+                # True (all four), False (none) or the "+"-joined quirks switched on alone.
+                "seed_quirks": _quirks(tags.get("seed_quirks", params.get("seed_quirks", "False"))),
                 # A run without one trained on TrainConfig's default split.
                 "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
                 # Trained on maps rendered from the CAD model at the true pose: not comparable.
@@ -140,3 +142,10 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
     latest_parent = frame.sort_values("end_time")["parent_run_id"].dropna()
     return frame, notes, (latest_parent.iloc[-1] if len(latest_parent) else None)
 
+
+def _quirks(text: str):
+    """A run's seed_quirks tag as pix3d.models.quirks_value gives it; an unknown name as written."""
+    try:
+        return model_registry.quirks_value(text)
+    except Pix3DError:
+        return text

@@ -82,8 +82,11 @@ def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
             parts.append(f"lr={config['lr']}")
     if "seed" in config:
         parts.append(f"s{config['seed']}")
-    if config.get("seed_quirks"):
+    quirks = config.get("seed_quirks")
+    if quirks is True or str(quirks) == "True":
         parts.append("quirks")
+    elif isinstance(quirks, str) and quirks not in ("", "False", "none"):
+        parts.append(f"quirks={quirks}")
     if len(parts) == 1 and trial_id:
         parts.append(trial_id)
     return " ".join(parts)

@@ -23,6 +23,20 @@ def _model_rank(model: str) -> tuple[int, str]:
     return (order.index(model) if model in order else len(order), model)
 
 
+def _quirks_rank(quirks) -> tuple[int, str]:
+    """Quirks off first, then each switched on alone (and other subsets), then all four."""
+    if isinstance(quirks, str):
+        return (1, quirks)
+    return (2 if quirks else 0, "")
+
+
+def quirks_label(quirks) -> str:
+    """How a row says its quirks: on (all four), off, or the ones switched on alone."""
+    if isinstance(quirks, str):
+        return f"quirks {quirks}"
+    return "quirks on" if quirks else "quirks off"
+
+
 def _split_rank(split: str) -> tuple[int, str]:
     """The published split first, then the others by name."""
     return (0 if split == DEFAULT_SPLIT else 1, split)
@@ -70,11 +84,11 @@ class _RowLabels:
         if self.several_splits:
             label += f" [{split} split]"
         if self.split_quirks:
-            label += " (quirks on)" if quirks else " (quirks off)"
+            label += f" ({quirks_label(quirks)})"
         several_lrs = self.lrs_per_model[model] > 1
         if several_lrs:
             label += f" lr={lr:g}"
-        return Row(label + suffix, model, bool(quirks) if self.split_quirks else None,
+        return Row(label + suffix, model, (quirks if isinstance(quirks, str) else bool(quirks)) if self.split_quirks else None,
                    float(lr) if several_lrs else None, cells, **extra)
 
 
@@ -94,7 +108,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     rows: list[Row] = []
     for (model, split, quirks, lr), group in sorted(
             records.groupby(["model", "split", "seed_quirks", "lr"], sort=False),
-            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3])):
+            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), _quirks_rank(item[0][2]), item[0][3])):
         cells = {}
         for column in columns:
             picked = group.loc[group["modalities"] == column]
@@ -135,7 +149,7 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
     rows: list[Row] = []
     groups = records.groupby(["model", "split", "seed_quirks", "lr", "modalities"], sort=False)
     for (model, split, quirks, lr, subset), group in sorted(
-            groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]),
+            groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), _quirks_rank(item[0][2]),
                                       item[0][3], subset_order.get(item[0][4], len(subset_order)), item[0][4])):
         cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]],
                          oracle=_any_oracle(group.loc[group["category"] == c]))

@@ -110,9 +110,11 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
 
 
 def _row_key(row: Row) -> str:
-    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05]."""
+    """A row as a metric-name part: model[.modalities][.quirks_on|off|_<names>][.lr_1e-05]."""
     parts = [metric_key_part(p) for p in (row.model, row.modalities) if p]
-    if row.seed_quirks is not None:
+    if isinstance(row.seed_quirks, str):
+        parts.append("quirks_" + row.seed_quirks.replace("+", "_"))
+    elif row.seed_quirks is not None:
         parts.append("quirks_on" if row.seed_quirks else "quirks_off")
     if row.lr is not None:
         parts.append(f"lr_{row.lr:g}")  # digits, '.', 'e', '-': a valid metric name as it is

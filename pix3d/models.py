@@ -12,11 +12,13 @@ ReLU, 2x2 max-pooling, an FC-128 trunk and three 8-way heads: azimuth, elevation
 The width of the first FC layer is computed from the input size, so the same code runs at the
 published 224 px and at the small sizes of the CPU budget.
 
-`seed_quirks=True` reproduces two behaviours of the published code that explain its table:
-a ReLU on the head logits (both nets) and, in `separate_net`, a concatenation that
-flattens each branch over the whole batch before reshaping, which mixes the features of
-different samples as soon as two or more modalities are used. (The third quirk, raw
-0..255 inputs, is input preprocessing and lives in `pix3d.train`.)
+`QUIRKS` are four behaviours of the published code that explain its table, each switchable
+alone (`seed_quirks`: True = all four, False = none, or a "+"-joined list of names):
+`relu_logits`, a ReLU on the head logits (both nets); `batch_mixing`, in `separate_net` a
+concatenation that flattens each branch over the whole batch before reshaping, which mixes
+the features of different samples as soon as two or more modalities are used; `raw_input`,
+0..255 inputs without normalisation, and `val_batching`, validation in shuffled batches of
+the training batch size (both in `pix3d.train`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,34 @@ from pix3d.errors import Pix3DError
 ModelBuilder = Callable[..., nn.Module]
 PLUGINS_ENV = "PIX3D_MODELS"
 TABLE_METRIC = "val_azimuth_acc"  # the metric of the published ablation table
+# The published code's quirks, in the order a label lists them (seed_quirks=True: all four).
+QUIRKS = ("relu_logits", "batch_mixing", "raw_input", "val_batching")
+SeedQuirks = bool | str
+
+
+def quirk_set(seed_quirks: SeedQuirks | Sequence[str]) -> frozenset[str]:
+    """The quirks a `seed_quirks` value switches on: True = all, False / "" / "none" = none,
+    else names joined by "+" (or a list of names); an unknown name raises, listing them."""
+    if isinstance(seed_quirks, str) and seed_quirks.strip().lower() in ("true", "all", "false", "none", ""):
+        seed_quirks = seed_quirks.strip().lower() in ("true", "all")  # how a tag or a command line spells them
+    if isinstance(seed_quirks, bool):
+        return frozenset(QUIRKS) if seed_quirks else frozenset()
+    names = seed_quirks.replace(",", "+").split("+") if isinstance(seed_quirks, str) else list(seed_quirks)
+    names = {n.strip() for n in names if n.strip() and n.strip() != "none"}
+    unknown = sorted(names - set(QUIRKS))
+    if unknown:
+        raise Pix3DError(f"seed_quirks: unknown quirk {unknown[0]!r}; choose from {', '.join(QUIRKS)} "
+                         "(joined by +), true (all four) or false")
+    return frozenset(names)
+
+
+def quirks_value(quirks) -> SeedQuirks:
+    """The canonical `seed_quirks` of a set of quirks: True (all four), False (none), else
+    the names in QUIRKS order joined by "+"."""
+    quirks = quirk_set(quirks)
+    if quirks == frozenset(QUIRKS) or not quirks:
+        return bool(quirks)
+    return "+".join(q for q in QUIRKS if q in quirks)
 
 
 @dataclass(frozen=True)
@@ -63,7 +93,8 @@ def register_model(name: str, *, published_lr: float | None = None,
     """Decorator adding a builder (and what was published about it) to the registry.
 
     The builder is called as `builder(modalities, image_size=..., seed_quirks=...)` with the
-    modalities in canonical order. A second builder under one name is a bug.
+    modalities in canonical order (`seed_quirks` a bool, or a "+"-joined list of QUIRKS:
+    `quirk_set` reads it). A second builder under one name is a bug.
     """
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
@@ -123,7 +154,7 @@ def get_model(
     modalities: str | Sequence[str],
     *,
     image_size: int = 224,
-    seed_quirks: bool = False,
+    seed_quirks: SeedQuirks = False,
 ) -> nn.Module:
     """Build model `name` for `modalities` (canonical order) and square inputs of `image_size`.
 
@@ -135,7 +166,7 @@ def get_model(
         mods = parse_modalities(modalities)
     except ValueError as exc:
         raise Pix3DError(f"modalities: {exc}") from None
-    return spec.builder(mods, image_size=int(image_size), seed_quirks=bool(seed_quirks))
+    return spec.builder(mods, image_size=int(image_size), seed_quirks=quirks_value(seed_quirks))
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -195,7 +226,7 @@ class PoseHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(in_features, N_BINS) for _ in HEADS)
         # The published code ended each head with a ReLU, which clamps every negative logit
-        # to 0; kept only under seed_quirks so its table can be explained.
+        # to 0; kept only under the relu_logits quirk so its table can be explained.
         self.relu_on_logits = relu_on_logits
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -212,14 +243,14 @@ COMBINED_WIDTHS = (64, 256, 256, 8)
 class CombinedNet(nn.Module):
     """Early fusion: every chosen modality stacked as channels into one CNN."""
 
-    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: bool):
+    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: SeedQuirks):
         super().__init__()
         self.modalities = modalities
         side = _check_size("combined_net", image_size, COMBINED_KERNELS)
         self.features = conv_stack(len(modality_channels(modalities)), COMBINED_WIDTHS, COMBINED_KERNELS)
         self.fc_in_features = COMBINED_WIDTHS[-1] * side * side  # 968 at 224 px
         self.trunk = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
-        self.heads = PoseHeads(128, relu_on_logits=seed_quirks)
+        self.heads = PoseHeads(128, relu_on_logits="relu_logits" in quirk_set(seed_quirks))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x).flatten(1)
@@ -229,7 +260,7 @@ class CombinedNet(nn.Module):
 # Published azimuth accuracy (%, 8 bins, random 10% validation) per modality subset.
 @register_model("combined_net", published_lr=1e-5, published={TABLE_METRIC: {
     "rgb": 56.8862, "rgb+mask": 72.0559, "rgb+mask+boundaries": 64.3713, "rgb+mask+boundaries+normals": 65.5329}})
-def combined_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
+def combined_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: SeedQuirks = False) -> nn.Module:
     """The published early-fusion network (conv 64/7, 256/7, 256/3, 8/3 -> FC 128 -> 3 heads)."""
     return CombinedNet(modalities, image_size, seed_quirks)
 
@@ -256,7 +287,7 @@ class ModalityBranch(nn.Module):
 class SeparateNet(nn.Module):
     """Late fusion: one branch per modality, the 128-d features concatenated per sample."""
 
-    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: bool):
+    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: SeedQuirks):
         super().__init__()
         self.modalities = modalities
         side = _check_size("separate_net", image_size, SEPARATE_KERNELS)
@@ -270,15 +301,16 @@ class SeparateNet(nn.Module):
         self.branches = nn.ModuleDict(
             {m: ModalityBranch(b - a, side) for m, (a, b) in zip(modalities, self.channel_slices)}
         )
-        self.seed_quirks = seed_quirks
-        self.heads = PoseHeads(128 * len(modalities), relu_on_logits=seed_quirks)
+        quirks = quirk_set(seed_quirks)
+        self.batch_mixing = "batch_mixing" in quirks
+        self.heads = PoseHeads(128 * len(modalities), relu_on_logits="relu_logits" in quirks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         per_branch = [
             self.branches[m](x[:, a:b]) for m, (a, b) in zip(self.modalities, self.channel_slices)
         ]
         batch = x.shape[0]
-        if self.seed_quirks:
+        if self.batch_mixing:
             # Published behaviour: each branch flattened over the whole batch, the flat
             # vectors concatenated, then reshaped to B x (n*128). Row i then holds features
             # of samples n*i .. n*i+n-1 of the first branch(es), not sample i's own: the
@@ -291,6 +323,6 @@ class SeparateNet(nn.Module):
 
 @register_model("separate_net", published_lr=1e-3, published={TABLE_METRIC: {
     "rgb": 50.7984, "rgb+mask": 36.9261, "rgb+mask+boundaries": 38.1238, "rgb+mask+boundaries+normals": 41.1178}})
-def separate_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: bool = False) -> nn.Module:
+def separate_net(modalities: tuple[str, ...], *, image_size: int = 224, seed_quirks: SeedQuirks = False) -> nn.Module:
     """The published late-fusion network (per modality conv 32/7, 64/7, 8/3 -> FC 128)."""
     return SeparateNet(modalities, image_size, seed_quirks)

@@ -183,6 +183,8 @@ def prepare_entry(task: EntryTask) -> EntryResult:
                                   else render.boundaries_u8()[None])
             elif kind in FALLBACKS:
                 out[lo:hi] = FALLBACKS[kind](out)
+        if task.crop == "published":  # derived edges see the bars' border as an edge: black, as in the rule
+            out[:, ~cut.inside()] = 0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return EntryResult(task.position, None, f"cannot decode {what}: {one_line(exc)}")
     except Exception as exc:  # noqa: BLE001 - the prediction network is foreign code

@@ -49,7 +49,9 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed-quirks", action="store_true", help="reproduce the published code's quirks")
+    p.add_argument("--seed-quirks", nargs="?", const=True, default=False, metavar="QUIRK[+QUIRK]",
+                   help="reproduce the published code's quirks: alone, all four; or some of relu_logits, "
+                        "batch_mixing, raw_input, val_batching joined by +")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step")
     p.add_argument("--bins", default="published", help=f"one of {', '.join(BIN_SCHEMES)}")
     p.add_argument("--split", default="published", help="published | random | by_model")

@@ -108,18 +108,23 @@ def run_epoch(state: RunState, data, epoch: int, *, progress: bool = False) -> d
     return metrics
 
 
+def validation_batching(config: TrainConfig, epoch: int) -> tuple[int, torch.Generator | None]:
+    """(batch size, shuffle generator or None) of validation after `epoch`: sorted batches of
+    EVAL_BATCH, or under the val_batching quirk shuffled batches of the training batch size."""
+    if not config.has_quirk("val_batching"):
+        return EVAL_BATCH, None
+    # The notebook validated in shuffled batches of the training batch size; with the
+    # batch-mixing concatenation a prediction depends on its batch mates, so sorted
+    # batches of 128 (neighbouring, same-category rows) would not be what it measured.
+    # Its own generator (seed, epoch): the training shuffle and resume stay exact.
+    return config.batch_size, torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+
+
 def validate(state: RunState, data, epoch: int) -> dict:
     """`evaluate` on the validation rows after `epoch`, batched as the config's recipe says."""
     config = state.config
-    val_shuffle = None
-    if config.seed_quirks:
-        # The notebook validated in shuffled batches of the training batch size; with the
-        # batch-mixing concatenation a prediction depends on its batch mates, so sorted
-        # batches of 128 (neighbouring, same-category rows) would not be what it measured.
-        # Its own generator (seed, epoch): the training shuffle and resume stay exact.
-        val_shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return evaluate(state.model, state.source, state.split.val, state.precision,
-                    config.batch_size if config.seed_quirks else EVAL_BATCH, shuffle=val_shuffle,
+    batch_size, val_shuffle = validation_batching(config, epoch)
+    return evaluate(state.model, state.source, state.split.val, state.precision, batch_size, shuffle=val_shuffle,
                     azimuth_deg=data.azimuth, azimuth_centres=state.split.azimuth_centres,
                     # Per-category numbers at the end of the trial only (not per epoch).
                     categories=data.categories if epoch == config.epochs else None)

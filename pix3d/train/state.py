@@ -141,11 +141,11 @@ def split_data(config: TrainConfig, data) -> Split:
 
 
 def normalisation(config: TrainConfig, data, train: torch.Tensor, checkpoint: dict | None) -> dict:
-    """The input normalisation: a checkpoint's, raw 0..255 under seed_quirks, else training-split stats."""
+    """The input normalisation: a checkpoint's, raw 0..255 under the raw_input quirk, else training-split stats."""
     channels = modality_channels(config.modalities)
     if checkpoint is not None and checkpoint.get("norm") is not None:
         return checkpoint["norm"]  # the statistics the checkpointed weights were trained with
-    if config.seed_quirks:
+    if config.has_quirk("raw_input"):
         return {"channels": channels, "mean": [0.0] * len(channels), "std": [1.0] * len(channels), "scale": "raw"}
     return channel_stats(ModalityView(data.images, config.modalities).images, train, channels)
 
