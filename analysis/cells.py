@@ -68,6 +68,9 @@ class Cell:
     values: list[float]
     published: float | None = None
     oracle: bool = False  # some run of the cell trained on oracle inputs (marked †)
+    # Beside the published value: "ep 24" (not from the log's last epoch), "‡" (a footnote
+    # says what is odd about it), or both.
+    published_mark: str = ""
 
     @property
     def n(self) -> int:
@@ -92,7 +95,7 @@ class Cell:
         if self.oracle and self.values:
             body += f" {ORACLE_MARK}"
         if published and self.published is not None:
-            body += f" · paper {self.published:.1f}"
+            body += f" · paper {self.published:.1f}" + (f" ({self.published_mark})" if self.published_mark else "")
         return body
 
 
@@ -126,7 +129,8 @@ class Table:
     def _title(self) -> str:
         spec = metric_spec(self.metric)
         by = ", by category" if self.by == "category" else ""
-        return (f"{self.metric} ({self.at} epoch{by}), mean over seeds in {spec.describe()}: "
+        at = "at the published values' epochs" if self.at == "published" else f"{self.at} epoch"
+        return (f"{self.metric} ({at}{by}), mean over seeds in {spec.describe()}: "
                 f"experiment `{self.experiment}`")
 
     def to_markdown(self) -> str:

@@ -1,7 +1,7 @@
 """The azimuth accuracy table, rebuilt from what MLflow logged.
 
     python -m analysis.table --experiment ablation [--mlflow-uri URI] [--metric val_azimuth_acc]
-                             [--by subset|category] [--at last|best] [--format md|csv|latex] [--out DIR]
+                             [--by subset|category] [--at last|best|published] [--format md|csv|latex] [--out DIR]
 
 Rows are models (split by seed_quirks on/off when both were run, and by learning rate when
 a model was run at several), columns the four modality subsets of the published table.
@@ -168,7 +168,8 @@ def build_parser() -> ArgumentParser:
                         help="columns: the modality subsets (the published table), or the categories "
                              "(per-category values logged at the end of each trial)")
     parser.add_argument("--at", default="last", choices=AT_CHOICES,
-                        help="value at the last epoch, or the best over epochs")
+                        help="value at the last epoch, the best over epochs, or (published) at the epoch each "
+                             "published value came from (the footnotes say which is printed)")
     parser.add_argument("--format", default="md", choices=FORMATS, help="what to print")
     parser.add_argument("--out", default=None, help="output folder (default ./table_out/<experiment>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
