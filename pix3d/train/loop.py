@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pix3d.constants import HEADS, N_BINS, modality_channels
 from pix3d.devices import EVAL_BATCH
 from pix3d.errors import Pix3DError
 from pix3d.train.batches import BatchSource, train_batches
 from pix3d.train.config import TrainConfig
 from pix3d.train.evaluation import evaluate, pose_loss
 from pix3d.train.precision import autocast
-from pix3d.train.state import RunState, start_run
+from pix3d.train.state import RunState, build_model, configure_torch, start_run
 
 
 def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | None = None,
@@ -77,6 +78,31 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
         loss_sum += loss_value * len(idx)
         seen += len(idx)
     return float(loss_sum) / seen, seen
+
+
+def measure_train_step(config: TrainConfig) -> float:
+    """Seconds of one training step of `config` (forward, loss, backward, Adam) on a batch of
+    random inputs at its size, on its device, after one untimed step: what a budget costs."""
+    device, precision = configure_torch(config)
+    generator = torch.Generator().manual_seed(0)
+    model, optimizer, _ = build_model(config, device)
+    model.train()
+    channels = len(modality_channels(config.modalities))
+    x = torch.rand((config.batch_size, channels, config.image_size, config.image_size), generator=generator).to(device)
+    y = torch.randint(0, N_BINS, (config.batch_size, len(HEADS)), generator=generator).to(device)
+    timings = []
+    for _ in range(2):  # the first step allocates and picks kernels
+        started = time.perf_counter()
+        with autocast(device, precision):
+            logits = model(x)
+        loss = pose_loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return timings[-1]
 
 
 def run_epoch(state: RunState, data, epoch: int, *, progress: bool = False) -> dict:
