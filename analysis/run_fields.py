@@ -122,13 +122,26 @@ def oracle_inputs(manifest: Mapping[str, Any], modalities: Any = None) -> str:
     return "+".join(oracle) or "none"
 
 
-def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What a child run needs to say where its data came from: dataset, cache key, sources
-    (an oracle source says "oracle"), and which modalities are oracle renders."""
+def split_membership(split: Any, manifest: Mapping[str, Any]) -> str:
+    """Which membership a run's split is: the notebook's (with its hash) where `published`
+    applies it to the cache (pix3d.data.splits.match_published, recorded in the manifest),
+    else the seeded rule of the split named."""
+    record = manifest.get("published_split") or {}
+    if str(split) in ("published", "seed") and record.get("membership") == "notebook" and record.get("sha256"):
+        return f"notebook sha256:{record['sha256']}"
+    return f"rule {split}"
+
+
+def data_provenance(manifest: Mapping[str, Any], split: Any = None) -> dict[str, Any]:
+    """What a child run needs to say where its data came from: dataset, cache key, crop,
+    sources (an oracle source says "oracle"), which modalities are oracle renders, and (given
+    the run's split) which train/validation membership it trained on (`data.split_membership`)."""
     picked: dict[str, Any] = {"oracle": oracle_inputs(manifest)}
-    for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version"):
+    for key in ("dataset", "name", "path", "key", "n", "size", "crop", "margin", "version", "published_split"):
         if key in manifest and not isinstance(manifest[key], list):
             picked[key] = manifest[key]
+    if split is not None:
+        picked["split_membership"] = split_membership(split, manifest)
     for key, value in manifest.items():
         if "source" in key and isinstance(value, Mapping):
             picked[key] = dict(value)

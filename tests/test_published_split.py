@@ -19,11 +19,14 @@ import pytest
 from PIL import Image
 
 from pix3d.data.annotations import parse_entries, read_entries
+from pix3d.data.pose import angles, fit_bins
 from pix3d.data.prepare import prepare, published_split_plan
 from pix3d.data.splits import (MEMBERSHIP_FILE, Membership, entry_name, match_published, membership_sha256,
                                published_membership, split_indices)
 from pix3d.errors import Pix3DError
+from pix3d.inspect import main as inspect_main
 from pix3d.render.synthetic import STAMP_NAME
+from pix3d.train.cli import main as train_main
 from tests.pix3d_fixtures import REAL_ENTRY, write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,8 +154,6 @@ def test_the_cache_records_the_membership(tmp_path):
 
 
 def test_a_refused_split_writes_nothing(pix3d_named, tmp_path, capsys):
-    from pix3d.train.cli import main as train_main
-
     root, _, _ = pix3d_named
     entries = json.loads((root / "pix3d.json").read_text())
     twin = copy.deepcopy(next(e for e in entries if e["img"] == "img/bed/0001.png"))
@@ -166,3 +167,22 @@ def test_a_refused_split_writes_nothing(pix3d_named, tmp_path, capsys):
                     "--budget", "quick", "--no-progress"])
     assert "names 1 images twice" not in str(raised.value) and "1 names twice (bed/0001)" in str(raised.value)
     assert not out.exists() and not cache.exists()
+
+
+def test_inspect_prints_each_sides_label_histogram(tmp_path, capsys):
+    """The notebook's cell 7: per-split label histograms, train and val side by side."""
+    root = write_pix3d_folder(tmp_path / "set", 40)
+    assert inspect_main([str(root), "--split", "random", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    json_path, _, raw = read_entries(root)
+    annotations, _ = parse_entries(root, json_path, raw)
+    train, val = split_indices("random", [a.category for a in annotations], [a.model for a in annotations], seed=1)
+    assert f"split random: {len(train)} train / {len(val)} val" in out
+    azimuth = out.split("azimuth:")[1].split("elevation:")[0]
+    rows = [line.split() for line in azimuth.splitlines() if line.strip().startswith("bin ") and "(~" in line]
+    counts = [(int(r[-4]), int(r[-2])) for r in rows]
+    assert sum(t for t, _ in counts) == len(train) and sum(v for _, v in counts) == len(val)
+    # The published bins are fixed edges: each side's counts are its own entries' azimuth bins.
+    pose = np.array([angles(a) for a in annotations])
+    labels = fit_bins("published", pose[:, 0], pose[:, 1], pose[:, 2]).labels(pose[:, 0], pose[:, 1], pose[:, 2])
+    assert [v for _, v in counts] == np.bincount(labels[val, 0], minlength=8).tolist()
