@@ -156,7 +156,9 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
                 # True (all four), False (none) or the "+"-joined quirks switched on alone.
                 "seed_quirks": _quirks(tags.get("seed_quirks", params.get("seed_quirks", "False"))),
                 # A run without one trained on TrainConfig's default split.
-                "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
+                # A run trained on one category (per_category grid) is its own row, never a published cell.
+                "split": tags.get("split", params.get("split", DEFAULT_SPLIT))
+                + (f" ({tags['train_category']} only)" if tags.get("train_category") else ""),
                 # Trained on maps rendered from the CAD model at the true pose: not comparable.
                 "oracle": tags.get(ORACLE_TAG, "none") not in ("", "none"),
                 "budget": run_budget(params),

@@ -82,6 +82,8 @@ def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
             parts.append(f"lr={config['lr']}")
     if "seed" in config:
         parts.append(f"s{config['seed']}")
+    if config.get("category"):
+        parts.append(f"{config['category']} only")
     quirks = config.get("seed_quirks")
     if quirks is True or str(quirks) == "True":
         parts.append("quirks")
@@ -103,6 +105,8 @@ def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
             tags["modalities"] = modalities_key(config["modalities"])
         except ValueError:
             tags["modalities"] = str(config["modalities"])
+    if config.get("category"):
+        tags["train_category"] = str(config["category"])  # trained on that category only
     return tags
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
 from ray import tune
@@ -71,6 +71,8 @@ class Grid:
     crop: str | None = None
     # The budget `--budget auto` means for this grid (None: auto's own choice by device).
     budget: str | None = None
+    # One more axis, `category`, over the data's categories (search.run fills it from the data).
+    per_category: bool = False
 
     @property
     def is_search(self) -> bool:
@@ -281,6 +283,13 @@ GRIDS: dict[str, Grid | FusionGrid] = {
             default_seeds=3,
         ),
         Grid(
+            "per_category",
+            "the notebook's per-category training: each model trained and validated on one category "
+            "at a time (every category of the data), RGB, at its published lr",
+            subsets=(ABLATION_SUBSETS[0],),
+            per_category=True,
+        ),
+        Grid(
             "smoke",
             "tiny end-to-end check: both models on RGB, 2 epochs on at most 24 training images",
             subsets=(ABLATION_SUBSETS[0],),
@@ -317,6 +326,13 @@ def get_grid(name: str) -> Grid:
         raise UsageError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}") from None
 
 
+def for_categories(grid: Grid, categories) -> Grid:
+    """A per-category grid with its `category` axis over `categories` (others unchanged)."""
+    if not getattr(grid, "per_category", False):
+        return grid
+    return replace(grid, axes={**grid.axes, "category": tuple(sorted(categories))})
+
+
 def describe_grids(seeds: int | None = None) -> list[str]:
     """One line per grid: name, trial count, description (for --list)."""
     width = max(len(n) for n in GRIDS)
@@ -324,5 +340,6 @@ def describe_grids(seeds: int | None = None) -> list[str]:
     for grid in GRIDS.values():
         n = grid.size(seeds)
         kind = "samples" if grid.is_search else "trials"
-        lines.append(f"{grid.name:<{width}}  {n:>4} {kind:<7}  {grid.description}")
+        per = " (x the data's categories)" if getattr(grid, "per_category", False) else ""
+        lines.append(f"{grid.name:<{width}}  {n:>4} {kind:<7}  {grid.description}{per}")
     return lines

@@ -35,7 +35,7 @@ from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
-from search.grids import Grid, describe_grids, expand, get_grid
+from search.grids import Grid, describe_grids, expand, for_categories, get_grid
 from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
                             write_settings)
 from search.plan import build_param_space, cpu_cost, plan_budget, plan_gpus, print_dry_run, probe_gpus
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_path = experiment_path(storage, experiment)
     settings = settings_for(args, storage, experiment)
     grid = sized_grid(get_grid(settings.grid), settings.samples)
+    grid = for_categories(grid, data_categories(settings.data)) if getattr(grid, "per_category", False) else grid
     if args.address and not args.dry_run and __name__ == "__main__":
         # As the command only (a library caller keeps its process): Ray reads RAY_AUTH_MODE on
         # import, so this may restart the command in token mode, before any output or work.
@@ -152,6 +153,18 @@ def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
                    crop=crop_of(grid, settings))
     _check_grid_modalities(grid, data.available, data.manifest.get("dataset", "?"))
     return data
+
+
+def data_categories(data: str) -> list[str]:
+    """The categories of a dataset folder's json (or of the built-in set), nothing built."""
+    if str(data) == "synthetic":
+        from pix3d.render.shapes import CATEGORIES
+
+        return sorted(CATEGORIES)
+    from pix3d.data.annotations import read_entries
+
+    _, _, raw = read_entries(Path(data))
+    return sorted({e["category"] for e in raw if isinstance(e, dict) and isinstance(e.get("category"), str)})
 
 
 def crop_of(grid: Grid, settings: SweepSettings) -> str:

@@ -58,6 +58,9 @@ class TrainConfig:
     # At most this many training images (a seeded subset of the training split; validation
     # is untouched). None = all. Lets the CPU budget trade images for epochs.
     max_train_images: int | None = None
+    # Train and validate on this category's images only (the published notebook's per-category
+    # training, its cell 11; the `per_category` grid); None = every category.
+    category: str | None = None
 
     def __post_init__(self) -> None:
         """Check types, canonicalise the modalities, then check the values."""
@@ -103,7 +106,7 @@ def _check_types(config: TrainConfig) -> None:
         "gamma": (float, int), "bins": (str,), "split": (str,), "val_fraction": (float, int),
         "seed": (int,), "image_size": (int,), "precision": (str,), "channels_last": (bool,),
         "threads": (int, type(None)), "device": (str,), "seed_quirks": (bool, str),
-        "max_train_images": (int, type(None)), "modalities": (str, list, tuple),
+        "max_train_images": (int, type(None)), "modalities": (str, list, tuple), "category": (str, type(None)),
     }
     for key, types in expected.items():
         value = getattr(config, key)

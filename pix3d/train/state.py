@@ -126,6 +126,12 @@ def split_data(config: TrainConfig, data) -> Split:
                                        seed=config.seed, val_fraction=config.val_fraction,
                                        img_paths=data.img_paths, dataset=dataset.get("name"),
                                        builtin=bool(dataset.get("builtin")))
+    if config.category is not None:  # one category's own split: the rows of both sides that are of it
+        if config.category not in set(data.categories):
+            raise Pix3DError(f"config key 'category': no image of {config.category!r} in the data; it has "
+                             f"{', '.join(sorted(set(data.categories)))}")
+        of = np.asarray(data.categories) == config.category
+        train_idx, val_idx = train_idx[of[train_idx]], val_idx[of[val_idx]]
     if config.max_train_images and len(train_idx) > config.max_train_images:
         keep = np.random.default_rng(config.seed).choice(len(train_idx), config.max_train_images, replace=False)
         train_idx = np.sort(train_idx[keep])
