@@ -168,10 +168,6 @@ class MembershipMatch:
         return {"membership": "notebook" if self.used else "rule", "sha256": self.sha256,
                 "train": len(self.train), "val": len(self.val), "missing": self.missing, "unlisted": self.unlisted}
 
-    def label(self) -> str:
-        """One value for a run's params: which membership its published split is."""
-        return f"notebook sha256:{self.sha256[:12]}" if self.used else "rule (per category, seeded)"
-
 
 RULE = "the published rule (per category, seeded random_split, int(n/10) to validation)"
 # The membership applies to data holding at least this share of its images: a handful of
