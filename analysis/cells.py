@@ -28,6 +28,9 @@ class Cell:
     values: list[float]
     published: float | None = None
     oracle: bool = False  # some run of the cell trained on oracle inputs (marked †)
+    # Beside the published value: "ep 24" (not from the log's last epoch), "‡" (a footnote
+    # says what is odd about it), or both.
+    published_mark: str = ""
 
     @property
     def n(self) -> int:
@@ -52,7 +55,7 @@ class Cell:
         if self.oracle and self.values:
             body += f" {ORACLE_MARK}"
         if published and self.published is not None:
-            body += f" · paper {self.published:.1f}"
+            body += f" · paper {self.published:.1f}" + (f" ({self.published_mark})" if self.published_mark else "")
         return body
 
 
@@ -60,7 +63,7 @@ class Cell:
 class Row:
     label: str
     model: str
-    seed_quirks: bool | None
+    seed_quirks: bool | str | None  # True / False: all four / none; a str: the quirks on alone
     lr: float | None
     cells: dict[str, Cell]
     modalities: str | None = None  # set in per-category tables (one row per model x subset)
@@ -88,7 +91,8 @@ class Table:
     def _title(self) -> str:
         spec = metric_spec(self.metric)
         by = ", by category" if self.by == "category" else ""
-        return (f"{self.metric} ({self.at} epoch{by}), mean over seeds in {spec.describe()}: "
+        at = "at the published values' epochs" if self.at == "published" else f"{self.at} epoch"
+        return (f"{self.metric} ({at}{by}), mean over seeds in {spec.describe()}: "
                 f"experiment `{self.experiment}`")
 
     def to_markdown(self) -> str:

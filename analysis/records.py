@@ -16,13 +16,16 @@ import pandas as pd
 
 from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
 from analysis.run_fields import VARIES_TAG, read_varies
+from pix3d import models as model_registry
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.metrics import METRICS, metric_spec
 
-AT_CHOICES = ("last", "best")
+# last: each run's last epoch; best: its best; published: the epoch each published value came
+# from (pix3d.models.published_epoch), the last where it names none or the run ended before it.
+AT_CHOICES = ("last", "best", "published")
 BY_CHOICES = ("subset", "category")
 RECORD_COLUMNS = ("run_id", "parent_run_id", "sweep_id", "end_time", "model", "modalities",
-                  "lr", "seed", "seed_quirks", "split", "oracle", "edges", "value", "baseline")
+                  "lr", "seed", "seed_quirks", "split", "oracle", "edges", "value", "baseline", "budget")
 ORACLE_TAG = "oracle_inputs"  # analysis.run_fields.ORACLE_TAG: modalities rendered from the CAD model
 DEFAULT_SPLIT = "published"  # pix3d.train.TrainConfig's (analysis does not import the loop)
 # What tells two runs apart in every table (rows and columns are made of them); for runs
@@ -81,6 +84,26 @@ def grid_axes(client, runs) -> list[str]:
     return [k for k in keys if k not in IDENTITY_COLUMNS]
 
 
+def _at_epoch(history, last: float, epoch) -> float:
+    """The value logged at step `epoch` (a number), else `last` (the run's last epoch)."""
+    if not isinstance(epoch, int):
+        return last
+    at = [m.value for m in history if m.step == epoch]
+    return at[-1] if at else last
+
+
+def run_budget(params) -> str | None:
+    """"published" for a run at the published budget (224 px, 25 epochs, the whole training
+    split), else what it was ("64 px, 3 epochs, 1300 training images"); None if not logged."""
+    size, epochs, cap = (params.get(k) for k in ("image_size", "epochs", "max_train_images"))
+    if size is None or epochs is None:
+        return None
+    cap = None if cap in (None, "None", "null", "") else cap
+    if (str(size), str(epochs), cap) == ("224", "25", None):
+        return "published"
+    return f"{size} px, {epochs} epochs, " + (f"{cap} training images" if cap else "the whole training split")
+
+
 def _run_label(run) -> str:
     return run.data.tags.get("mlflow.runName") or run.info.run_id[:8]
 
@@ -106,6 +129,9 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
         raise UsageError(f"--at {at!r}: choose from {', '.join(AT_CHOICES)}")
     if by not in BY_CHOICES:
         raise UsageError(f"--by {by!r}: choose from {', '.join(BY_CHOICES)}")
+    if at == "published" and by == "category":
+        raise UsageError("--at published compares with the published table's cells: use it with --by subset "
+                         "(per-category values are logged at a trial's end only)")
     spec = metric_spec(metric)
     if by == "category" and not spec.per_category:
         per_category = [m.name for m in METRICS.values() if m.per_category]
@@ -148,19 +174,27 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
             if at == "best":
                 value = _best(client.get_metric_history(run.info.run_id, key), key)
             lr_text = tags.get("lr", params.get("lr", "nan"))
+            model = tags.get("model", params.get("model", "?"))
+            modalities = tags.get("modalities", params.get("modalities", "rgb"))
+            if at == "published":
+                value = _at_epoch(client.get_metric_history(run.info.run_id, key), value,
+                                  model_registry.published_epoch(model, key, modalities))
             record = {
                 "run_id": run.info.run_id, "parent_run_id": tags.get("mlflow.parentRunId"),
                 "sweep_id": tags.get("sweep_id"), "end_time": run.info.end_time or 0,
-                "model": tags.get("model", params.get("model", "?")),
-                "modalities": tags.get("modalities", params.get("modalities", "rgb")),
+                "model": model, "modalities": modalities,
                 "lr": float(lr_text), "seed": tags.get("seed", params.get("seed", "?")),
-                "seed_quirks": tags.get("seed_quirks", params.get("seed_quirks", "False")) == "True",
+                # True (all four), False (none) or the "+"-joined quirks switched on alone.
+                "seed_quirks": _quirks(tags.get("seed_quirks", params.get("seed_quirks", "False"))),
                 # A run without one trained on TrainConfig's default split.
-                "split": tags.get("split", params.get("split", DEFAULT_SPLIT)),
+                # A run trained on one category (per_category grid) is its own row, never a published cell.
+                "split": tags.get("split", params.get("split", DEFAULT_SPLIT))
+                + (f" ({tags['train_category']} only)" if tags.get("train_category") else ""),
                 # Trained on maps rendered from the CAD model at the true pose: not comparable.
                 "oracle": tags.get(ORACLE_TAG, "none") not in ("", "none"),
                 # What the boundaries channel showed (3D or texture edges); "" before it was logged.
                 "edges": params.get("data.edges", ""),
+                "budget": run_budget(params),
                 "value": value,
                 "baseline": (run.data.metrics.get(spec.baseline, math.nan)
                              if spec.baseline and by == "subset" else math.nan),
@@ -176,3 +210,10 @@ def load_records(tracking_uri: str, experiment: str, *, metric: str = "val_azimu
     latest_parent = frame.sort_values("end_time")["parent_run_id"].dropna()
     return frame, notes, (latest_parent.iloc[-1] if len(latest_parent) else None)
 
+
+def _quirks(text: str):
+    """A run's seed_quirks tag as pix3d.models.quirks_value gives it; an unknown name as written."""
+    try:
+        return model_registry.quirks_value(text)
+    except Pix3DError:
+        return text

@@ -87,8 +87,13 @@ def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
             parts.append(f"lr={config['lr']}")
     if "seed" in config:
         parts.append(f"s{config['seed']}")
-    if config.get("seed_quirks"):
+    if config.get("category"):
+        parts.append(f"{config['category']} only")
+    quirks = config.get("seed_quirks")
+    if quirks is True or str(quirks) == "True":
         parts.append("quirks")
+    elif isinstance(quirks, str) and quirks not in ("", "False", "none"):
+        parts.append(f"quirks={quirks}")
     if len(parts) == 1 and trial_id:
         parts.append(trial_id)
     return " ".join(parts)
@@ -105,6 +110,8 @@ def trial_tags(config: Mapping[str, Any]) -> dict[str, str]:
             tags["modalities"] = modalities_key(config["modalities"])
         except ValueError:
             tags["modalities"] = str(config["modalities"])
+    if config.get("category"):
+        tags["train_category"] = str(config["category"])  # trained on that category only
     return tags
 
 
@@ -146,14 +153,27 @@ def oracle_inputs(manifest: Mapping[str, Any], modalities: Any = None) -> str:
     return "+".join(oracle) or "none"
 
 
-def data_provenance(manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What a child run needs to say where its data came from: dataset, cache key, sources
-    (an oracle source says "oracle"), which modalities are oracle renders, and what the
-    boundaries show (`data.edges`: 3D or texture edges, pix3d.data.maps.edges_label)."""
+def split_membership(split: Any, manifest: Mapping[str, Any]) -> str:
+    """Which membership a run's split is: the notebook's (with its hash) where `published`
+    applies it to the cache (pix3d.data.splits.match_published, recorded in the manifest),
+    else the seeded rule of the split named."""
+    record = manifest.get("published_split") or {}
+    if str(split) in ("published", "seed") and record.get("membership") == "notebook" and record.get("sha256"):
+        return f"notebook sha256:{record['sha256']}"
+    return f"rule {split}"
+
+
+def data_provenance(manifest: Mapping[str, Any], split: Any = None) -> dict[str, Any]:
+    """What a child run needs to say where its data came from: dataset, cache key, crop,
+    sources (an oracle source says "oracle"), which modalities are oracle renders, and (given
+    the run's split) which train/validation membership it trained on (`data.split_membership`),
+    and what the boundaries show (`data.edges`: 3D or texture edges, pix3d.data.maps.edges_label)."""
     picked: dict[str, Any] = {"oracle": oracle_inputs(manifest)}
-    for key in ("dataset", "name", "path", "key", "n", "size", "margin", "version", "edges"):
+    for key in ("dataset", "name", "path", "key", "n", "size", "crop", "margin", "version", "published_split", "edges"):
         if key in manifest and not isinstance(manifest[key], list):
             picked[key] = manifest[key]
+    if split is not None:
+        picked["split_membership"] = split_membership(split, manifest)
     for key, value in manifest.items():
         if "source" in key and isinstance(value, Mapping):
             picked[key] = dict(value)

@@ -26,6 +26,80 @@ def _model_rank(model: str) -> tuple[int, str]:
     return (order.index(model) if model in order else len(order), model)
 
 
+def _quirks_rank(quirks) -> tuple[int, str]:
+    """Quirks off first, then each switched on alone (and other subsets), then all four."""
+    if isinstance(quirks, str):
+        return (1, quirks)
+    return (2 if quirks else 0, "")
+
+
+def quirks_label(quirks) -> str:
+    """How a row says its quirks: on (all four), off, or the ones switched on alone."""
+    if isinstance(quirks, str):
+        return f"quirks {quirks}"
+    return "quirks on" if quirks else "quirks off"
+
+
+def _published_epochs(model: str, metric: str) -> list[int]:
+    return [e for c in PAPER_COLUMNS if isinstance(e := model_registry.published_epoch(model, metric, c), int)]
+
+
+def _published_mark(model: str, metric: str, column: str) -> str:
+    """"ep N" for a published value from another epoch than the model's final one, "‡" for
+    one with a note, both where both hold."""
+    epoch = model_registry.published_epoch(model, metric, column)
+    final = max(_published_epochs(model, metric), default=None)
+    parts = []
+    if isinstance(epoch, int) and final is not None and epoch != final:
+        parts.append(f"ep {epoch}")
+    if epoch is None or (model_registry.published_note(model, metric, column) and not parts):
+        parts.append(PUBLISHED_MARK)
+    return ", ".join(parts)
+
+
+PUBLISHED_MARK = "‡"
+
+
+def published_notes(rows, metric: str, at: str) -> list[str]:
+    """The footnotes on the published values shown: which comparison is printed, where each
+    published value came from, and what is odd about some of them."""
+    shown = [(row.model, c, cell) for row in rows for c, cell in row.cells.items() if cell.published is not None]
+    if not shown:
+        return []
+    finals = sorted({max(_published_epochs(m, metric), default=0) for m, _, _ in shown} - {0})
+    final = "/".join(map(str, finals)) or "the last"
+    comparison = {
+        "last": f"ours at each run's last epoch; the published values are from epoch {final} of the notebook's "
+                "log except those marked (ep N) or ‡; `--at published` compares at their epochs",
+        "best": "ours at each run's best epoch; the published values are single epochs of the notebook's log "
+                f"(epoch {final} except those marked (ep N) or ‡)",
+        "published": "ours at the epoch each published value came from (marked (ep N) where it is not the last); "
+                     "at the last epoch where it came from no epoch (‡) or the run ended before it",
+    }[at]
+    notes = [f"compared: {comparison}"]
+    for model, column, cell in shown:
+        note = model_registry.published_note(model, metric, column)
+        if note:
+            notes.append(f"{cell.published_mark or PUBLISHED_MARK} {model} {subset_label(column)} "
+                         f"{cell.published:.2f}: {note}")
+    return list(dict.fromkeys(notes))
+
+
+# The published budget (pix3d.train.config.BUDGETS["paper"]): 224 px, 25 epochs, the whole training split.
+PUBLISHED_BUDGET = {"image_size": 224, "epochs": 25, "max_train_images": None}
+
+
+def budget_notes(records: pd.DataFrame) -> list[str]:
+    """A note when runs were trained smaller than the published budget (a CPU budget)."""
+    if "budget" not in records or records["budget"].isna().all():
+        return []
+    smaller = sorted({b for b in records["budget"].dropna() if b != "published"})
+    if not smaller:
+        return []
+    return [f"trained at a smaller budget than the published one (224 px, 25 epochs, the whole training split): "
+            f"{'; '.join(smaller)}: not comparable epoch for epoch with the published values"]
+
+
 def _split_rank(split: str) -> tuple[int, str]:
     """The published split first, then the others by name."""
     return (0 if split == DEFAULT_SPLIT else 1, split)
@@ -105,14 +179,14 @@ class _RowLabels:
         if self.several_splits:
             label += f" [{split} split]"
         if self.split_quirks:
-            label += " (quirks on)" if quirks else " (quirks off)"
+            label += f" ({quirks_label(quirks)})"
         several_lrs = self.lrs_per_model[model] > 1
         if several_lrs:
             label += f" lr={lr:g}"
         shown = {column[len(AXIS_PREFIX):]: str(value) for column, value in (axes or {}).items()
                  if self.axes_per_model[column][model] > 1}
         label += "".join(f" {key}={value}" for key, value in shown.items())
-        return Row(label + suffix, model, bool(quirks) if self.split_quirks else None,
+        return Row(label + suffix, model, (quirks if isinstance(quirks, str) else bool(quirks)) if self.split_quirks else None,
                    float(lr) if several_lrs else None, cells, axes=shown, **extra)
 
 
@@ -132,7 +206,7 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
     rows: list[Row] = []
     for (model, split, quirks, lr, *axis_values), group in sorted(
             records.groupby(["model", "split", "seed_quirks", "lr", *axes], sort=False, dropna=False),
-            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]), item[0][3],
+            key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), _quirks_rank(item[0][2]), item[0][3],
                               *map(_axis_rank, item[0][4:]))):
         cells = {}
         for column in columns:
@@ -140,7 +214,8 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
             values = [scale * v for v in picked["value"]]
             # Published values are for the published (random, per-category) split only.
             published = model_registry.published_value(model, metric, column) if split == DEFAULT_SPLIT else None
-            cells[column] = Cell(values, published, oracle=_any_oracle(picked))
+            mark = _published_mark(model, metric, column) if published is not None else ""
+            cells[column] = Cell(values, published, oracle=_any_oracle(picked), published_mark=mark)
         rows.append(labels.row(model, quirks, lr, cells, split=split, axes=dict(zip(axes, axis_values))))
 
     baseline = {}
@@ -159,6 +234,8 @@ def summarise(records: pd.DataFrame, *, experiment: str, metric: str = "val_azim
         notes.append("no finished runs for: " + ", ".join(missing))
     _oracle_note(rows, notes)
     _edges_note(records, notes)
+    notes.extend(published_notes(rows, metric, at))
+    notes.extend(budget_notes(records))
     return Table(experiment, metric, at, columns, rows, baseline, notes, records)
 
 
@@ -175,7 +252,7 @@ def summarise_by_category(records: pd.DataFrame, *, experiment: str,
     rows: list[Row] = []
     groups = records.groupby(["model", "split", "seed_quirks", "lr", *axes, "modalities"], sort=False, dropna=False)
     for (model, split, quirks, lr, *axis_values, subset), group in sorted(
-            groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), bool(item[0][2]),
+            groups, key=lambda item: (_model_rank(item[0][0]), _split_rank(item[0][1]), _quirks_rank(item[0][2]),
                                       item[0][3], *map(_axis_rank, item[0][4:-1]),
                                       subset_order.get(item[0][-1], len(subset_order)), item[0][-1])):
         cells = {c: Cell([scale * v for v in group.loc[group["category"] == c, "value"]],

@@ -274,7 +274,7 @@ class SweepLogger:
         name = trial_run_name(config, trial_id)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = flatten(config)
-        params.update(data_provenance(self.info.data_manifest))
+        params.update(data_provenance(self.info.data_manifest, config.get("split", "published")))
         self._log_params(run.info.run_id, params)
         return _ChildState(run.info.run_id, name, 0, False)
 

@@ -1,7 +1,7 @@
 """The pose table (azimuth accuracy unless --metric says otherwise), rebuilt from what MLflow logged.
 
     python -m analysis.table --experiment ablation [--mlflow-uri URI] [--metric val_azimuth_acc]
-                             [--by subset|category] [--at last|best] [--format md|csv|latex] [--out DIR]
+                             [--by subset|category] [--at last|best|published] [--format md|csv|latex] [--out DIR]
 
 Rows are models (split by split and by seed_quirks on/off when several were run, and by the
 learning rate or any other key the sweep's grid varied when a model was run at several of its
@@ -111,9 +111,11 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
 
 
 def _row_key(row: Row) -> str:
-    """A row as a metric-name part: model[.modalities][.quirks_on|off][.lr_1e-05][.<key>_<value>...]."""
+    """A row as a metric-name part: model[.modalities][.quirks_on|off|_<names>][.lr_1e-05][.<key>_<value>...]."""
     parts = [metric_key_part(p) for p in (row.model, row.modalities) if p]
-    if row.seed_quirks is not None:
+    if isinstance(row.seed_quirks, str):
+        parts.append("quirks_" + row.seed_quirks.replace("+", "_"))
+    elif row.seed_quirks is not None:
         parts.append("quirks_on" if row.seed_quirks else "quirks_off")
     if row.lr is not None:
         parts.append(f"lr_{row.lr:g}")  # digits, '.', 'e', '-': a valid metric name as it is
@@ -168,7 +170,8 @@ def build_parser() -> ArgumentParser:
                         help="columns: the modality subsets (the published table), or the categories "
                              "(per-category values logged at the end of each trial)")
     parser.add_argument("--at", default="last", choices=AT_CHOICES,
-                        help="value at the last epoch, or the best over epochs")
+                        help="value at the last epoch, the best over epochs, or (published) at the epoch each "
+                             "published value came from (the footnotes say which is printed)")
     parser.add_argument("--format", default="md", choices=FORMATS, help="what to print")
     parser.add_argument("--out", default=None, help="output folder (default ./table_out/<experiment>)")
     parser.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")

@@ -1,6 +1,6 @@
 """Look at a Pix3D-format folder's poses and labels before spending compute on it.
 
-    python -m pix3d.inspect DIR [--json] [--bins SCHEME] [--skip-invalid]
+    python -m pix3d.inspect DIR [--json] [--bins SCHEME] [--skip-invalid] [--split NAME [--seed N]]
     python -m pix3d.inspect DIR --render-check [--size PX] [--cache DIR]
     python -m pix3d.inspect DIR --contact-sheet out.png [--rows N]
 
@@ -8,6 +8,9 @@ With --json: one JSON object per entry (JSON lines) with img, category, model, a
 elevation, inplane (degrees) and azimuth_bin, elevation_bin, inplane_bin. Without: a summary
 with the entries per category, the label histogram of each head and its majority-class share
 (the accuracy of always guessing the most frequent bin: the floor any model must beat).
+With --split: the label histograms of that split's training and validation sides side by side
+(bins fitted on the training side, as a run fits them; `published` on a Pix3D folder is the
+notebook's own membership, and says so).
 Images are not decoded; files are checked from their headers only, so this is fast.
 --render-check prepares (or reuses) the cache of DIR at --size (DIR may also be a prepared
 cache folder) and prints the IoU distribution of each model's silhouette, rendered at its
@@ -30,9 +33,11 @@ import numpy as np
 from pix3d.cli import ArgumentParser, positive_int, run_cli
 from pix3d.data.annotations import load_annotations
 from pix3d.data.cache import default_cache_dir
-from pix3d.data.inspect import entry_records, label_summary, write_summary
+from pix3d.data.inspect import entry_records, label_summary, write_split_summary, write_summary
 from pix3d.data.pose import BIN_SCHEMES, angles, fit_bins
-from pix3d.data.prepare import prepare
+from pix3d.data.prepare import prepare, published_split_plan
+from pix3d.data.splits import SPLITS, split_indices
+from pix3d.render.synthetic import STAMP_NAME
 from pix3d.data.render_check import contact_sheet, write_render_check
 from pix3d.errors import Pix3DError, current_name, one_line
 
@@ -50,6 +55,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--bins", default="published", choices=sorted(BIN_SCHEMES),
                         type=_scheme_name, help="bin scheme for the labels")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed on stderr) instead of failing")
+    parser.add_argument("--split", choices=sorted(SPLITS), type=lambda n: current_name("split", n), default=None,
+                        help="label histograms of this split's train and val sides (the notebook's cell 7)")
+    parser.add_argument("--seed", type=int, default=0, help="--split: the split's seed")
     parser.add_argument("--render-check", action="store_true",
                         help="IoU of each model rendered at its pose with its mask (from the prepared cache)")
     parser.add_argument("--contact-sheet", type=Path, metavar="PNG", help="write a contact sheet of oracle maps here")
@@ -75,6 +83,20 @@ def _render_check(args) -> int:
     return 0
 
 
+def _split_histograms(args, annotations, pose: np.ndarray) -> int:
+    """Print the label histograms of --split's two sides (bins fitted on its training side)."""
+    if args.split == "published":
+        sys.stderr.write(published_split_plan(args.data).message + "\n")
+    train, val = split_indices(args.split, [a.category for a in annotations], [a.model for a in annotations],
+                               seed=args.seed, img_paths=[a.img for a in annotations],
+                               dataset=Path(args.data).resolve().name, builtin=(args.data / STAMP_NAME).is_file())
+    bins = fit_bins(args.bins, pose[train, 0], pose[train, 1], pose[train, 2])
+    records = entry_records(annotations, bins)
+    write_split_summary(args.split, label_summary([records[i] for i in train]),
+                        label_summary([records[i] for i in val]), bins, sys.stdout)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the entries as JSON lines (--json) or the label summary."""
     args = get_args_parser().parse_args(argv)
@@ -84,13 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for message in skipped:
         sys.stderr.write(f"skipped {message}\n")
     pose = np.array([angles(a) for a in annotations], dtype=np.float64).reshape(-1, 3)
-    if args.bins != "published":  # the one scheme with fixed edges (argparse has renamed "seed")
+    if args.bins != "published" and args.split is None:
         # No split exists here: fitted schemes are fitted on every entry for inspection.
         sys.stderr.write(f"bins '{args.bins}' fitted on all {len(annotations)} entries (training fits on the train split only)\n")
     if args.contact_sheet is not None:
         path = contact_sheet(args.data, annotations, args.contact_sheet, rows=args.rows, size=min(args.size, 256))
         sys.stdout.write(f"contact sheet: {path}\n")
         return 0
+    if args.split is not None and not args.json:
+        return _split_histograms(args, annotations, pose)
     bins = fit_bins(args.bins, pose[:, 0], pose[:, 1], pose[:, 2])
     records = entry_records(annotations, bins)
     try:

@@ -1,11 +1,13 @@
 """Turn a Pix3D-format folder into one training-ready uint8 cache, once.
 
-    python -m pix3d.prepare --data DIR|synthetic --size PX [--cache DIR] [--margin F]
+    python -m pix3d.prepare --data DIR|synthetic --size PX [--cache DIR] [--crop margin|published] [--margin F]
                             [--workers N] [--skip-invalid]
                             [--normals auto|files|predict|oracle|none]
                             [--boundaries auto|files|predict|canny|oracle]
 
-Each entry is cropped to a square around its bbox, resized to PX and its eight channels
+Each entry is cropped to a square around its bbox (`--crop margin`) or as the published
+notebook's input was, Pose-from-Shape's crop (`--crop published`: the mask's bounding
+rectangle, no margin, letterboxed on black), resized to PX and its eight channels
 (rgb, mask, boundaries, normals) are stacked into `<cache>/prepared/<key>/images.npy`;
 boundaries and normals come from `boundaries/` and `normals/` folders mirroring `img/`
 where present, else predicted from the rgb where `pix3d.data.predict` has its weights, else
@@ -26,6 +28,7 @@ from typing import Sequence
 from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS
 from pix3d.data.cache import default_cache_dir
+from pix3d.data.images import CROPS
 from pix3d.data.maps import selectable, source_choices
 from pix3d.data.prepare import prepare
 
@@ -36,7 +39,11 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--data", required=True, default=argparse.SUPPRESS, help="Pix3D-format folder, or 'synthetic' for the built-in set")
     parser.add_argument("--size", required=True, type=int, default=argparse.SUPPRESS, help="side of the square crops in pixels (224 as published)")
     parser.add_argument("--cache", type=Path, default=default_cache_dir(), help="cache root ($PIX3D_CACHE or ~/.cache/pix3d-pose)")
-    parser.add_argument("--margin", type=float, default=0.1, help="context around the bbox on each side, as a fraction of its longest side")
+    parser.add_argument("--crop", default="margin", choices=CROPS,
+                        help="margin: the bbox square grown by --margin, the photo around it; published: "
+                             "Pose-from-Shape's crop the published notebook read (mask rectangle, no margin, "
+                             "letterboxed on black). Part of the cache key: another crop builds another cache")
+    parser.add_argument("--margin", type=float, default=0.1, help="--crop margin: context around the bbox on each side, as a fraction of its longest side")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed) instead of failing")
     for m in selectable():
@@ -59,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         normals=args.normals,
         boundaries=args.boundaries,
+        crop=args.crop,
         progress=not args.no_progress,
         log=lambda message: print(message, flush=True),
     )

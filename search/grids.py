@@ -13,8 +13,10 @@ sizes in --list), so what is printed is what runs.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping
 
 from ray import tune
@@ -37,6 +39,12 @@ def published_lr(config: Mapping[str, Any]) -> float:
     return model_registry.published_lr(config["model"])
 
 
+def cell_value(cells: tuple[tuple[tuple[str, Any], ...], ...], key: str, config: Mapping[str, Any]) -> Any:
+    """Tune `sample_from` rule of a grid with extra cells: trial `config["cell"]`'s `key`
+    (module-level and bound with functools.partial, so the space pickles and restores)."""
+    return dict(cells[config["cell"]])[key]
+
+
 @dataclass(frozen=True)
 class Grid:
     """One named sweep. Empty `models` means every registered model (pix3d.models, read when
@@ -57,6 +65,15 @@ class Grid:
     search_space: Mapping[str, Any] = field(default_factory=dict)
     num_samples: int = 1
     max_concurrent: int = 2
+    # Trials beside the product (each a model, a modalities key and values of the axes):
+    # e.g. one model and subset with each quirk alone, without multiplying every cell.
+    extra_cells: tuple[Mapping[str, Any], ...] = ()
+    # How the cache is cropped (pix3d.data.images.CROPS) unless --crop says otherwise; None: margin.
+    crop: str | None = None
+    # The budget `--budget auto` means for this grid (None: auto's own choice by device).
+    budget: str | None = None
+    # One more axis, `category`, over the data's categories (search.run fills it from the data).
+    per_category: bool = False
 
     @property
     def is_search(self) -> bool:
@@ -73,8 +90,14 @@ class Grid:
             return self.num_samples
         seeds = self.default_seeds if seeds is None else seeds
         n_lrs = len(self.lrs) or 1
-        n_axes = math.prod(len(v) for v in self.axes.values())
-        return len(self.model_names) * len(self.subsets) * n_lrs * seeds * n_axes
+        return len(self.cells()) * n_lrs * seeds
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Model x subset x axes values, then the extra cells: what each (lr, seed) trains."""
+        product = [{"model": m, "modalities": modalities_key(s), **dict(zip(self.axes, values))}
+                   for m in self.model_names for s in self.subsets
+                   for values in itertools.product(*self.axes.values())]
+        return product + [dict(c) for c in self.extra_cells]
 
     def param_space(self, seeds: int | None = None, budget: Mapping[str, Any] | None = None) -> dict:
         """The Tune param space: budget overrides, then this grid's fixed keys and axes."""
@@ -88,12 +111,20 @@ class Grid:
                 space["model"] = self.model_names[0]
             space.update(self.search_space)
             return space
-        space["model"] = tune.grid_search(list(self.model_names))
-        space["modalities"] = tune.grid_search([modalities_key(s) for s in self.subsets])
+        if self.extra_cells:
+            # Not a product: one grid axis over the cells, each key read from its cell.
+            cells = tuple(tuple(sorted(c.items())) for c in self.cells())
+            space["cell"] = tune.grid_search(list(range(len(cells))))
+            for key in dict.fromkeys(k for c in self.cells() for k in c):
+                space[key] = tune.sample_from(functools.partial(cell_value, cells, key))
+        else:
+            space["model"] = tune.grid_search(list(self.model_names))
+            space["modalities"] = tune.grid_search([modalities_key(s) for s in self.subsets])
         space["lr"] = tune.grid_search(list(self.lrs)) if self.lrs else tune.sample_from(published_lr)
         space["seed"] = tune.grid_search(list(range(seeds)))
-        for key, values in self.axes.items():
-            space[key] = tune.grid_search(list(values))
+        if not self.extra_cells:
+            for key, values in self.axes.items():
+                space[key] = tune.grid_search(list(values))
         return space
 
     def trials(self, seeds: int | None = None, budget: Mapping[str, Any] | None = None) -> list[dict]:
@@ -253,11 +284,16 @@ GRIDS: dict[str, AnyGrid] = {
         ),
         Grid(
             "reproduce",
-            "what the published bug does: the notebook's recipe as it ran (lr 1e-4 for both, "
-            "no schedule, fp32, batch 10) with its quirks on and off",
+            "the published protocol (its split, Pose-from-Shape's crop, 224 px, 25 epochs, all training "
+            "images) and the notebook's recipe as it ran (lr 1e-4, no schedule, fp32, batch 10), quirks "
+            "on and off; separate_net RGB+Mask also with each quirk alone",
             lrs=(1e-4,),
             axes={"seed_quirks": (True, False)},
-            fixed=AS_RUN,
+            fixed={**AS_RUN, "split": "published"},
+            extra_cells=tuple({"model": "separate_net", "modalities": "rgb+mask", "seed_quirks": q}
+                              for q in model_registry.QUIRKS),
+            crop="published",
+            budget="paper",
         ),
         Grid(
             "as_run",
@@ -271,6 +307,13 @@ GRIDS: dict[str, AnyGrid] = {
             "and on by_model (no CAD model on both sides), side by side",
             axes={"split": ("published", "by_model")},
             default_seeds=3,
+        ),
+        Grid(
+            "per_category",
+            "the notebook's per-category training: each model trained and validated on one category "
+            "at a time (every category of the data), RGB, at its published lr",
+            subsets=(ABLATION_SUBSETS[0],),
+            per_category=True,
         ),
         Grid(
             "smoke",
@@ -325,6 +368,13 @@ def get_grid(name: str) -> AnyGrid:
         raise UsageError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}") from None
 
 
+def for_categories(grid: Grid, categories) -> Grid:
+    """A per-category grid with its `category` axis over `categories` (others unchanged)."""
+    if not getattr(grid, "per_category", False):
+        return grid
+    return replace(grid, axes={**grid.axes, "category": tuple(sorted(categories))})
+
+
 def describe_grids(seeds: int | None = None) -> list[str]:
     """One line per grid: name, trial count, description (for --list)."""
     width = max(len(n) for n in GRIDS)
@@ -332,5 +382,6 @@ def describe_grids(seeds: int | None = None) -> list[str]:
     for grid in GRIDS.values():
         n = grid.size(seeds)
         kind = "samples" if grid.is_search else "trials"
-        lines.append(f"{grid.name:<{width}}  {n:>4} {kind:<7}  {grid.description}")
+        per = " (x the data's categories)" if getattr(grid, "per_category", False) else ""
+        lines.append(f"{grid.name:<{width}}  {n:>4} {kind:<7}  {grid.description}{per}")
     return lines

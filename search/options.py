@@ -17,6 +17,7 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
 from search.grids import GRIDS, Grid, get_grid
+from pix3d.data.images import CROPS
 from pix3d.data.maps import selectable, source_choices
 from search.storage import experiment_path
 
@@ -25,7 +26,7 @@ SWEEP_SETTINGS_FILE = "search_run.json"
 # pix3d.train.config.BUDGETS plus "auto" (not imported here: that module imports torch; a test
 # keeps the two in step). Fusion grids check their own (relpose.train.BUDGETS).
 SWEEP_BUDGETS = ("auto", "quick", "cpu", "paper")
-SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "normals", "boundaries")
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "normals", "boundaries", "crop")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -43,6 +44,9 @@ def get_args_parser() -> ArgumentParser:
         parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
                             help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the "
                                  "CAD model, every run and the table say so)")
+    parser.add_argument("--crop", default=None, choices=CROPS,
+                        help="how the cache is cropped (pix3d.prepare): margin, or published (Pose-from-Shape's "
+                             "crop, the notebook's input); default: the grid's (reproduce: published), else margin")
     parser.add_argument("--budget", default="auto",
                         help="auto | quick | cpu | paper (auto = paper on a GPU, quick otherwise; cpu: the smallest "
                              "in which the models learn on a CPU, ~30 min for the ablation on 2 cores)")
@@ -84,6 +88,7 @@ class SweepSettings:
     samples: int | None = None  # a search's size (None: the grid's num_samples)
     normals: str | None = None     # the cache's sources (pix3d.prepare); None: auto (older sweeps)
     boundaries: str | None = None
+    crop: str | None = None        # the cache's crop (pix3d.data.images.CROPS); None: the grid's, else margin
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in SWEEP_KEYS}
@@ -164,7 +169,8 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
     cache = str(args.cache.expanduser().resolve()) if args.cache else None
     fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples,
-                          getattr(args, "normals", None), getattr(args, "boundaries", None))
+                          getattr(args, "normals", None), getattr(args, "boundaries", None),
+                          getattr(args, "crop", None))
     if not args.resume:
         return fresh
     sweep_path = experiment_path(storage, experiment)

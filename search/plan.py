@@ -8,11 +8,13 @@ probed for CUDA, and trials refused that cannot share a GPU's memory (search.dev
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from search import fusion
 from search.grids import Grid, expand
+from pix3d.errors import Pix3DError
 from search.options import SweepSettings
 
 # Seeds per configuration under the CPU budgets (`quick`, `cpu`) when --seeds is not given: two
@@ -50,6 +52,10 @@ def plan_budget(grid: Grid, settings: SweepSettings, args: argparse.Namespace,
     --seeds was not given."""
     if grid.trainable == "relpose":
         budget_name, overrides = fusion.resolve_budget(settings.budget, args.gpus_per_trial, log=log)
+    elif settings.budget == "auto" and getattr(grid, "budget", None):
+        budget_name, overrides = resolve_run_budget(grid.budget, args.gpus_per_trial, log=lambda _: None)
+        log(f"budget auto -> {grid.budget}: grid {grid.name} runs at its own budget "
+            f"({', '.join(f'{k}={v}' for k, v in overrides.items())}); --budget NAME to run another")
     else:
         budget_name, overrides = resolve_run_budget(settings.budget, args.gpus_per_trial, log=log, device=args.device)
     # The relative-pose grids keep their seeds: their table reports held-out numbers with a
@@ -60,6 +66,52 @@ def plan_budget(grid: Grid, settings: SweepSettings, args: argparse.Namespace,
         log(f"{budget_name} budget: {QUICK_SEEDS} seeds per configuration (grid {grid.name} has "
             f"{grid.default_seeds} by default; --seeds N to choose)")
     return settings, overrides
+
+
+# The published training split of Pix3D (pix3d/data/published_split.json): what a step is multiplied by.
+PUBLISHED_TRAIN_IMAGES = 9064
+MEASURED_BATCH = 2
+
+
+def cpu_cost(grid: Grid, settings: SweepSettings, space: dict, args: argparse.Namespace,
+             log: Callable = print) -> None:
+    """A grid with its own budget (reproduce: the published one) on the CPU: measure one
+    training step per model and say what the sweep costs, first. Without an explicit
+    --budget a real run then stops (one line): it runs smaller only when asked."""
+    on_cpu = args.gpus_per_trial == 0 or args.device == "cpu"
+    if not (getattr(grid, "budget", None) and on_cpu and grid.trainable == "pose" and not grid.is_search):
+        return
+    if settings.budget not in ("auto", grid.budget):
+        log(f"budget {settings.budget} (asked for): smaller than grid {grid.name}'s {grid.budget} budget; "
+            "the table labels its runs")
+        return
+    from pix3d.constants import ABLATION_SUBSETS, modalities_key
+    from pix3d.train import TrainConfig
+    from pix3d.train.loop import measure_train_step
+
+    trials = expand(space)
+    largest = modalities_key(ABLATION_SUBSETS[-1])
+    steps = math.ceil(PUBLISHED_TRAIN_IMAGES / int(trials[0]["batch_size"])) * int(trials[0]["epochs"])
+    seconds, parts = 0.0, []
+    for model in dict.fromkeys(t["model"] for t in trials):
+        config = TrainConfig.from_dict({k: v for k, v in trials[0].items() if k in TrainConfig.__dataclass_fields__}
+                                       | {"model": model, "modalities": largest, "seed_quirks": False,
+                                          "device": "cpu", "threads": max(1, int(args.cpus_per_trial))})
+        # Measured on 2 images and scaled: a step's cost is linear in the batch at these sizes,
+        # and a dry run on a loaded CPU should not take minutes.
+        step = measure_train_step(config.replace(batch_size=MEASURED_BATCH)) * config.batch_size / MEASURED_BATCH
+        n = sum(t["model"] == model for t in trials)
+        seconds += n * steps * step
+        parts.append(f"{step:.1f} s ({model}, {n} trials: ~{steps * step / 3600:.0f} h each)")
+    log(f"cost on this CPU: one training step of {trials[0]['batch_size']} images at {trials[0]['image_size']} px "
+        f"with all four modalities (measured on {MEASURED_BATCH}, scaled): {', '.join(parts)}; {trials[0]['epochs']} epochs x "
+        f"{steps // int(trials[0]['epochs'])} steps over Pix3D's {PUBLISHED_TRAIN_IMAGES} training images -> "
+        f"~{seconds / 86400:.1f} days for the {len(trials)} trials one at a time (an upper bound: "
+        "fewer modalities cost less)")
+    if settings.budget == "auto" and not args.dry_run:
+        raise Pix3DError(f"grid {grid.name} at the published budget would take ~{seconds / 86400:.1f} days on this CPU "
+                         f"(measured above): pass --budget {grid.budget} to run it anyway, or --budget cpu|quick "
+                         "to run it smaller (the table labels those runs)")
 
 
 def build_param_space(grid: Grid, settings: SweepSettings, budget_overrides: dict, args: argparse.Namespace) -> dict:
@@ -101,8 +153,9 @@ def print_dry_run(grid: Grid, space: dict, out: Callable = print) -> None:
             out(f"  {key}: {_describe_domain(value)}")
         return
     trials = expand(space)
-    varying = [k for k in trials[0] if len({repr(t.get(k)) for t in trials}) > 1]
-    fixed = {k: v for k, v in trials[0].items() if k not in varying}
+    # `cell` only indexes a grid's extra cells: their keys are printed instead.
+    varying = [k for k in trials[0] if len({repr(t.get(k)) for t in trials}) > 1 and k != "cell"]
+    fixed = {k: v for k, v in trials[0].items() if k not in varying and k != "cell"}
     out(f"grid {grid.name}: {len(trials)} trials; fixed: " + " ".join(f"{k}={v}" for k, v in fixed.items()))
     for i, config in enumerate(trials):
         out(f"  {i:3d}  {describe_trial(config, varying)}")

@@ -35,10 +35,10 @@ from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
-from search.grids import Grid, describe_grids, get_grid
+from search.grids import Grid, describe_grids, expand, for_categories, get_grid
 from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
                             write_settings)
-from search.plan import build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
+from search.plan import build_param_space, cpu_cost, plan_budget, plan_gpus, print_dry_run, probe_gpus
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
 from search.storage import check_sweep_folder, experiment_path, storage_for
 from search.study import search_tags, study_location
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_path = experiment_path(storage, experiment)
     settings = settings_for(args, storage, experiment)
     grid = sized_grid(get_grid(settings.grid), settings.samples)
+    grid = for_categories(grid, data_categories(settings.data)) if getattr(grid, "per_category", False) else grid
     if args.address and not args.dry_run and __name__ == "__main__":
         # As the command only (a library caller keeps its process): Ray reads RAY_AUTH_MODE on
         # import, so this may restart the command in token mode, before any output or work.
@@ -65,8 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
 
     space = build_param_space(grid, settings, budget_overrides, args)
+    cpu_cost(grid, settings, space, args)  # a grid at the published budget on a CPU: its cost, first
     if grid.trainable == "relpose":  # a missing ImageNet file stops it here, before anything starts
         space = fusion.check_imagenet_weights(grid, space, skip_missing=args.skip_missing_weights)
+    if grid.trainable == "pose":  # a folder the published split disagrees with: refused before anything is written
+        _published_split(grid, settings, space)
     if args.dry_run:
         if grid.trainable == "pose":
             _dry_run_data(grid, settings)
@@ -146,9 +150,38 @@ def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
 
     cache = Path(settings.cache) if settings.cache else None
     data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache,
-                   normals=settings.normals or "auto", boundaries=settings.boundaries or "auto")
+                   normals=settings.normals or "auto", boundaries=settings.boundaries or "auto",
+                   crop=crop_of(grid, settings))
     _check_grid_modalities(grid, data.available, data.manifest.get("dataset", "?"))
     return data
+
+
+def data_categories(data: str) -> list[str]:
+    """The categories of a dataset folder's json (or of the built-in set), nothing built."""
+    if str(data) == "synthetic":
+        from pix3d.render.shapes import CATEGORIES
+
+        return sorted(CATEGORIES)
+    from pix3d.data.annotations import read_entries
+
+    _, _, raw = read_entries(Path(data))
+    return sorted({e["category"] for e in raw if isinstance(e, dict) and isinstance(e.get("category"), str)})
+
+
+def crop_of(grid: Grid, settings: SweepSettings) -> str:
+    """The cache's crop: --crop, else the grid's (reproduce: the published one), else margin."""
+    return settings.crop or getattr(grid, "crop", None) or "margin"
+
+
+def _published_split(grid: Grid, settings: SweepSettings, space: dict) -> None:
+    """Say which membership `--split published` trials get (and the crop), from the json only;
+    a folder the notebook's membership disagrees with is one error line, nothing written."""
+    from pix3d.data.prepare import published_split_plan
+
+    splits = {t.get("split", "published") for t in ([space] if grid.is_search else expand(space))}
+    print(f"crop: {crop_of(grid, settings)}")
+    if "published" in splits:
+        print(published_split_plan(settings.data).message)
 
 
 def _dry_run_data(grid: Grid, settings: SweepSettings) -> None:

@@ -18,7 +18,7 @@ from ray import tune  # noqa: E402
 
 from analysis.mlflow_store import default_tracking_uri  # noqa: E402
 from analysis.run_fields import trial_run_name  # noqa: E402
-from tests.sweeps import EPOCHS, METRIC_NAMES, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
+from tests.sweeps import EPOCHS, METRIC_NAMES, SPLIT_SHA256, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
 
 
 def _rest(server_url: str, endpoint: str, payload: dict | None = None, query: str = ""):
@@ -72,6 +72,10 @@ def test_sweep_logged_to_server_parent_children_params_metrics_artifacts(served_
         assert float(run.data.params["lr"]) == config["lr"]
         assert run.data.params["data.key"] == "abc123"
         assert run.data.params["data.sources.normals"] == "unavailable"
+        # Which membership its (published) split used, and the crop: every run records them.
+        assert run.data.params["data.split_membership"] == f"notebook sha256:{SPLIT_SHA256}"
+        assert run.data.params["data.published_split.sha256"] == SPLIT_SHA256
+        assert run.data.params["data.crop"] == "published"
         # Every epoch at step = epoch, the value the trial reported last at the last step.
         history = client.get_metric_history(run.info.run_id, "val_azimuth_acc")
         assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))

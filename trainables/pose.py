@@ -38,7 +38,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 CRASH_MARKER = "crashed_once.marker"
 
 # Keys a Tune config may carry that are not TrainConfig fields: resources and testing aids.
-TUNE_ONLY_KEYS: frozenset[str] = frozenset({"cpus_per_trial", "gpus_per_trial", "crash_once_at_epoch"})
+# `cell`: which cell of a grid with extra cells (search.grids) the trial is; its keys are in the config.
+TUNE_ONLY_KEYS: frozenset[str] = frozenset({"cpus_per_trial", "gpus_per_trial", "crash_once_at_epoch", "cell"})
 
 
 class InjectedCrash(RuntimeError):

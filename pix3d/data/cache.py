@@ -25,8 +25,8 @@ from pix3d.errors import Pix3DError
 from pix3d.data.maps import ANNOTATION_KEYS
 
 # Bump when the preprocessing changes what ends up in images.npy: old caches then miss.
-PREPARE_VERSION = 3  # 2: model files in the key, sources chosen, render check in meta; 3: oracle normals
-                     # in the predicted ones' encoding, the boundaries' kind of edges in the manifest
+PREPARE_VERSION = 4  # 2: model files in the key, sources chosen, render check in meta; 3: crop, published split;
+                     # 4: oracle normals in the predicted ones' encoding, the boundaries' kind of edges in the manifest
 STALE_TEMP_S = 3600
 
 

@@ -1,7 +1,8 @@
 """One entry's channels in the cache: the work of a preparation worker process.
 
-`prepare_entry(EntryTask)` crops every modality of one entry to its square around the bbox
-at the cache size, each the way `pix3d.data.maps.entry_plan` chose: decoded from its file,
+`prepare_entry(EntryTask)` crops every modality of one entry the same way (the task's
+`crop`: the margin square around the bbox, or Pose-from-Shape's letterboxed mask rectangle,
+`pix3d.data.images`) at the cache size, each the way `pix3d.data.maps.entry_plan` chose: decoded from its file,
 derived by a fallback (`FALLBACKS`: Canny-like edges of the cropped RGB), predicted from the
 photo's crop at 224 px (`pix3d.data.predict`, imported lazily, as published), or rendered from the CAD model at the
 annotated pose straight into the crop (`pix3d.render.oracle`). Whenever the model can be
@@ -20,7 +21,7 @@ from PIL import UnidentifiedImageError
 
 from pix3d.constants import CACHE_CHANNELS, MODALITY_CHANNELS, MODALITY_TABLE
 from pix3d.data.edges import canny_edges
-from pix3d.data.images import crop_box, crop_resize, pixel_box
+from pix3d.data.images import Letterbox, crop_box, crop_resize, letterbox_resize, mask_rect, pixel_box
 from pix3d.data.maps import CANNY_SETTINGS, FILES, ORACLE, PREDICT
 from pix3d.errors import one_line
 from pix3d.render.oracle import OracleRender, RenderProblem, load_model, render_crop, silhouette_iou
@@ -53,6 +54,35 @@ class EntryTask:
     trans_mat: tuple
     focal_length: float
     render_check: bool = True
+    crop: str = "margin"  # pix3d.data.images.CROPS
+
+
+class EntryCrop:
+    """How every channel of one entry is cut (`crop(path, size, kind)`), the photo-plane
+    window the whole square shows (the oracle renders into it) and which of its pixels the
+    photo fills: the margin square around the bbox, or the letterboxed mask rectangle."""
+
+    def __init__(self, task: EntryTask):
+        self.task = task
+        if task.crop == "published":
+            mask_file = task.files[[m.name for m in MODALITY_TABLE].index("mask")]
+            self.rect = mask_rect(Path(task.root) / mask_file, task.frame)
+            self.window = Letterbox(self.rect, task.size).window()
+        else:
+            self.box = crop_box(task.bbox, task.margin)
+            self.window = pixel_box(self.box)
+
+    def crop(self, path: Path, size: int, kind: str) -> np.ndarray:
+        """The file's channels (first) cut this way at `size` px."""
+        if self.task.crop == "published":
+            return letterbox_resize(path, self.rect, self.task.frame, size, kind)
+        return crop_resize(path, self.box, self.task.frame, size, kind)
+
+    def inside(self) -> np.ndarray:
+        """bool S x S: the crop's pixels that show the photo (the rest is padding)."""
+        if self.task.crop == "published":
+            return Letterbox(self.rect, self.task.size).content()
+        return inside_photo(self.window, self.task.frame, self.task.size)
 
 
 @dataclass
@@ -75,14 +105,13 @@ def inside_photo(window, frame, size: int) -> np.ndarray:
     return ((ys >= 0) & (ys < frame[1]))[:, None] & ((xs >= 0) & (xs < frame[0]))[None, :]
 
 
-def _render(task: EntryTask, full: bool) -> OracleRender:
+def _render(task: EntryTask, cut: EntryCrop, full: bool) -> OracleRender:
     """The entry's model rendered into its crop window at the cache size (RenderProblem if
     not), cut to the photo: outside it the crop is padding, as for every other channel."""
     vertices, faces = load_model(Path(task.root) / task.model, task.model)
-    window = pixel_box(crop_box(task.bbox, task.margin))
     render = render_crop(vertices, faces, np.asarray(task.rot_mat), np.asarray(task.trans_mat),
-                         task.focal_length, task.frame, window, task.size, full=full)
-    inside = inside_photo(window, task.frame, task.size)
+                         task.focal_length, task.frame, cut.window, task.size, full=full)
+    inside = cut.inside()
     if not inside.all():
         render.mask &= inside
         if render.normals is not None:
@@ -96,12 +125,12 @@ def _render(task: EntryTask, full: bool) -> OracleRender:
 PREDICT_SIZE = 224
 
 
-def _predict_input(task: EntryTask, box) -> np.ndarray:
-    """The entry's photo cropped to the cache's window at PREDICT_SIZE (or the cache size when
-    larger), H x W x 3: what every predicted modality of the entry is computed from."""
+def _predict_input(task: EntryTask, cut: EntryCrop) -> np.ndarray:
+    """The entry's photo cut as the cache's crop at PREDICT_SIZE (or the cache size when
+    larger), H x W x 3: what every predicted modality of the entry is computed from (with the
+    published crop, Pose-from-Shape's 224 px crop: what the published networks were fed)."""
     side = max(task.size, PREDICT_SIZE)
-    return np.ascontiguousarray(crop_resize(Path(task.root) / task.files[0], box, task.frame, side,
-                                            "rgb").transpose(1, 2, 0))
+    return np.ascontiguousarray(cut.crop(Path(task.root) / task.files[0], side, "rgb").transpose(1, 2, 0))
 
 
 def _predict(task: EntryTask, rgb: np.ndarray, modality) -> np.ndarray:
@@ -124,27 +153,29 @@ def _predict(task: EntryTask, rgb: np.ndarray, modality) -> np.ndarray:
 
 def prepare_entry(task: EntryTask) -> EntryResult:
     """Worker: one entry's C x S x S uint8 channels, or the one-line reason it has none."""
-    box = crop_box(task.bbox, task.margin)
     out = np.zeros((CACHE_CHANNELS, task.size, task.size), dtype=np.uint8)
     render: OracleRender | None = None
     predict_rgb: np.ndarray | None = None
     problem: str | None = None
     what = task.files[0]
     try:
+        if task.crop == "published":
+            what = task.files[[m.name for m in MODALITY_TABLE].index("mask")]
+        cut = EntryCrop(task)
         for modality, rel, kind in zip(MODALITY_TABLE, task.files, task.kinds):
             lo, hi = MODALITY_CHANNELS[modality.name]
             if kind == FILES:
                 what = rel
-                out[lo:hi] = crop_resize(Path(task.root) / rel, box, task.frame, task.size, modality.decode)
+                out[lo:hi] = cut.crop(Path(task.root) / rel, task.size, modality.decode)
             elif kind == PREDICT:
                 what = f"{modality.name} predicted from {task.files[0]}"
                 if predict_rgb is None:  # decoded once for all the entry's predicted modalities
-                    predict_rgb = _predict_input(task, box)
+                    predict_rgb = _predict_input(task, cut)
                 out[lo:hi] = _predict(task, predict_rgb, modality)
             elif kind == ORACLE:
                 if render is None and problem is None:
                     try:
-                        render = _render(task, full=True)
+                        render = _render(task, cut, full=True)
                     except RenderProblem as exc:
                         problem = str(exc)
                 if render is not None:  # else: unavailable for this entry, said by the caller
@@ -152,6 +183,8 @@ def prepare_entry(task: EntryTask) -> EntryResult:
                                   else render.boundaries_u8()[None])
             elif kind in FALLBACKS:
                 out[lo:hi] = FALLBACKS[kind](out)
+        if task.crop == "published":  # derived edges see the bars' border as an edge: black, as in the rule
+            out[:, ~cut.inside()] = 0
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return EntryResult(task.position, None, f"cannot decode {what}: {one_line(exc)}")
     except Exception as exc:  # noqa: BLE001 - the prediction network is foreign code
@@ -160,7 +193,7 @@ def prepare_entry(task: EntryTask) -> EntryResult:
         return EntryResult(task.position, None, f"cannot predict from {task.files[0]}: {one_line(exc)}")
     if render is None and problem is None and task.render_check:
         try:
-            render = _render(task, full=False)
+            render = _render(task, cut, full=False)
         except RenderProblem as exc:
             problem = str(exc)
     iou = None

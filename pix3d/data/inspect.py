@@ -3,7 +3,9 @@
 `entry_records` gives each entry's angles (degrees) and bin labels; `label_summary` the
 entries per category, the label histogram of each head and its majority-class share (the
 accuracy of always guessing the most frequent bin: the floor any model must beat);
-`write_summary` prints that summary. The command is `python -m pix3d.inspect`.
+`write_summary` prints that summary; `write_split_summary` prints the label histograms of a
+split's training and validation sides beside each other (the published notebook's cell 7).
+The command is `python -m pix3d.inspect`.
 """
 
 from __future__ import annotations
@@ -74,4 +76,22 @@ def write_summary(summary: dict, bins: Bins, out: TextIO) -> None:
         for b, count in enumerate(info["histogram"]):
             bar = "#" * round(30 * count / top)
             out.write(f"  bin {b} (~{centres[b]:7.1f} deg) {count:>6}  {bar}\n")
+        out.write("\n")
+
+
+def write_split_summary(split: str, train: dict, val: dict, bins: Bins, out: TextIO) -> None:
+    """Each head's label histogram on the training and the validation side of a split, as
+    counts and shares side by side: a bin empty on one side, or a majority that moves, shows
+    before any training does."""
+    out.write(f"split {split}: {train['n']} train / {val['n']} val, bins '{bins.scheme}'\n\n")
+    for head in HEADS:
+        centres = bins.centres(head)
+        out.write(f"{head}: majority bin {train[head]['majority_bin']} in train "
+                  f"({100 * train[head]['majority_share']:.1f}%), {val[head]['majority_bin']} in val "
+                  f"({100 * val[head]['majority_share']:.1f}%)\n")
+        out.write(f"  {'bin':<16} {'train':>7} {'%':>6}   {'val':>6} {'%':>6}\n")
+        for b in range(N_BINS):
+            t, v = train[head]["histogram"][b], val[head]["histogram"][b]
+            out.write(f"  bin {b} (~{centres[b]:7.1f}) {t:>7} {100 * t / max(train['n'], 1):5.1f}%   "
+                      f"{v:>6} {100 * v / max(val['n'], 1):5.1f}%\n")
         out.write("\n")

@@ -1,8 +1,9 @@
 """Building a prepared cache: `prepare()`, its per-entry worker processes and the manifest.
 
-Each entry is cropped to a square centred on its bbox (side = longest bbox side times
-1 + 2*margin, padded with zeros outside the image), resized to the size asked for
-(antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
+Each entry is cropped (`crop`, part of the cache key: `margin`, a square centred on its
+bbox, side = longest bbox side times 1 + 2*margin, padded with zeros outside the image; or
+`published`, Pose-from-Shape's letterboxed mask rectangle, `pix3d.data.images`), resized to
+the size asked for (antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
 (rgb 0:3, mask 3, boundaries 4, normals 5:8). Where each modality comes from is
 `pix3d.data.maps` (files, a fallback, a prediction or an oracle render: `prepare(normals=,
 boundaries=)`), one entry's work `pix3d.data.entry`; the cache's layout and key are
@@ -37,6 +38,7 @@ from pix3d.data.cache import (
     remove_stale_temp_dirs,
 )
 from pix3d.data.entry import EntryResult, EntryTask, prepare_entry
+from pix3d.data.images import CROPS
 from pix3d.data.maps import (
     CANNY_SETTINGS,
     FALLBACK_SOURCES,
@@ -56,9 +58,11 @@ from pix3d.data.maps import (
 )
 from pix3d.data.pose import angles
 from pix3d.data.render_check import render_summary
+from pix3d.data.splits import MembershipMatch, match_published
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_dir, check_free_space, write_json
 from pix3d.render.oracle import EDGE_SETTINGS
+from pix3d.render.synthetic import STAMP_NAME
 
 MIN_SIZE = 16
 
@@ -92,8 +96,30 @@ def plan_sources(data: str | Path, *, normals: str = "auto", boundaries: str = "
                               for m in MODALITY_TABLE}
 
 
-def _check_settings(size: int, margin: float, workers: int | None) -> int:
-    """Refuse a bad size, margin or worker count; the number of workers to use."""
+def published_split_plan(data: str | Path) -> MembershipMatch:
+    """How `--split published` applies to a dataset folder (or "synthetic"), from its json's
+    img paths only (nothing built or validated): what a command says, or refuses with one
+    line (`pix3d.data.splits.match_published`), before anything is written."""
+    if str(data) == "synthetic":
+        return match_published([], "synthetic", builtin=True)
+    root = Path(data).expanduser()
+    _, _, raw_entries = read_entries(root)
+    imgs = [e["img"] for e in raw_entries if isinstance(e, dict) and isinstance(e.get("img"), str)]
+    return match_published(imgs, root.resolve().name, builtin=(root / STAMP_NAME).is_file())
+
+
+def _membership_record(annotations: list[Annotation], name: str, builtin: bool) -> dict:
+    """The manifest's record of how the published split applies to the cache's entries."""
+    try:  # a disagreement is recorded: the cache serves the other splits, a published run refuses
+        return match_published([a.img for a in annotations], name, builtin=builtin).record()
+    except Pix3DError as exc:
+        return {"membership": "disagrees", "error": str(exc)}
+
+
+def _check_settings(size: int, margin: float, workers: int | None, crop: str = "margin") -> int:
+    """Refuse a bad size, margin, crop or worker count; the number of workers to use."""
+    if crop not in CROPS:
+        raise UsageError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if not isinstance(size, int) or isinstance(size, bool) or size < MIN_SIZE:
         raise UsageError(f"--size must be an integer of at least {MIN_SIZE} pixels, got {size!r}")
     if not (isinstance(margin, (int, float)) and 0.0 <= margin <= 2.0):
@@ -126,14 +152,17 @@ def prepare(
     workers: int | None = None,
     normals: str = "auto",
     boundaries: str = "auto",
+    crop: str = "margin",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> PreparedData:
     """Prepare (or reuse) the cache of a dataset folder or of "synthetic" at `size` pixels.
 
     `normals` / `boundaries`: auto | files | predict | oracle | none (normals) / canny
-    (boundaries); see `pix3d.data.maps.entry_plan`. They enter the cache key."""
-    workers = _check_settings(size, margin, workers)
+    (boundaries); see `pix3d.data.maps.entry_plan`. `crop`: margin | published
+    (`pix3d.data.images`; `margin` is unused by `published`). All enter the cache key, so a
+    cache of another crop is never reused: a new one is built beside it."""
+    workers = _check_settings(size, margin, workers, crop)
     requested = check_sources({"normals": normals, "boundaries": boundaries})
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
@@ -143,7 +172,7 @@ def prepare(
     maps = {folder: find_maps(root, folder, raw_entries) for folder in MAP_FOLDERS}
     weights = weights_status(requested)
     oracle = [m for m in requested if requested[m] == ORACLE]
-    settings = {"size": size, "margin": float(margin), "skip_invalid": bool(skip_invalid),
+    settings = {"size": size, "crop": crop, "margin": float(margin), "skip_invalid": bool(skip_invalid),
                 "requested_sources": requested, "predict_weights": weights,
                 "oracle_edges": EDGE_SETTINGS if oracle else None}
     key = cache_key(root, json_bytes, raw_entries, maps, settings)
@@ -157,7 +186,8 @@ def prepare(
         log(f"skipped {message}")
     files, kinds = entry_plan(annotations, maps, requested, weights, log)
 
-    log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, margin {margin}, {workers} workers -> {final}")
+    how = "Pose-from-Shape's crop (mask rectangle, letterboxed)" if crop == "published" else f"margin {margin}"
+    log(f"preparing {len(annotations)} entries of {name} ({root}) at {size} px, {how}, {workers} workers -> {final}")
     prepared_root.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(prepared_root, log)
     # The images go through a memmap, which dies of SIGBUS (no error, no clean-up) when the
@@ -166,7 +196,7 @@ def prepare(
     check_free_space(prepared_root, needed)
     with atomic_dir(final, needed=needed, keep_existing=True) as tmp:
         kept, decode_skipped, checks = _build(tmp, root, annotations, files, kinds, size, margin, workers,
-                                              progress, skip_invalid, oracle)
+                                              progress, skip_invalid, oracle, crop)
         for message in decode_skipped:
             log(f"skipped {message}")
         skipped = skipped + decode_skipped
@@ -179,8 +209,11 @@ def prepare(
         notes = _render_notes(annotations, problems, oracle, kinds, log)
         sources = {m.name: entry_sources(m, [files[m.name][i] for i in kept], kinds[m.name]) for m in MODALITY_TABLE}
         meta = _entry_meta(annotations, sources, ious, problems)
-        dataset = {"name": name, "path": str(root.resolve()), "json_sha256": hashlib.sha256(json_bytes).hexdigest()}
+        builtin = (root / STAMP_NAME).is_file()  # the built-in set, by its generator's stamp
+        dataset = {"name": name, "path": str(root.resolve()), "json_sha256": hashlib.sha256(json_bytes).hexdigest(),
+                   "builtin": builtin}
         manifest = _manifest(key, dataset, settings, annotations, skipped, sources)
+        manifest["published_split"] = _membership_record(annotations, name, builtin)
         manifest["oracle"] = oracle
         # What the boundaries channel shows; the built-in set (its stamp, pix3d.render.synthetic's
         # STAMP_NAME, beside pix3d.json) draws its boundaries/ files from its render.
@@ -262,7 +295,7 @@ def _manifest(
         "version": PREPARE_VERSION,
         "dataset": dataset,
         "n": len(annotations),
-        **settings,  # size, margin, skip_invalid, requested_sources, predict_weights, oracle_edges
+        **settings,  # size, crop, margin, skip_invalid, requested_sources, predict_weights, oracle_edges
         "skipped": skipped,
         "categories": dict(sorted(categories.items())),
         "channels": {m: list(MODALITY_CHANNELS[m]) for m in MODALITIES},
@@ -299,6 +332,7 @@ def _build(
     progress: bool,
     skip_invalid: bool,
     oracle: list[str],
+    crop: str = "margin",
 ) -> tuple[list[int], list[str], dict[int, tuple[float | None, str | None]]]:
     """Decode every entry into tmp/images.npy; (positions kept, messages for skipped, position
     -> (silhouette IoU, render problem)). With an oracle source and --skip-invalid, an entry
@@ -308,7 +342,7 @@ def _build(
         EntryTask(i, str(root), tuple(files[m.name][i] for m in MODALITY_TABLE),
                   tuple(kinds[m.name][i] for m in MODALITY_TABLE), a.img_size, a.bbox, size, margin,
                   a.model, tuple(map(tuple, a.rot_mat.tolist())), tuple(a.trans_mat.tolist()),
-                  float(a.focal_length))
+                  float(a.focal_length), crop=crop)
         for i, a in enumerate(annotations)
     ]
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, CACHE_CHANNELS, size, size))

@@ -22,6 +22,7 @@ from pix3d.data.pose import BIN_SCHEMES
 from pix3d.train.checkpoints import load_checkpoint, save_checkpoint
 from pix3d.train.config import BUDGETS, LR_SCHEDULES, PRECISIONS, TrainConfig, resolve_budget
 from pix3d.train.loop import fit
+from pix3d.data.images import CROPS
 from pix3d.train.precision import resolve_precision
 
 
@@ -36,6 +37,8 @@ def get_args_parser() -> ArgumentParser:
     for m in selectable():
         p.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
                        help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the CAD model)")
+    p.add_argument("--crop", default="margin", choices=CROPS,
+                   help="margin: the bbox square with context; published: Pose-from-Shape's crop, the notebook's input")
     p.add_argument("--budget", default="auto", choices=["auto", *BUDGETS], help="auto = paper on a GPU, quick on CPU")
     p.add_argument("--epochs", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=None)
@@ -46,7 +49,9 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed-quirks", action="store_true", help="reproduce the published code's quirks")
+    p.add_argument("--seed-quirks", nargs="?", const=True, default=False, metavar="QUIRK[+QUIRK]",
+                   help="reproduce the published code's quirks: alone, all four; or some of relu_logits, "
+                        "batch_mixing, raw_input, val_batching joined by +")
     p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="step")
     p.add_argument("--bins", default="published", help=f"one of {', '.join(BIN_SCHEMES)}")
     p.add_argument("--split", default="published", help="published | random | by_model")
@@ -104,13 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("runs") / f"{config.model}-{modalities_key(config.modalities)}-s{config.seed}"
     checkpoint_path, history_path = out / "checkpoint.pt", out / "history.json"
     resume_from = resume_or_refuse(out, args.resume)
+    from pix3d.data.prepare import prepare, published_split_plan
+
+    if config.split == "published":  # a folder the membership disagrees with: refused before anything is written
+        print(published_split_plan(args.data).message, flush=True)
     ensure_writable_dir(out, "--out")  # now, not after the first epoch
-
-    from pix3d.data.prepare import prepare
-
     print(message, flush=True)
     data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress,
-                   normals=args.normals, boundaries=args.boundaries)
+                   normals=args.normals, boundaries=args.boundaries, crop=args.crop)
     if data.manifest.get("oracle"):
         print(f"note: {' and '.join(data.manifest['oracle'])} are oracle renders of the CAD model at the true "
               "pose: not comparable with the published numbers", flush=True)

@@ -17,7 +17,7 @@ import torch
 from pix3d.constants import parse_modalities
 from pix3d.data.splits import SPLITS
 from pix3d.errors import RENAMED, Pix3DError, UsageError, current_name
-from pix3d.models import list_models
+from pix3d.models import list_models, quirk_set, quirks_value
 from pix3d.data.pose import BIN_SCHEMES
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -52,21 +52,31 @@ class TrainConfig:
     channels_last: bool = False
     threads: int | None = None
     device: str = "auto"
-    seed_quirks: bool = False
+    # The published code's quirks (pix3d.models.QUIRKS): True = all four, False = none, or
+    # a "+"-joined list switching some alone (canonicalised: all / none become True / False).
+    seed_quirks: bool | str = False
     # At most this many training images (a seeded subset of the training split; validation
     # is untouched). None = all. Lets the CPU budget trade images for epochs.
     max_train_images: int | None = None
+    # Train and validate on this category's images only (the published notebook's per-category
+    # training, its cell 11; the `per_category` grid); None = every category.
+    category: str | None = None
 
     def __post_init__(self) -> None:
         """Check types, canonicalise the modalities, then check the values."""
         _check_types(self)
         self.bins, self.split = _current_names(self.bins, self.split)
+        self.seed_quirks = quirks_value(self.seed_quirks)
         try:
             self.modalities = parse_modalities(self.modalities)
         except ValueError as exc:
             raise Pix3DError(f"config key 'modalities': {exc}") from None
         _check_numbers(self)
         _check_choices(self)
+
+    def has_quirk(self, name: str) -> bool:
+        """Whether the published code's quirk `name` (pix3d.models.QUIRKS) is switched on."""
+        return name in quirk_set(self.seed_quirks)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict; modalities as a list."""
@@ -95,8 +105,8 @@ def _check_types(config: TrainConfig) -> None:
         "weight_decay": (float, int), "lr_schedule": (str,), "step_size": (int,),
         "gamma": (float, int), "bins": (str,), "split": (str,), "val_fraction": (float, int),
         "seed": (int,), "image_size": (int,), "precision": (str,), "channels_last": (bool,),
-        "threads": (int, type(None)), "device": (str,), "seed_quirks": (bool,),
-        "max_train_images": (int, type(None)), "modalities": (str, list, tuple),
+        "threads": (int, type(None)), "device": (str,), "seed_quirks": (bool, str),
+        "max_train_images": (int, type(None)), "modalities": (str, list, tuple), "category": (str, type(None)),
     }
     for key, types in expected.items():
         value = getattr(config, key)

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pix3d.constants import HEADS, N_BINS, modality_channels
 from pix3d.devices import EVAL_BATCH
 from pix3d.errors import Pix3DError
 from pix3d.train.batches import BatchSource, train_batches
 from pix3d.train.config import TrainConfig
 from pix3d.train.evaluation import evaluate, pose_loss
 from pix3d.train.precision import autocast
-from pix3d.train.state import RunState, start_run
+from pix3d.train.state import RunState, build_model, configure_torch, start_run
 
 
 def fit(config: TrainConfig, data, *, on_epoch: Callable[[dict, dict], None] | None = None,
@@ -79,6 +80,31 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
     return float(loss_sum) / seen, seen
 
 
+def measure_train_step(config: TrainConfig) -> float:
+    """Seconds of one training step of `config` (forward, loss, backward, Adam) on a batch of
+    random inputs at its size, on its device, after one untimed step: what a budget costs."""
+    device, precision = configure_torch(config)
+    generator = torch.Generator().manual_seed(0)
+    model, optimizer, _ = build_model(config, device)
+    model.train()
+    channels = len(modality_channels(config.modalities))
+    x = torch.rand((config.batch_size, channels, config.image_size, config.image_size), generator=generator).to(device)
+    y = torch.randint(0, N_BINS, (config.batch_size, len(HEADS)), generator=generator).to(device)
+    timings = []
+    for _ in range(2):  # the first step allocates and picks kernels
+        started = time.perf_counter()
+        with autocast(device, precision):
+            logits = model(x)
+        loss = pose_loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    return timings[-1]
+
+
 def run_epoch(state: RunState, data, epoch: int, *, progress: bool = False) -> dict:
     """Train one epoch, step the schedule, validate; the epoch's metrics (updates `state.best`)."""
     config = state.config
@@ -108,18 +134,23 @@ def run_epoch(state: RunState, data, epoch: int, *, progress: bool = False) -> d
     return metrics
 
 
+def validation_batching(config: TrainConfig, epoch: int) -> tuple[int, torch.Generator | None]:
+    """(batch size, shuffle generator or None) of validation after `epoch`: sorted batches of
+    EVAL_BATCH, or under the val_batching quirk shuffled batches of the training batch size."""
+    if not config.has_quirk("val_batching"):
+        return EVAL_BATCH, None
+    # The notebook validated in shuffled batches of the training batch size; with the
+    # batch-mixing concatenation a prediction depends on its batch mates, so sorted
+    # batches of 128 (neighbouring, same-category rows) would not be what it measured.
+    # Its own generator (seed, epoch): the training shuffle and resume stay exact.
+    return config.batch_size, torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+
+
 def validate(state: RunState, data, epoch: int) -> dict:
     """`evaluate` on the validation rows after `epoch`, batched as the config's recipe says."""
     config = state.config
-    val_shuffle = None
-    if config.seed_quirks:
-        # The notebook validated in shuffled batches of the training batch size; with the
-        # batch-mixing concatenation a prediction depends on its batch mates, so sorted
-        # batches of 128 (neighbouring, same-category rows) would not be what it measured.
-        # Its own generator (seed, epoch): the training shuffle and resume stay exact.
-        val_shuffle = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return evaluate(state.model, state.source, state.split.val, state.precision,
-                    config.batch_size if config.seed_quirks else EVAL_BATCH, shuffle=val_shuffle,
+    batch_size, val_shuffle = validation_batching(config, epoch)
+    return evaluate(state.model, state.source, state.split.val, state.precision, batch_size, shuffle=val_shuffle,
                     angles=state.split.angles, bins=state.split.bins,
                     # Per-category numbers at the end of the trial only (not per epoch).
                     categories=data.categories if epoch == config.epochs else None)

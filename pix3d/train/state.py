@@ -121,8 +121,17 @@ def configure_torch(config: TrainConfig) -> tuple[torch.device, str]:
 
 def split_data(config: TrainConfig, data) -> Split:
     """Split, optional training cap, bins fitted on the training split only, majority baselines."""
+    dataset = (getattr(data, "manifest", None) or {}).get("dataset") or {}
     train_idx, val_idx = split_indices(config.split, data.categories, data.model_ids,
-                                       seed=config.seed, val_fraction=config.val_fraction)
+                                       seed=config.seed, val_fraction=config.val_fraction,
+                                       img_paths=data.img_paths, dataset=dataset.get("name"),
+                                       builtin=bool(dataset.get("builtin")))
+    if config.category is not None:  # one category's own split: the rows of both sides that are of it
+        if config.category not in set(data.categories):
+            raise Pix3DError(f"config key 'category': no image of {config.category!r} in the data; it has "
+                             f"{', '.join(sorted(set(data.categories)))}")
+        of = np.asarray(data.categories) == config.category
+        train_idx, val_idx = train_idx[of[train_idx]], val_idx[of[val_idx]]
     if config.max_train_images and len(train_idx) > config.max_train_images:
         keep = np.random.default_rng(config.seed).choice(len(train_idx), config.max_train_images, replace=False)
         train_idx = np.sort(train_idx[keep])
@@ -137,11 +146,11 @@ def split_data(config: TrainConfig, data) -> Split:
 
 
 def normalisation(config: TrainConfig, data, train: torch.Tensor, checkpoint: dict | None) -> dict:
-    """The input normalisation: a checkpoint's, raw 0..255 under seed_quirks, else training-split stats."""
+    """The input normalisation: a checkpoint's, raw 0..255 under the raw_input quirk, else training-split stats."""
     channels = modality_channels(config.modalities)
     if checkpoint is not None and checkpoint.get("norm") is not None:
         return checkpoint["norm"]  # the statistics the checkpointed weights were trained with
-    if config.seed_quirks:
+    if config.has_quirk("raw_input"):
         return {"channels": channels, "mean": [0.0] * len(channels), "std": [1.0] * len(channels), "scale": "raw"}
     return channel_stats(ModalityView(data.images, config.modalities).images, train, channels)
 
