@@ -10,7 +10,7 @@ live callback. Only data formats are read (JSON): nothing in the folder is unpic
 crafted file in a shared --storage cannot run code here, and a file that is not what it should
 be is refused. An experiment state that is torn, or holds an embedded object that would be
 refused on --resume, is not trusted for the trials' status: then every trial folder is
-replayed on its own (finished when its last report is marked done), so nothing finished is
+replayed on its own (finished when it reported every epoch of its config), so nothing finished is
 lost. A local folder or a URI (pyarrow.fs).
 Idempotent: runs are found by their sweep_id / trial_id tags and only steps after the last
 logged one are added, so a second replay adds nothing.
@@ -113,25 +113,32 @@ def read_trials(storage: str | Path | SweepFolder, log=None) -> list[StoredTrial
 
     With a readable experiment state only the trials Tune still lists are replayed (a trial
     replaced by `restart_errored` stays on disk but is not part of the sweep any more). When
-    the state is torn or refused, each trial folder speaks for itself: finished when its last
-    report is marked done, failed when it has an error.txt, else interrupted (left open).
+    the state is torn or refused, each trial folder speaks for itself: failed when it has an
+    error.txt, finished when it reported every epoch of its config, else interrupted (left open).
     """
     folder = storage if isinstance(storage, SweepFolder) else open_folder(storage)
     statuses = _trial_status_table(folder, log)
     trials: list[StoredTrial] = []
+    unlisted = 0
     for stored in read_trial_folders(folder):
         trial_id = stored.trial_id
         if trial_id is None:
             continue  # never reported: nothing to replay
-        if statuses is not None:
-            if trial_id not in statuses:
-                continue
+        if statuses is not None and trial_id in statuses:
             status, key = statuses[trial_id]
+        elif statuses is not None and not (stored.finished and not stored.error):
+            continue  # replaced (restart_errored) or never finished: not part of the sweep now
         else:
+            # No trusted state, or a finished trial that a restored state lost (a torn state
+            # once restored as one empty trial): the folder is the record.
             status = "FAILED" if stored.error else ("FINISHED" if stored.finished else None)
             key = None
+            unlisted += statuses is not None
         trials.append(StoredTrial(trial_id, key, stored.config, stored.results, status,
                                   stored.error if status == "FAILED" else None, stored.name))
+    if unlisted and log is not None:
+        log(f"warning: {unlisted} finished trial folder(s) are not in the latest experiment state of "
+            f"{folder.where}; replayed from their own folders")
     return sorted(trials, key=lambda t: t.trial_id)
 
 

@@ -515,8 +515,17 @@ class TrialFolder:
 
     @property
     def finished(self) -> bool:
-        """Tune marks a trial's last report `done`; without it the trial was interrupted."""
-        return bool(self.results) and bool(self.results[-1].get("done"))
+        """Reported every epoch its config asks for (the project's trainables report once per
+        epoch; Tune 2.60 never writes a `done: true` line for a function trainable), or
+        marked done. Else interrupted, or stopped early by a scheduler: not known as finished."""
+        if not self.results:
+            return False
+        last = self.results[-1]
+        epochs = self.config.get("epochs")
+        reached = last.get("epoch", last.get("training_iteration"))
+        if isinstance(epochs, int) and isinstance(reached, (int, float)) and reached >= epochs:
+            return True
+        return bool(last.get("done"))
 
 
 def iter_results(lines: Iterable[str]) -> Iterator[dict]:
