@@ -102,8 +102,8 @@ def open_folder(location: str | Path) -> SweepFolder:
 
 # (module, qualified name) of every global that Tune 2.60 and this project write into a sweep's
 # pickles, read off the pickles of a real `search.run --grid smoke` sweep (MLflow on), a real
-# `--grid optuna` search and a failed trial's error.pkl (tests/test_tune_files.py re-derives
-# them from a real sweep). A Ray version that writes others makes --resume refuse, naming
+# `--grid optuna` search, a failed trial's error.pkl and every grid's param space
+# (tests/test_tune_files.py checks a real sweep and every grid against them). A Ray version that writes others makes --resume refuse, naming
 # the global: add it here after a look at what it does when called.
 _TUNE = {
     "ray.tune": ("RunConfig", "CheckpointConfig", "FailureConfig", "Checkpoint"),
@@ -120,7 +120,7 @@ _TUNE = {
     "ray.tune.experiment.experiment": ("Experiment",),
     # a model-based search (grid optuna): the searcher, its scheduler, Optuna's study and sampler
     "ray.tune.search.sample": ("_BackwardsCompatibleNumpyRng", "Categorical", "Categorical._Uniform", "Float",
-                               "Float._LogUniform", "Float._Uniform", "Integer", "Integer._Uniform"),
+                               "Float._LogUniform", "Float._Uniform", "Integer", "Integer._Uniform", "Function"),
     "ray.tune.search.concurrency_limiter": ("ConcurrencyLimiter",),
     "ray.tune.search.optuna.optuna_search": ("OptunaSearch",),
     "ray.tune.schedulers.async_hyperband": ("AsyncHyperBandScheduler", "_Bracket"),
@@ -156,10 +156,13 @@ _TUNE = {
     "uuid": ("UUID",),
     "json": ("loads",),
     "re": ("_compile",),
-    # this project's objects in tuner.pkl: the tracking callback and the retry rule
+    # this project's callbacks in tuner.pkl: tracking, the retry rule, the error-file check
     "analysis.tracking": ("MLflowTrackingCallback",),
     "analysis.sweep_logger": ("SweepInfo",),
     "search.devices": ("NoRetryOnDeviceError",),
+    "search.faults": ("ErrorFileCheck",),
+    # grids at each model's published lr: `tune.sample_from(published_lr)` in the variant state
+    "search.grids": ("published_lr",),
 }
 ALLOWED_GLOBALS = frozenset((module, name) for module, names in _TUNE.items() for name in names)
 

@@ -121,15 +121,17 @@ def _listening(pid: int) -> set[tuple[str, str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="Ray 2.60 binds its GCS, raylet and workers to all interfaces and "
-                                       "rewrites _node_ip_address='127.0.0.1' to the machine's address; "
-                                       "this starts passing (and must then lose its xfail) when Ray can do it")
 def test_local_ray_listens_on_loopback_only(ray_session):
-    from search.cluster import init_ray  # noqa: F401 - the same ray.init options (address="local")
+    """Measured on the session's local Ray (address="local", as search.cluster.init_ray starts it).
 
+    Ray 2.60 binds its GCS, raylet and workers to all interfaces and rewrites
+    _node_ip_address="127.0.0.1" to the machine's address, so this is an expected failure
+    (xfail, listing what listens where); it passes by itself on a Ray that can do it."""
     addresses = _listening(os.getpid())
-    assert addresses, "no listening sockets found for this process's Ray"
-    assert {ip for _, ip in addresses} <= {"127.0.0.1", "::1"}, sorted(addresses)
+    assert {"gcs_server", "raylet"} <= {name for name, _ in addresses}, sorted(addresses)
+    exposed = sorted((name, ip) for name, ip in addresses if ip not in ("127.0.0.1", "::1"))
+    if exposed:
+        pytest.xfail(f"Ray 2.60 listens beyond loopback: {exposed}")
 
 
 def test_local_ray_has_no_dashboard_and_token_auth(tmp_path):

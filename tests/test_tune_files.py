@@ -24,6 +24,7 @@ from analysis.sync import read_trials, sync
 from analysis.tune_files import (ALLOWED_GLOBALS, check_folder, open_folder, pickle_problem, pickles_in,
                                  read_trial_folders)
 from pix3d.errors import Pix3DError
+from search.grids import GRIDS
 from search.options import SweepSettings, write_settings
 from search.resume_check import verify_resume_state
 from tests.test_faults import assert_one_clean_line, run_entry
@@ -65,6 +66,17 @@ def test_every_pickle_of_a_real_sweep_passes(tiny_sweep):
     assert {"tuner.pkl", "callback", "basic", "params.pkl"} <= names
     assert check_folder(folder) >= 5
     assert verify_resume_state(tiny_sweep, None) == 2
+
+
+@pytest.mark.parametrize("grid", sorted(GRIDS))
+def test_every_grids_param_space_passes(grid):
+    """The searcher's state pickles the grid's param space (published_lr for ablation, split)."""
+    import ray.cloudpickle as cloudpickle
+
+    from pix3d.train import resolve_budget
+
+    space = GRIDS[grid].param_space(None, resolve_budget("quick")[1])
+    assert pickle_problem(cloudpickle.dumps(space)) is None
 
 
 def test_walk_refuses_what_tune_never_writes(tmp_path):
