@@ -33,6 +33,7 @@ from pix3d.fileio import free_bytes, human_bytes, is_uri
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 # Tune's own lines about an interrupted run name the Python API (Tuner.restore); ours names the command.
 _TUNE_HINTS = ("Stop signal received", "Experiment has been interrupted")
+_TUNE_LOGGERS = ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")
 
 
 class Interrupted(Pix3DError):
@@ -44,8 +45,17 @@ class Interrupted(Pix3DError):
 
 
 class _DropTuneHints(logging.Filter):
+    def __init__(self, guard: "SignalGuard"):
+        super().__init__()
+        self.guard = guard
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(_TUNE_HINTS)
+        text = str(record.msg)
+        if text.startswith(_TUNE_HINTS):
+            return False
+        # Stopped before a trial reported: Tune lists each one's missing result.json; the
+        # resume line says it all.
+        return not (self.guard.received and text.startswith("Failed to fetch metrics"))
 
 
 class SignalGuard:
@@ -84,15 +94,17 @@ class SignalGuard:
         # Tune would replace our SIGINT handler with its own; it keeps SIGUSR1's, which we call.
         previous = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-        hints = _DropTuneHints()
-        tune_logger = logging.getLogger("ray.tune.tune")
-        tune_logger.addFilter(hints)
+        hints = _DropTuneHints(self)
+        loggers = [logging.getLogger(name) for name in _TUNE_LOGGERS]
+        for logger in loggers:
+            logger.addFilter(hints)
         self._fitting = True
         try:
             yield
         finally:
             self._fitting = False
-            tune_logger.removeFilter(hints)
+            for logger in loggers:
+                logger.removeFilter(hints)
             if previous is None:
                 os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
             else:

@@ -155,7 +155,7 @@ def test_local_ray_has_no_dashboard_and_token_auth(tmp_path):
 def _start_sweep(root: Path, storage: Path, *extra: str) -> subprocess.Popen:
     folder, cache = root / "pix3d-tiny", root / "cache"
     return subprocess.Popen([sys.executable, "-m", "search.run", "--grid", "smoke", "--data", str(folder),
-                             "--cache", str(cache), "--budget", "quick", "--epochs", "2", "--storage",
+                             "--cache", str(cache), "--budget", "quick", "--epochs", "3", "--storage",
                              str(storage), "--no-mlflow", *extra],
                             cwd=root, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -187,12 +187,13 @@ def test_a_signal_stops_the_sweep_with_one_resume_line(tiny_data, tmp_path, sign
     sweep = _start_sweep(tiny_data, storage)
     folder = storage / "smoke"
     try:
-        # Trials are running once Tune has written its state and a trial has reported.
-        _wait_for(lambda: any(folder.glob("experiment_state-*.json")) and any(folder.glob("*/result.json")), sweep)
-        # Two real sweeps on one folder: the second is refused naming the first (host, pid).
-        second = _start_sweep(tiny_data, storage, "--resume")
+        # Two real sweeps on one folder: the second (same command) is refused naming the first.
+        _wait_for(lambda: (folder / LOCK_FILE).exists(), sweep)
+        second = _start_sweep(tiny_data, storage)
         _, second_err = second.communicate(timeout=300)
         assert_one_clean_line(second.returncode, second_err, f"pid {sweep.pid}")
+        # Then stop the first while its trials train (Tune has saved its state and started them).
+        _wait_for(lambda: any(folder.glob("experiment_state-*.json")) and any(folder.glob("train_pose_*/")), sweep)
         sweep.send_signal(signum)
         _, err = sweep.communicate(timeout=300)
     finally:
