@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +28,8 @@ from typing import Iterator
 from ray.tune import Callback
 
 from analysis.tune_files import pickle_problem
-from pix3d.errors import Pix3DError
-from pix3d.fileio import free_bytes, human_bytes, is_uri
+from pix3d.errors import Pix3DError, one_line
+from pix3d.fileio import free_bytes, human_bytes, is_disk_full, is_uri
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 # Tune's own lines about an interrupted run name the Python API (Tuner.restore); ours names the command.
@@ -156,3 +157,26 @@ def check_storage_after(sweep_path: str, torn: list[str], resume_command: str) -
     if torn:
         raise Pix3DError(f"{torn[0]}: Tune could not write this trial's error whole (a full disk or an I/O "
                          f"error; its error.txt says what failed); resume with: {resume_command}")
+
+
+def full_disk_symptom(exc: BaseException | None) -> BaseException | None:
+    """What a full disk under the sweep looks like from the driver, found in `exc`'s chain (Tune
+    may wrap it): a torn error.pkl read back (EOFError, UnpicklingError) or an ENOSPC."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (EOFError, pickle.UnpicklingError)) or is_disk_full(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def sweep_fault(sweep_path: str, exc: BaseException, torn: list[str], resume_command: str) -> Pix3DError:
+    """The one line for a sweep that a full disk (or a torn error file) ended."""
+    try:
+        check_storage_after(sweep_path, torn, resume_command)
+    except Pix3DError as fault:
+        return fault
+    symptom = full_disk_symptom(exc) or exc
+    return Pix3DError(f"{sweep_path}: the sweep ended on a file error ({one_line(symptom)}); finished trials "
+                      f"are kept: resume with: {resume_command}")

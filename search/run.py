@@ -25,7 +25,6 @@ search.report (MLflow, summary, table) and search.fusion (what the relative-pose
 from __future__ import annotations
 
 import argparse
-import pickle
 import shlex
 import sys
 import time
@@ -35,10 +34,10 @@ from typing import Callable, Sequence
 
 from pix3d.cli import run_cli
 from pix3d.constants import parse_modalities
-from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
-from search.faults import ErrorFileCheck, SignalGuard, check_storage_after
+from search.faults import ErrorFileCheck, SignalGuard, check_storage_after, full_disk_symptom, sweep_fault
 from search.grids import Grid, describe_grids, get_grid
 from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
                             write_settings)
@@ -158,11 +157,10 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
                             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
                             max_concurrent=args.max_concurrent, max_failures=args.max_failures,
                             callbacks=[*callbacks, error_files], resume=args.resume, guard=guard)
-    except (EOFError, pickle.UnpicklingError) as exc:
-        # The ResultGrid read an error.pkl torn some other way than ErrorFileCheck saw.
-        check_storage_after(sweep_path, error_files.torn, resume_command)
-        raise Pix3DError(f"{sweep_path}: a trial's error.pkl is torn ({one_line(exc)}); its error.txt says "
-                         f"what failed; resume with: {resume_command}") from None
+    except Exception as exc:  # noqa: BLE001 - only a full disk's symptoms become one line here
+        if not full_disk_symptom(exc):
+            raise
+        raise sweep_fault(sweep_path, exc, error_files.torn, resume_command) from None
     finally:
         ray.shutdown()
     check_storage_after(sweep_path, error_files.torn, resume_command)
