@@ -126,7 +126,8 @@ def _embedded_pickles(value, where: str) -> Iterator[tuple[bytes, str]]:
             try:
                 yield bytes.fromhex(raw), where
             except (TypeError, ValueError):
-                raise UntrustedFile(f"{where}: refused, not loaded: a pickled field that is not hex") from None
+                raise UntrustedFile(f"{where}: refused, not loaded: a pickled field that is not whole hex "
+                                    "(torn or crafted)") from None
             return
         for key, item in value.items():
             yield from _embedded_pickles(item, where)

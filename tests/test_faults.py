@@ -411,7 +411,8 @@ def _tear(sweep: Path, target: str, how: str) -> None:
     elif how == "cut-field":  # one pickled field cut in half: the JSON still parses
         state = json.loads(path.read_text())
         trial = json.loads(state["trial_data"][0][0])
-        trial["storage"]["value"] = trial["storage"]["value"][: len(trial["storage"]["value"]) // 2]
+        value = trial["storage"]["value"]
+        trial["storage"]["value"] = value[: len(value) // 4 * 2]  # whole bytes of hex, half the pickle
         state["trial_data"][0][0] = json.dumps(trial)
         path.write_text(json.dumps(state))
     elif how == "drop-trial":

@@ -79,6 +79,18 @@ def test_every_grids_param_space_passes(grid):
     assert pickle_problem(cloudpickle.dumps(space)) is None
 
 
+def test_a_field_cut_mid_byte_is_refused(tiny_sweep, tmp_path):
+    sweep = _copy(tiny_sweep, tmp_path)
+    path = Path(sorted(glob.glob(str(sweep / "experiment_state-*.json")))[-1])
+    state = json.loads(path.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    trial["storage"]["value"] = trial["storage"]["value"][:-1]  # an odd number of hex digits
+    state["trial_data"][0][0] = json.dumps(trial)
+    path.write_text(json.dumps(state))
+    with pytest.raises(Pix3DError, match=r"a pickled field that is not whole hex \(torn or crafted\)"):
+        verify_resume_state(sweep, None)
+
+
 def test_walk_refuses_what_tune_never_writes(tmp_path):
     import ray.cloudpickle as cloudpickle
 
@@ -163,7 +175,7 @@ def test_torn_pickled_field_is_refused_and_sync_replays_the_finished_trials(tiny
     state = json.loads(path.read_text())
     trial = json.loads(state["trial_data"][0][0])
     value = trial["storage"]["value"]
-    trial["storage"]["value"] = value[: len(value) // 2]    # a field cut in half; the JSON still parses
+    trial["storage"]["value"] = value[: len(value) // 4 * 2]  # a field cut in half; the JSON still parses
     state["trial_data"][0][0] = json.dumps(trial)
     path.write_text(json.dumps(state))
     with pytest.raises(Pix3DError, match=rf"{path.name}: refused, not loaded: a pickled field in it "
