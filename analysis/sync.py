@@ -2,12 +2,16 @@
 
     python -m analysis.sync --storage ~/ray_results/ablation [--mlflow-uri URI] [--experiment NAME]
 
-Reads the experiment folder Tune wrote (per trial: params.json, result.json lines, error.txt;
-the latest experiment_state-*.json for trial status; pix3d_sweep.json for the sweep's
-identity, grid, command and data manifest as the tracking callback saved them, else
-search_run.json) and logs it through the same `SweepLogger` as the live callback. Only data
-formats are read (JSON): nothing in the folder is unpickled, so a crafted file in a shared
---storage cannot run code here, and a file that is not what it should be is refused.
+Reads the experiment folder Tune wrote through analysis.tune_files (per trial: params.json,
+result.json lines, error.txt; the latest experiment_state-*.json for trial status;
+pix3d_sweep.json for the sweep's identity, grid, command and data manifest as the tracking
+callback saved them, else search_run.json) and logs it through the same `SweepLogger` as the
+live callback. Only data formats are read (JSON): nothing in the folder is unpickled, so a
+crafted file in a shared --storage cannot run code here, and a file that is not what it should
+be is refused. An experiment state that is torn, or holds an embedded object that would be
+refused on --resume, is not trusted for the trials' status: then every trial folder is
+replayed on its own (finished when it reported every epoch of its config), so nothing finished is
+lost. A local folder or a URI (pyarrow.fs).
 Idempotent: runs are found by their sweep_id / trial_id tags and only steps after the last
 logged one are added, so a second replay adds nothing.
 
@@ -21,15 +25,19 @@ is reading two Tune file layouts directly: result.json lines and the experiment 
 
 from __future__ import annotations
 
-import glob
-import json
+import posixpath
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
+
+from pyarrow.fs import FileType
 
 from tqdm import tqdm
 
 from analysis.mlflow_store import check_reachable, default_tracking_uri
+from analysis.tune_files import (SweepFolder, latest_state_path, open_folder, read_experiment_state,
+                                 read_json_object, read_trial_folders)
 from analysis.sweep_logger import (SWEEP_INFO_FILE, SweepInfo, SweepLogger, code_version, make_sweep_id,
                                    normalise_storage_path)
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
@@ -49,7 +57,7 @@ class StoredTrial:
     results: list[dict]
     status: str | None          # FINISHED | FAILED | None (interrupted, not final)
     error: str | None = None
-    folder: Path | None = None
+    folder: str | None = None   # the trial folder's name in the sweep folder
 
 
 @dataclass
@@ -61,139 +69,105 @@ class SyncReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def _latest(folder: Path, pattern: str) -> Path | None:
-    found = sorted(glob.glob(str(folder / pattern)))
-    return Path(found[-1]) if found else None
-
-
-def iter_results(lines: Iterable[str]) -> Iterable[dict]:
-    """Parse Tune's result.json (one JSON object per line), skipping a torn last line."""
-    for line in lines:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            continue
-
-
 # Fields of pix3d_sweep.json / search_run.json that sync uses, and the types they must have.
 _INFO_TYPES = {"sweep_id": str, "sweep_name": str, "experiment": str, "grid": str, "command": str,
                "data_manifest": dict, "code_version": str, "storage_path": str, "search": dict,
                "varies": list}
 
 
-def _read_json_object(path: Path, what: str) -> dict:
-    """A JSON object from `path`, or a Pix3DError saying the file is not `what`."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Pix3DError(f"{path}: not a readable {what} ({one_line(exc)}); refusing to read it") from None
-    if not isinstance(value, dict):
-        raise Pix3DError(f"{path}: not a {what} (a JSON {type(value).__name__}, not an object); refusing to read it")
-    return value
-
-
-def read_sweep_state(folder: Path) -> dict | None:
+def read_sweep_state(folder: SweepFolder) -> dict | None:
     """The sweep's identity (sweep_id, grid, command, manifest) from JSON files only.
 
     pix3d_sweep.json (written by the tracking callback), else the grid and command from
     search_run.json; None when neither exists. Tune's callback-states-*.pkl is never read.
     """
     for name in (SWEEP_INFO_FILE, "search_run.json"):
-        path = folder / name
-        if not path.is_file():
+        path = folder.join(name)
+        if not folder.is_file(path):
             continue
-        state = _read_json_object(path, "pix3d sweep record")
+        state = read_json_object(folder, path, "pix3d sweep record")
         for key, kind in _INFO_TYPES.items():
             if state.get(key) is not None and not isinstance(state[key], kind):
-                raise Pix3DError(f"{path}: not a pix3d sweep record ({key!r} is a "
+                raise Pix3DError(f"{folder.shown(path)}: not a pix3d sweep record ({key!r} is a "
                                  f"{type(state[key]).__name__}); refusing to read it")
         return state
     return None
 
 
-def _trial_status_table(folder: Path) -> dict[str, tuple[str | None, str | None]]:
-    """trial_id -> (final status or None, experiment_tag) from the latest experiment state."""
-    path = _latest(folder, "experiment_state-*.json")
+def _trial_status_table(folder: SweepFolder, log=None) -> dict[str, tuple[str | None, str | None]] | None:
+    """trial_id -> (final status or None, experiment_tag) from the latest experiment state;
+    None when there is none, or when it is torn or refused (then said in one warning line)."""
+    path = latest_state_path(folder)
     if path is None:
-        return {}
+        return None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise Pix3DError(f"{path}: unreadable Tune experiment state ({one_line(exc)})") from None
-    table: dict[str, tuple[str | None, str | None]] = {}
-    try:
-        for entry in state.get("trial_data", []):
-            raw = entry[0] if isinstance(entry, (list, tuple)) else entry
-            trial = json.loads(raw) if isinstance(raw, str) else raw
-            table[trial["trial_id"]] = (_STATUS.get(trial.get("status")), trial.get("experiment_tag"))
-    except (AttributeError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
-        raise Pix3DError(f"{path}: not a Tune experiment state ({one_line(exc)}); refusing to read it") from None
-    return table
+        state = read_experiment_state(folder, path)
+    except Pix3DError as exc:
+        if log is not None:
+            log(f"warning: {one_line(exc, limit=600)}; replaying the trials from their own folders instead")
+        return None
+    return {t.trial_id: (_STATUS.get(t.status), t.experiment_tag) for t in state.trials}
 
 
-def read_trials(folder: Path) -> list[StoredTrial]:
-    """Every trial of the sweep stored under `folder`, in trial-id order.
+def read_trials(storage: str | Path | SweepFolder, log=None) -> list[StoredTrial]:
+    """Every trial of the sweep stored under `storage`, in trial-id order.
 
-    With an experiment state file only the trials Tune still lists are replayed (a trial
-    replaced by `restart_errored` stays on disk but is not part of the sweep any more).
+    With a readable experiment state only the trials Tune still lists are replayed (a trial
+    replaced by `restart_errored` stays on disk but is not part of the sweep any more). When
+    the state is torn or refused, each trial folder speaks for itself: failed when it has an
+    error.txt, finished when it reported every epoch of its config, else interrupted (left open).
     """
-    statuses = _trial_status_table(folder)
+    folder = storage if isinstance(storage, SweepFolder) else open_folder(storage)
+    statuses = _trial_status_table(folder, log)
     trials: list[StoredTrial] = []
-    for params_path in sorted(folder.glob("*/params.json")):
-        trial_dir = params_path.parent
-        config = _read_json_object(params_path, "trial params file")
-        result_path = trial_dir / "result.json"
-        try:
-            results = list(iter_results(result_path.read_text().splitlines())) if result_path.exists() else []
-        except (OSError, UnicodeDecodeError) as exc:
-            raise Pix3DError(f"{result_path}: unreadable trial results ({one_line(exc)})") from None
-        if not all(isinstance(r, dict) for r in results):
-            raise Pix3DError(f"{result_path}: not Tune results (a line is not a JSON object); refusing to read it")
-        trial_id = next((r["trial_id"] for r in results if "trial_id" in r), None)
-        if trial_id is not None and not isinstance(trial_id, str):
-            raise Pix3DError(f"{result_path}: not Tune results (trial_id {trial_id!r} is not text)")
+    unlisted = 0
+    for stored in read_trial_folders(folder):
+        trial_id = stored.trial_id
         if trial_id is None:
             continue  # never reported: nothing to replay
-        error_path = trial_dir / "error.txt"
-        error = error_path.read_text(errors="replace").strip() if error_path.exists() else None
-        if statuses:
-            if trial_id not in statuses:
-                continue
+        if statuses is not None and trial_id in statuses:
             status, key = statuses[trial_id]
+        elif statuses is not None and not (stored.finished and not stored.error):
+            continue  # replaced (restart_errored) or never finished: not part of the sweep now
         else:
-            status, key = ("FAILED" if error else "FINISHED"), None
-        trials.append(StoredTrial(trial_id, key, config, results, status,
-                                  error if status == "FAILED" else None, trial_dir))
+            # No trusted state, or a finished trial that a restored state lost (a torn state
+            # once restored as one empty trial): the folder is the record.
+            status = "FAILED" if stored.error else ("FINISHED" if stored.finished else None)
+            key = None
+            unlisted += statuses is not None
+        trials.append(StoredTrial(trial_id, key, stored.config, stored.results, status,
+                                  stored.error if status == "FAILED" else None, stored.name))
+    if unlisted and log is not None:
+        log(f"warning: {unlisted} finished trial folder(s) are not in the latest experiment state of "
+            f"{folder.where}; replayed from their own folders")
     return sorted(trials, key=lambda t: t.trial_id)
 
 
 def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
          *, progress: bool = True) -> SyncReport:
     """Replay the sweep in `storage` (Tune's experiment folder) into MLflow; returns counts."""
-    folder = Path(storage).expanduser()
-    if not folder.is_dir():
+    folder = open_folder(storage)
+    if folder.kind(folder.path) != FileType.Directory:
         raise Pix3DError(f"--storage {storage}: no such folder")
-    if not any(folder.glob("*/params.json")) and _latest(folder, "experiment_state-*.json") is None:
+    if not read_trial_folders(folder) and latest_state_path(folder) is None:
         raise Pix3DError(f"--storage {storage}: not a Ray Tune experiment folder "
                          "(no experiment_state-*.json and no trial folders with params.json)")
     check_reachable(tracking_uri)
     saved = read_sweep_state(folder) or {}
+    name = posixpath.basename(folder.path)
     info = SweepInfo(
-        sweep_id=saved.get("sweep_id") or make_sweep_id(str(folder)),
-        sweep_name=saved.get("sweep_name") or folder.name,
-        experiment=experiment or saved.get("experiment") or saved.get("grid") or folder.name,
+        sweep_id=saved.get("sweep_id") or make_sweep_id(folder.where),
+        sweep_name=saved.get("sweep_name") or name,
+        experiment=experiment or saved.get("experiment") or saved.get("grid") or name,
         grid=saved.get("grid", ""), command=saved.get("command", ""),
         data_manifest=saved.get("data_manifest") or {},
         code_version=saved.get("code_version") or code_version(),
-        storage_path=saved.get("storage_path") or normalise_storage_path(folder),
+        storage_path=saved.get("storage_path") or normalise_storage_path(folder.where),
         tracking_uri=tracking_uri, search=saved.get("search") or {},
         varies=tuple(saved.get("varies") or ()),  # a sweep saved before it: none, the usual keys
     )
     logger = SweepLogger(tracking_uri, info)
-    trials = read_trials(folder)
+    trials = read_trials(folder, log=lambda line: sys.stderr.write(line + "\n"))
     report = SyncReport(trials=len(trials))
     logger.parent_run_id(reopen=False)
     for trial in tqdm(trials, desc=f"sync {info.sweep_name}", unit="trial", disable=not progress):

@@ -114,9 +114,23 @@ def init_ray(address: str | None, log: Callable = print) -> None:
 
     if address is None:
         # address="local" always starts a fresh instance: a bare ray.init() would silently
-        # join whatever `ray start` cluster happens to run on this machine.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False, runtime_env=_forwarded_env())
+        # join whatever `ray start` cluster happens to run on this machine. No dashboard (an
+        # HTTP port that runs jobs); token auth is Ray 2.60's default. Ray 2.60 gives no way to
+        # keep its GCS, raylet and workers on 127.0.0.1: it rewrites _node_ip_address=
+        # "127.0.0.1" to the machine's address and binds them to all interfaces
+        # (docs/robustness.md; tests/test_faults_round2.py measures it).
+        try:
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                     log_to_driver=True, configure_logging=False, runtime_env=_forwarded_env())
+        except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError for these
+            if "timed out" not in str(exc).lower():
+                raise
+            ray.shutdown()  # whatever half of it started
+            raise Pix3DError(
+                f"Ray did not start on this machine in time ({one_line(exc)}); the machine is probably "
+                "busy: retry when it is quieter, or give Ray longer to start "
+                "(RAY_gcs_server_port_wait_time_s=120), or use a running cluster with --address"
+            ) from None
         return
     if address != "auto":
         check_reachable(address)

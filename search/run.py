@@ -18,6 +18,7 @@ This module owns the order of the phases (`main`), the data and trainable the tr
 and `run_sweep`, the Python API behind the command; each phase lives in its own module:
 search.options (command line, saved settings), search.storage (the sweep folder),
 search.plan (budget, trials, dry run, GPU plan), search.cluster (Ray, local or a cluster),
+search.sweep_lock (one sweep per folder), search.faults (signals, a full disk),
 search.report (MLflow, summary, table) and search.fusion (what the relative-pose grids change).
 """
 
@@ -27,6 +28,7 @@ import argparse
 import shlex
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +37,7 @@ from pix3d.constants import parse_modalities
 from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
+from search.faults import ErrorFileCheck, SignalGuard, check_storage_after, full_disk_symptom, sweep_fault
 from search.grids import Grid, describe_grids, expand, for_categories, get_grid
 from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
                             write_settings)
@@ -42,6 +45,7 @@ from search.plan import build_param_space, cpu_cost, plan_budget, plan_gpus, pri
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
 from search.storage import check_sweep_folder, experiment_path, storage_for
 from search.study import search_tags, study_location
+from search.sweep_lock import acquire as acquire_lock
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,25 +82,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"results would go to {sweep_path}")
         return 0
 
-    check_sweep_folder(sweep_path, grid, space, resume=args.resume)
-    if args.address not in (None, "auto"):
-        check_reachable(args.address)  # before minutes of data preparation
-    if args.mlflow_uri and not args.no_mlflow:
-        from analysis.mlflow_store import check_tracking_uri
-
-        check_tracking_uri(args.mlflow_uri)  # a bad scheme or a garbage .db: now, not after the sweep
-    data = prepare_data(grid, settings, space)
     command = shlex.join([sys.executable, "-m", "search.run", *(argv if argv is not None else sys.argv[1:])])
-    uri = sweep_tracking_uri(args, sweep_path)
-    results = _run_on_ray(args, grid, space, data, settings, storage=storage, experiment=experiment,
-                          command=command, uri=uri)
-    return close_sweep(results, fusion.summarize if grid.trainable == "relpose" else summarize, args,
-                       experiment=experiment, trainable=grid.trainable, is_search=grid.is_search,
-                       storage=storage, uri=uri, sweep_path=sweep_path)
+    resume = resume_command(args, storage, experiment)
+    # One sweep per folder, until this command ends: taken first, so that a second sweep on a
+    # running one is refused naming its holder (and never reads a state being written).
+    lock = acquire_lock(sweep_path, command)
+    guard = SignalGuard()
+    guard.install()
+    try:
+        check_sweep_folder(sweep_path, grid, space, resume=args.resume)
+        if args.address not in (None, "auto"):
+            check_reachable(args.address)  # before minutes of data preparation
+        if args.mlflow_uri and not args.no_mlflow:
+            from analysis.mlflow_store import check_tracking_uri
+
+            check_tracking_uri(args.mlflow_uri)  # a bad scheme or a garbage .db: now, not after the sweep
+        data = prepare_data(grid, settings, space)
+        uri = sweep_tracking_uri(args, sweep_path)
+        results = _run_on_ray(args, grid, space, data, settings, storage=storage, experiment=experiment,
+                              command=command, uri=uri, guard=guard, resume_command=resume)
+        if guard.received:
+            raise guard.interrupted(resume)
+        return close_sweep(results, fusion.summarize if grid.trainable == "relpose" else summarize, args,
+                           experiment=experiment, trainable=grid.trainable, is_search=grid.is_search,
+                           storage=storage, uri=uri, sweep_path=sweep_path)
+    except KeyboardInterrupt:
+        raise guard.interrupted(resume if _has_state(sweep_path) else None) from None
+    finally:
+        lock.release()
+        guard.restore()
+
+
+def resume_command(args: argparse.Namespace, storage: str, experiment: str) -> str:
+    """The command that resumes this sweep (what an interrupted or full-disk sweep prints)."""
+    extra = ["--address", args.address] if args.address else []
+    return shlex.join(["python", "-m", "search.run", "--resume", "--experiment", experiment,
+                       "--storage", storage, *extra])
+
+
+def _has_state(sweep_path: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(sweep_path)
 
 
 def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, settings: SweepSettings, *,
-                storage: str, experiment: str, command: str, uri: str | None):
+                storage: str, experiment: str, command: str, uri: str | None, guard: SignalGuard | None = None,
+                resume_command: str = ""):
     """Start or join Ray, check it can host the trials, save the settings and run the sweep
     (Ray is shut down after, whatever happens); the ResultGrid."""
     import ray
@@ -105,6 +137,9 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
     # With the GPU size given (--gpu-memory-gib / env), a packing that cannot fit fails before Ray starts.
     planned = args.gpus_per_trial > 0 and plan_gpus(args, grid, space, data, None)
     init_ray(args.address)
+    if guard is not None:
+        guard.install()  # ray.init put Ray's native SIGTERM handler (a stack dump, exit 134) in place
+    error_files = ErrorFileCheck()
     try:
         check_cluster_resources(args.cpus_per_trial, args.gpus_per_trial)
         if args.gpus_per_trial > 0:
@@ -123,12 +158,18 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
                 # Tuner.restore brings back the pickled tracking callback with its own URI.
                 sys.stderr.write("warning: --mlflow-uri is ignored by --resume: the sweep keeps logging to the "
                                  "MLflow store it started with; copy it elsewhere with python -m analysis.sync\n")
-        return run_sweep(grid, space, data, storage=storage, experiment=experiment,
-                         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-                         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-                         callbacks=callbacks, resume=args.resume)
+        results = run_sweep(grid, space, data, storage=storage, experiment=experiment,
+                            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                            max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+                            callbacks=[*callbacks, error_files], resume=args.resume, guard=guard)
+    except Exception as exc:  # noqa: BLE001 - only a full disk's symptoms become one line here
+        if not full_disk_symptom(exc):
+            raise
+        raise sweep_fault(sweep_path, exc, error_files.torn, resume_command) from None
     finally:
         ray.shutdown()
+    check_storage_after(sweep_path, error_files.torn, resume_command)
+    return results
 
 
 def search_info(grid: Grid, sweep_path: str, experiment: str) -> dict | None:
@@ -231,7 +272,7 @@ def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable
 def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
               max_failures: int = 2, callbacks: Sequence = (), resume: bool = False,
-              function: Callable | None = None):
+              function: Callable | None = None, guard: SignalGuard | None = None):
     """Run (or, with `resume`, restore and finish) one sweep on the connected Ray; the ResultGrid.
 
     The Python API behind the CLI: Ray must be initialised by the caller. A restored sweep
@@ -276,7 +317,10 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             reuse_actors=True,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-    results = tuner.fit()
+    with guard.fitting() if guard is not None else nullcontext():
+        results = tuner.fit()
+    if guard is not None and guard.received:
+        return results  # stopped by a signal: the caller says how to resume
     print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.1f}s")
     return results
 

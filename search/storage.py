@@ -45,8 +45,9 @@ def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool
         raise Pix3DError(f"--resume: no Tune sweep to restore at {sweep_path}")
     if not resume and tune.Tuner.can_restore(sweep_path):
         raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
-    if resume and not is_uri(sweep_path):
-        # Before Tuner.restore: a torn state would be restored as a different sweep.
+    if resume:
+        # Before Tuner.restore: a torn state would be restored as a different sweep, and a
+        # crafted pickle would run (read through pyarrow.fs: a local folder or a URI alike).
         from search.resume_check import verify_resume_state
 
         verify_resume_state(sweep_path, None if grid.is_search else expand(space))

@@ -408,6 +408,13 @@ def _tear(sweep: Path, target: str, how: str) -> None:
         path.write_bytes(data[: len(data) // 2])
     elif how == "empty":
         path.write_bytes(b"")
+    elif how == "cut-field":  # one pickled field cut in half: the JSON still parses
+        state = json.loads(path.read_text())
+        trial = json.loads(state["trial_data"][0][0])
+        value = trial["storage"]["value"]
+        trial["storage"]["value"] = value[: len(value) // 4 * 2]  # whole bytes of hex, half the pickle
+        state["trial_data"][0][0] = json.dumps(trial)
+        path.write_text(json.dumps(state))
     elif how == "drop-trial":
         state = json.loads(path.read_text())
         state["trial_data"] = state["trial_data"][:1]
@@ -416,11 +423,12 @@ def _tear(sweep: Path, target: str, how: str) -> None:
 
 @pytest.mark.slow  # one real smoke sweep through the CLI (~1-2 min on a shared 2-core machine)
 @pytest.mark.parametrize("target, how, needle", [
-    ("experiment_state-*.json", "truncate", "is torn or foreign"),
-    ("experiment_state-*.json", "empty", "is torn or foreign"),
+    ("experiment_state-*.json", "truncate", "torn or foreign Tune experiment state"),
+    ("experiment_state-*.json", "empty", "torn or foreign Tune experiment state"),
+    ("experiment_state-*.json", "cut-field", "refused, not loaded: a pickled field in it (not a complete pickle"),
     ("experiment_state-*.json", "drop-trial", "holds 1 trial(s) where the saved settings make 2"),
-    ("tuner.pkl", "empty", "tuner.pkl is empty (0 bytes)"),
-    ("tuner.pkl", "truncate", "tuner.pkl is not a complete pickle"),
+    ("tuner.pkl", "empty", "tuner.pkl: refused, not loaded: empty (0 bytes)"),
+    ("tuner.pkl", "truncate", "tuner.pkl: refused, not loaded: not a complete pickle"),
     ("basic-variant-state-*.json", "truncate", "basic-variant-state-"),
     ("search_run.json", "truncate", "search_run.json is torn or foreign"),
 ])

@@ -124,6 +124,22 @@ def _path(entry: dict, key: str) -> str:
     return value
 
 
+def _inside(root: Path, key: str, value: str) -> Path:
+    """`root / value` with symlinks resolved, refused unless it stays inside the dataset folder:
+    a pix3d.json from elsewhere must not make the data pipeline read (and cache) any file on
+    the machine through an absolute path, `..` or a symlink out of the folder."""
+    base = root.resolve()
+    if Path(value).is_absolute():
+        raise _EntryError(f"{key} {value!r} is an absolute path; paths must be relative to the dataset folder {base}")
+    try:
+        resolved = (base / value).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise _EntryError(f"{key} {value!r} cannot be resolved ({exc})") from None
+    if not resolved.is_relative_to(base):
+        raise _EntryError(f"{key} {value!r} resolves outside the dataset folder {base} (to {resolved})")
+    return resolved
+
+
 def _image_size(path: Path, what: str) -> tuple[int, int]:
     """Width, height from the file header only (fast even for 20-megapixel photos)."""
     try:
@@ -148,6 +164,8 @@ def _parse_entry(index: int, entry: Any, root: Path, check_files: bool) -> Annot
     model = entry["model"]
     if not isinstance(model, str) or not model:
         raise _EntryError(f"model must be a non-empty string, got {model!r}")
+    for key, value in (("img", img), ("mask", mask), ("model", model)):
+        _inside(root, key, value)
 
     size = entry["img_size"]
     if not isinstance(size, (list, tuple)) or len(size) != 2:
@@ -276,10 +294,24 @@ def parse_entries(
     """`load_annotations` for entries already read with `read_entries` (no second parse)."""
     valid: list[Annotation] = []
     skipped: list[str] = []
+    seen: dict[Path, tuple[int, str]] = {}  # resolved photo -> (first entry, its labels)
     show = progress and check_files and len(entries) >= 500
     for index, entry in enumerate(tqdm(entries, desc="check entries", unit="entry", disable=not show)):
         try:
-            valid.append(_parse_entry(index, entry, root, check_files))
+            annotation = _parse_entry(index, entry, root, check_files)
+            # One photo is one sample: a duplicate entry would be split across train and
+            # validation by a random split, and validate on a training image.
+            photo = _inside(root, "img", annotation.img)
+            labels = json.dumps({k: entry[k] for k in REQUIRED_FIELDS if k != "img"}, sort_keys=True, default=str)
+            if photo in seen:
+                first, first_labels = seen[photo]
+                if labels != first_labels:
+                    raise _EntryError(f"the same photo as entry {first} with different annotations "
+                                      "(which one is right?)")
+                skipped.append(f"entry {index} ({annotation.img}): a duplicate of entry {first}, collapsed into it")
+                continue
+            seen[photo] = (index, labels)
+            valid.append(annotation)
         except _EntryError as exc:
             name = entry.get("img") if isinstance(entry, dict) else None
             message = f"entry {index}" + (f" ({name})" if isinstance(name, str) else "") + f": {exc}"
