@@ -141,6 +141,11 @@ class SweepLogger:
         return self._client
 
     @property
+    def search_params(self) -> tuple[str, ...]:
+        """The parameters a model-based search samples (none for a grid): UI columns."""
+        return tuple(p for p in str(self.info.search.get("params", "")).split(",") if p)
+
+    @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.info.experiment)
@@ -148,12 +153,12 @@ class SweepLogger:
                 # Tagged for the UI (analysis.mlflow_ui): a training experiment, a grouped view.
                 self._experiment_id = self.client.create_experiment(
                     self.info.experiment, artifact_location=artifact_location(
-                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags())
+                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags(self.search_params))
             else:
                 if found.lifecycle_stage == "deleted":
                     raise Pix3DError(f"MLflow experiment {self.info.experiment!r} is deleted; "
                                      "restore it or choose another --experiment")
-                ensure_ui_tags(self.client, found)
+                ensure_ui_tags(self.client, found, self.search_params)
                 self._experiment_id = found.experiment_id
         return self._experiment_id
 

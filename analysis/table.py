@@ -182,21 +182,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
     from analysis import fusion_table, search_view
 
+    grouped = True  # the grouped view's link: a grid of models x modalities only
     if fusion_table.is_fusion_experiment(uri, args.experiment):
         # Relative-pose sweeps (fusion grids): rotation error by fusion x weights x loss.
         table = fusion_table.build_table(uri, args.experiment, at=args.at)
         files = fusion_table.write_table(table, out, log_to_mlflow=not args.no_log)
+        grouped = False
     elif search_view.is_search_experiment(uri, args.experiment):
         # A model-based search (TPE + ASHA): best configuration, top trials, importances, plots.
         table = search_view.build_search_view(uri, args.experiment)
         table.render(args.format)  # an unsupported --format fails before anything is written
         files = search_view.write_search_view(table, out, log_to_mlflow=not args.no_log)
+        grouped = False
     else:
         table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
         files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
-    for line in experiment_review_lines(uri, args.experiment):
+    for line in experiment_review_lines(uri, args.experiment, grouped=grouped):
         print(line)
     return 0
 

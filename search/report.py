@@ -153,7 +153,8 @@ def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experim
     if uri:
         from analysis.mlflow_ui import experiment_review_lines
 
-        for line in experiment_review_lines(uri, experiment):
+        # A search's trials are one-off configurations: nothing to average per group.
+        for line in experiment_review_lines(uri, experiment, grouped=not is_search):
             print(line)
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not is_search else 0)
     if pending:

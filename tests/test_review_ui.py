@@ -1,0 +1,96 @@
+"""Review a sweep as a person clicks through it: a real `mlflow server`, headless Chromium with
+a fresh profile (nothing remembered, as a first-time reader), the link the sweep prints.
+
+The sweep is logged by the project's SweepLogger (what the Tune callback drives) without Ray:
+the UI needs runs in a store, not a Tune run. Cost: ~25 s on 2 shared cores (one server for
+the session, one browser and one 4-trial sweep per module). Skipped where no Chromium is
+installed (`.ci/run` installs Debian's `chromium`). PIX3D_SCREENSHOTS=DIR keeps the pages as
+PNGs (docs/img/review_*.png come from here).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from analysis.mlflow_ui import experiment_review_lines, run_url
+from analysis.table import build_table, write_table
+from tests.browser import chromium, chromium_binary
+from tests.sweeps import log_sweep
+
+pytestmark = pytest.mark.skipif(chromium_binary() is None, reason="no chromium (apt-get install -y chromium)")
+
+EXPERIMENT = "review"
+CONFIGS = [dict(model=model, modalities=subset, seed=0, lr=1e-4, epochs=2, seed_quirks=False)
+           for model in ("combined_net", "separate_net") for subset in ("rgb", "rgb+mask")]
+# What MLflow 3.17 shows on its GenAI side of a run or an experiment, never on the training side.
+GENAI_MARKS = ("Evaluations", "Evaluation runs", "Sessions", "Judges")
+
+
+@pytest.fixture(scope="module")
+def reviewed(server, tmp_path_factory):
+    """(the server, the printed lines, the trial runs, a browser page, the screenshot folder)."""
+    from mlflow.tracking import MlflowClient
+
+    log_sweep(server.url, EXPERIMENT, CONFIGS, sweep_name="review-sweep")
+    table = build_table(server.url, EXPERIMENT)
+    write_table(table, tmp_path_factory.mktemp("review_table"))
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    trials = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("pix3d.role") == "trial"]
+    shots = Path(os.environ.get("PIX3D_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    with chromium() as page:
+        yield server, experiment_review_lines(server.url, EXPERIMENT), trials, page, shots
+
+
+def _training_side(page) -> None:
+    """The page is MLflow's training view of a run: its Model metrics tab, no GenAI pages."""
+    page.wait_for_text("Model metrics", "Runs")
+    text = page.text()
+    assert not [mark for mark in GENAI_MARKS if mark in text], (page.url(), text[:800])
+
+
+def test_printed_link_lists_every_trial_with_the_metric_columns(reviewed):
+    server, lines, trials, page, shots = reviewed
+    link = lines[0].split(": ", 1)[1]
+    assert link.startswith(server.url) and "workflowType=machine_learning" in link
+    assert not any("grouped" in line for line in lines[1:]) or len(trials) == len(CONFIGS)
+    page.goto(link)
+    names = [run.info.run_name for run in trials]
+    assert len(names) == len(CONFIGS)
+    page.wait_for_text(*names, "val_azimuth_acc", "val_azimuth_mederr", "modalities", timeout_s=90)
+    page.screenshot(shots / "review_runs.png")
+    # Each row shows its own value of the headline metric (the cells, not only the header).
+    for run in trials:
+        value = f"{run.data.metrics['val_azimuth_acc']:g}"
+        assert value in page.text(), (run.info.run_name, value)
+
+
+def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
+    server, lines, trials, page, shots = reviewed
+    page.goto(lines[0].split(": ", 1)[1])
+    page.wait_for_text(trials[0].info.run_name, timeout_s=90)
+    # The documented one-time step (MLflow keeps the side in the browser's localStorage).
+    page.click_text("GenAI", selector="button, label, [role=radio], span")
+    page.wait_for_text("Evaluation runs")
+    page.click_text("Model training", selector="button, label, [role=radio], span")
+    page.goto(lines[0].split(": ", 1)[1])
+    name = trials[0].info.run_name
+    page.wait_for_text(name, timeout_s=90)
+    page.click_text(name)
+    page.wait_for("location.hash.includes('/runs/')", what="a run page")
+    _training_side(page)
+    page.screenshot(shots / "review_run.png")
+    page.click_text("Model metrics", selector="a, button, [role=tab], span")
+    page.wait_for_text("val_azimuth_acc", "val_loss")
+    page.screenshot(shots / "review_run_charts.png")
+
+
+def test_a_run_link_we_print_opens_the_training_view_in_a_fresh_browser(reviewed):
+    server, _, trials, _, shots = reviewed
+    run = trials[0]
+    with chromium() as fresh:
+        fresh.goto(run_url(server.url, run.info.experiment_id, run.info.run_id))
+        _training_side(fresh)
