@@ -10,7 +10,8 @@ with MLflow's own means only (URL view state, experiment tags the UI reads):
   set only by the sidebar toggle; GenAI when never set), never from the experiment's kind
   (upstream mlflow/mlflow#24498). Every link we print carries `workflowType=machine_learning`;
   MLflow's own links (a run's name in the list, the breadcrumb, Compare) drop it, so a fresh
-  browser needs the toggle set once (`ONE_TIME_STEP`, docs/review.md);
+  browser needs the toggle set once (`ONE_TIME_STEP`, docs/review.md: on MLflow's home page,
+  where the toggle stores the choice; on an experiment's page it only changes the URL);
 - shared views (experiment tags `mlflow.sharedViewState.<key>`, JSON; the UI's "Views",
   opened by `viewStateShareKey` in the link): `TRIALS_VIEW`, the printed link's page, lists
   every trial run (the parent's rows expanded are not view state, so a filter on the trial
@@ -41,8 +42,8 @@ UI_ENV = "PIX3D_MLFLOW_UI"             # where the reader's `mlflow ui` serves, 
 GROUP_TAGS = ("model", "modalities")
 TRIAL_COLUMNS = ("model", "modalities", "lr", "seed")            # tags of every trial run
 HEADLINE_METRICS = (TABLE_METRIC, "val_azimuth_mederr")           # accuracy (%/100), median error (deg)
-ONE_TIME_STEP = ("once per browser, so that runs opened from the list stay on the training side: "
-                 "in MLflow's sidebar click GenAI, then Model training")
+ONE_TIME_STEP = ("once per browser, so that runs opened from the list stay on the training side: open "
+                 "{base}/#/ and click Model training at the top of MLflow's sidebar")
 
 
 def trials_view_state(search_params: Sequence[str] = ()) -> dict:
@@ -120,7 +121,7 @@ def ui_command(tracking_uri: str) -> str:
 def review_lines(tracking_uri: str, experiment_id: str, *, grouped: bool = True) -> list[str]:
     """What to print at the end of a sweep or a table: how to open it in the UI. `grouped`:
     add the grouped view's link (a grid's seeds averaged per cell; not for a search)."""
-    _, served = ui_base(tracking_uri)
+    base, served = ui_base(tracking_uri)
     runs = runs_url(tracking_uri, experiment_id)
     if served:
         lines = [f"review in MLflow: {runs}"]
@@ -129,7 +130,7 @@ def review_lines(tracking_uri: str, experiment_id: str, *, grouped: bool = True)
     if grouped:
         lines.append(f"  grouped by model and modalities, as charts: "
                      f"{runs_url(tracking_uri, experiment_id, view=GROUPED_VIEW, charts=True)}")
-    return lines + [f"  {ONE_TIME_STEP}"]
+    return lines + ["  " + ONE_TIME_STEP.format(base=base)]
 
 
 def experiment_review_lines(tracking_uri: str, experiment: str, *, grouped: bool = True) -> list[str]:

@@ -93,11 +93,19 @@ class Page:
         self.wait_for(f"document.body && {checks}", timeout_s, what=f"text {list(needles)}")
 
     def click_text(self, text: str, selector: str = "a", timeout_s: float = 30.0) -> None:
-        """Click the first `selector` element whose visible text is `text` (trimmed)."""
+        """Click, as a mouse does (move, press, release at its centre), the first visible
+        `selector` element whose text is `text` (trimmed). Some widgets act on the press, not
+        on a scripted click()."""
         find = (f"Array.from(document.querySelectorAll({json.dumps(selector)}))"
-                f".find(e => e.innerText && e.innerText.trim() === {json.dumps(text)})")
+                f".find(e => e.innerText && e.innerText.trim() === {json.dumps(text)}"
+                " && e.getBoundingClientRect().width > 0)")
         self.wait_for(f"!!({find})", timeout_s, what=f"{selector} {text!r}")
-        self.evaluate(f"({find}).click()")
+        box = self.evaluate(f"(() => {{ const e = {find}; e.scrollIntoView({{block: 'center'}}); "
+                            "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+        x, y = box
+        self.send("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
     def screenshot(self, path: Path) -> Path:
         data = self.send("Page.captureScreenshot", format="png")["data"]

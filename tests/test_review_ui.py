@@ -70,12 +70,11 @@ def test_printed_link_lists_every_trial_with_the_metric_columns(reviewed):
 
 def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
     server, lines, trials, page, shots = reviewed
-    page.goto(lines[0].split(": ", 1)[1])
-    page.wait_for_text(trials[0].info.run_name, timeout_s=90)
-    # The documented one-time step (MLflow keeps the side in the browser's localStorage).
-    page.click_text("GenAI", selector="button, label, [role=radio], span")
-    page.wait_for_text("Evaluation runs")
-    page.click_text("Model training", selector="button, label, [role=radio], span")
+    # The printed one-time step (MLflow keeps the side in the browser's localStorage).
+    assert f"open {server.url}/#/ and click Model training" in lines[-1]
+    page.goto(f"{server.url}/#/")
+    page.click_text("Model training", selector="[role=button]")
+    page.wait_for("localStorage.getItem('mlflow.workflowType_v1') === '\"machine_learning\"'", what="the side stored")
     page.goto(lines[0].split(": ", 1)[1])
     name = trials[0].info.run_name
     page.wait_for_text(name, timeout_s=90)
@@ -83,9 +82,16 @@ def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
     page.wait_for("location.hash.includes('/runs/')", what="a run page")
     _training_side(page)
     page.screenshot(shots / "review_run.png")
-    page.click_text("Model metrics", selector="a, button, [role=tab], span")
-    page.wait_for_text("val_azimuth_acc", "val_loss")
+    page.click_text("Model metrics", selector="[role=tab], button, a")
+    page.wait_for("location.hash.includes('/model-metrics')", what="the Model metrics tab")
+    _training_side(page)
+    page.wait_for("document.querySelectorAll('canvas, svg.main-svg, .js-plotly-plot').length >= 3", what="charts")
     page.screenshot(shots / "review_run_charts.png")
+    # The breadcrumb back to the runs (MLflow's link, without the side in it) stays on the training side.
+    page.click_text("Runs", selector='a[href$="/runs"]')
+    page.wait_for("/\\/experiments\\/\\d+\\/runs(\\?|$)/.test(location.hash)", what="the runs list")
+    page.wait_for_text("review-sweep", "Columns")  # MLflow's own default view: the sweep's parent row
+    assert not [mark for mark in GENAI_MARKS if mark in page.text()]
 
 
 def test_a_run_link_we_print_opens_the_training_view_in_a_fresh_browser(reviewed):
