@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
 from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
 from analysis.run_fields import (ORACLE_TAG, data_provenance, flatten, oracle_inputs, param_text, result_step,
-                                 scalar_metrics, trial_run_name, trial_tags)
+                                 scalar_metrics, stopped_text, trial_run_name, trial_tags)
 from pix3d.errors import Pix3DError
 from pix3d.fileio import write_bytes_to
 
@@ -115,6 +115,7 @@ class _ChildState:
     complete: bool = True
     fresh: bool = True   # created in this session (no need to re-open it)
     placement: dict = field(default_factory=dict)  # placement tags last set
+    planned_epochs: int | None = None  # the config's epochs: a trial ending before was stopped early
 
 
 class SweepLogger:
@@ -238,7 +239,8 @@ class SweepLogger:
                  for m in self.client.get_metric_history(run.info.run_id, key)]
         final = run.data.tags.get("status") in FINAL_STATUSES and run.info.status != "RUNNING"
         return _ChildState(run.info.run_id, run.info.run_name or "", max(steps, default=0),
-                           final, complete=not steps, fresh=False)
+                           final, complete=not steps, fresh=False,
+                           planned_epochs=_planned_epochs(run.data.params.get("epochs")))
 
     # -- trials --------------------------------------------------------------------------
     def start_trial(self, trial_id: str, config: Mapping[str, Any],
@@ -272,12 +274,12 @@ class SweepLogger:
             tags["trial_key"] = trial_key
         tags.update(trial_tags(config))
         tags[ORACLE_TAG] = oracle_inputs(self.info.data_manifest, config.get("modalities"))
-        name = trial_run_name(config, trial_id)
+        name = trial_run_name(config, trial_id, self.search_params)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = flatten(config)
         params.update(data_provenance(self.info.data_manifest))
         self._log_params(run.info.run_id, params)
-        return _ChildState(run.info.run_id, name, 0, False)
+        return _ChildState(run.info.run_id, name, 0, False, planned_epochs=_planned_epochs(config.get("epochs")))
 
     def log_result(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Log one epoch's scalars at step = epoch; steps already logged are skipped."""
@@ -318,7 +320,10 @@ class SweepLogger:
         if state.final:
             return
         from mlflow.entities import RunTag
-        tags = [RunTag("status", status)]
+        tags = [RunTag("status", status), RunTag("epochs_trained", str(state.last_step))]
+        if status == "FINISHED" and state.planned_epochs and 0 < state.last_step < state.planned_epochs:
+            # Tune ends a trial its scheduler stopped as a finished one: say it was stopped, where.
+            tags += [RunTag("stopped_early", stopped_text(state.last_step))]
         if error:
             tags.append(RunTag("error", error[-5000:]))
         self.client.log_batch(state.run_id, tags=tags)
@@ -366,6 +371,13 @@ class SweepLogger:
         self.client.set_tag(run_id, "n_failed", str(n_failed))
         status = "FAILED" if n_trials and n_failed == n_trials else "FINISHED"
         self.client.set_terminated(run_id, status=status)
+
+
+def _planned_epochs(value) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def save_sweep_info(info: SweepInfo) -> None:

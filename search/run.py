@@ -232,7 +232,8 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             verbose=1,
         )
         tune_config = tune.TuneConfig(
-            search_alg=grid.search_alg(storage=study and study.open_storage(), study_name=study and study.name),
+            search_alg=grid.search_alg(storage=study and study.open_storage(), study_name=study and study.name,
+                                       max_epochs=int(space.get("epochs", 1))),
             scheduler=grid.scheduler(int(space.get("epochs", 1))),
             num_samples=grid.num_samples if grid.is_search else 1,
             max_concurrent_trials=max_concurrent,

@@ -17,11 +17,15 @@ from analysis.tracking import MLflowTrackingCallback
 from pix3d.constants import N_BINS
 
 EPOCHS = 2
+# The MLflow metrics a trial run gets (analysis.run_fields.scalar_metrics: the epoch is the step,
+# the scheduled rate and the timings renamed).
 METRIC_NAMES = (
-    "epoch", "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
+    "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
     "val_azimuth_acc_within1", "majority_azimuth_acc", "majority_elevation_acc",
-    "majority_inplane_acc", "best_val_azimuth_acc", "lr", "images_per_s", "epoch_time_s",
+    "majority_inplane_acc", "best_val_azimuth_acc", "lr_scheduled", "system/images_per_s",
+    "system/epoch_time_s",
 )
+BOOKKEEPING = ("epoch", "lr", "training_iteration", "bf16_autocast", "gpus_given", "images_per_s")
 
 
 def _softmax(logits):
