@@ -238,7 +238,7 @@ def _spans_decades(series: pd.Series) -> bool:
     return bool(len(numbers)) and numbers.min() > 0 and numbers.max() / numbers.min() >= 100
 
 
-def _check_study_file(storage: str) -> None:
+def check_study_file(storage: str) -> None:
     """Refuse a study that is not on disk (opening a missing sqlite file would create it)."""
     if not storage:
         raise Pix3DError("it was kept in memory (the sweep's storage is a URI)")
@@ -295,7 +295,7 @@ def build_search_view(tracking_uri: str, experiment: str) -> SearchView:
     planned = max((int(float(r.data.params["epochs"])) for r in runs if "epochs" in r.data.params), default=0)
     notes, importances, importance_trials, study = [], {}, 0, None
     try:
-        _check_study_file(storage)
+        check_study_file(storage)
         trials, axes, study = _study_trials(client, tracking_uri, storage, name, runs, metric, scale)
         source = f"Optuna study `{name}` in {storage}"
     except (Pix3DError, KeyError) as exc:  # no study: the MLflow runs still give the trials

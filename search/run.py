@@ -24,9 +24,11 @@ search.report (MLflow, summary, table) and search.fusion (what the relative-pose
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,7 +40,7 @@ from search.cluster import check_cluster_resources, check_reachable, init_ray, r
 from search.grids import Grid, describe_grids, get_grid
 from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
                             write_settings)
-from search.plan import build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
+from search.plan import budget_line, build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
 from search.storage import check_sweep_folder, experiment_path, storage_for
 from search.study import search_tags, study_location
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"grid {grid.name} with --seeds {settings.seeds} launches zero trials")
 
     space = build_param_space(grid, settings, budget_overrides, args)
+    if line := budget_line(grid, budget_overrides, space):
+        print(line)
     if grid.trainable == "relpose":  # a missing ImageNet file stops it here, before anything starts
         space = fusion.check_imagenet_weights(grid, space, skip_missing=args.skip_missing_weights)
     if args.dry_run:
@@ -86,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = sweep_tracking_uri(args, sweep_path)
     results = _run_on_ray(args, grid, space, data, settings, storage=storage, experiment=experiment,
                           command=command, uri=uri)
-    return close_sweep(results, fusion.summarize if grid.trainable == "relpose" else summarize, args,
+    summary = fusion.summarize if grid.trainable == "relpose" else partial(summarize, search=grid.is_search)
+    return close_sweep(results, summary, args,
                        experiment=experiment, trainable=grid.trainable, is_search=grid.is_search,
                        storage=storage, uri=uri, sweep_path=sweep_path)
 
@@ -206,9 +211,14 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
     replaces the grid's trainable function (benchmarks wrap train_pose to measure it).
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.devices import NoRetryOnDeviceError
 
+    # Tune adds a TensorBoard logger unless told not to, and prints a `tensorboard --logdir` hint
+    # into its temporary session folder; MLflow is this project's viewer. The JSON and CSV
+    # loggers (each trial's result.json, which analysis.sync replays) are named explicitly.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable, function)
     sweep_path = experiment_path(storage, experiment)
     study = study_location(sweep_path, experiment) if grid.is_search else None
@@ -228,7 +238,7 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             # The latest checkpoint is what a retry or --resume continues from. Two, not one:
             # with num_to_keep=1 Tune snapshots the whole experiment state at every report.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[*callbacks, NoRetryOnDeviceError()],
+            callbacks=[*callbacks, NoRetryOnDeviceError(), JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=1,
         )
         tune_config = tune.TuneConfig(

@@ -10,9 +10,11 @@ PNGs (docs/img/review_*.png come from here).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis.mlflow_ui import experiment_review_lines, run_url
@@ -100,3 +102,28 @@ def test_a_run_link_we_print_opens_the_training_view_in_a_fresh_browser(reviewed
     with chromium() as fresh:
         fresh.goto(run_url(server.url, run.info.experiment_id, run.info.run_id))
         _training_side(fresh)
+
+
+def test_the_parent_run_shows_the_table_first_and_as_a_table(reviewed, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    server, _, trials, page, shots = reviewed
+    client = MlflowClient(tracking_uri=server.url)
+    parent_id = trials[0].data.tags["mlflow.parentRunId"]
+    paths = [a.path for a in client.list_artifacts(parent_id)]
+    assert sorted(paths)[:2] == ["azimuth_table.json", "azimuth_table.png"], paths
+    assert {"path": "azimuth_table.json", "type": "table"} in json.loads(
+        client.get_run(parent_id).data.tags["mlflow.loggedArtifacts"])  # what MLflow's table viewer reads
+
+    def rows():  # (MlflowClient.load_table searches the fluent API's store, not the client's)
+        path = client.download_artifacts(parent_id, "azimuth_table.json", str(tmp_path))
+        return pd.read_json(path, orient="split", dtype=False)
+    first = rows()
+    assert {"combined_net", "separate_net"} <= set(first.iloc[:, 0])
+    write_table(build_table(server.url, EXPERIMENT), tmp_path / "again")  # rebuilt: replaced, not appended
+    assert len(rows()) == len(first)
+    page.goto(run_url(server.url, trials[0].info.experiment_id, parent_id, tab="artifacts"))
+    page.wait_for_text("azimuth_table.json", "azimuth_table.png")
+    page.click_text("azimuth_table.json", selector="span, div, a")
+    page.wait_for_text("combined_net", "separate_net")
+    page.screenshot(shots / "review_parent_table.png")

@@ -115,3 +115,38 @@ def test_the_searcher_tells_optuna_a_trial_asha_stopped_as_pruned():
     searcher.suggest("broken")
     searcher.on_trial_complete("broken", None, error=True)
     assert searcher._ot_study.trials[-1].state.name == "FAIL"
+
+
+def test_the_dashboard_serves_the_persisted_study_on_localhost(search, tmp_path):
+    """`python -m analysis.dashboard` finds the study through MLflow and serves it (no network)."""
+    pytest.importorskip("optuna_dashboard")
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.mlflow_server import free_port
+
+    uri, study, _, _ = search
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "analysis.dashboard", "--experiment", "srch", "--mlflow-uri", uri,
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, studies = time.monotonic() + 90, None
+        while time.monotonic() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as reply:
+                    studies = json.load(reply)["study_summaries"]
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                time.sleep(0.5)
+        assert [s["study_name"] for s in studies] == ["srch"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=10) as reply:
+            assert b"bundle.js" in reply.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    bad = subprocess.run([sys.executable, "-m", "analysis.dashboard", "--experiment", "nope", "--mlflow-uri", uri],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
