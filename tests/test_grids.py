@@ -81,9 +81,12 @@ def test_optuna_grid_is_tpe_with_asha_and_a_concurrency_limit():
     grid = get_grid("optuna")
     space = grid.param_space(1, BUDGETS["quick"])
     assert {"lr", "batch_size", "weight_decay"} <= {k for k, v in space.items() if hasattr(v, "sample")}
-    limiter = grid.search_alg()
+    limiter = grid.search_alg(max_epochs=4)
     assert isinstance(limiter, ConcurrencyLimiter) and limiter.max_concurrent == grid.max_concurrent
-    assert type(limiter.searcher).__name__ == "OptunaSearch"
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Ray's OptunaSearch, telling Optuna ASHA's stops as pruned (search.pruning).
+    assert isinstance(limiter.searcher, OptunaSearch) and limiter.searcher.max_epochs == 4
     scheduler = grid.scheduler(max_epochs=4)
     assert isinstance(scheduler, ASHAScheduler)
     assert grid.size() == grid.num_samples

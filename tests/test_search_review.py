@@ -1,7 +1,7 @@
 """A search reads as a search: trials ranked at a common budget, a stopped trial stopped
 everywhere (Optuna PRUNED, the MLflow tag, the view), importances that say what they rest on.
 
-Fast (~5 s): a real Optuna RDB study and a real sqlite MLflow store, the runs logged by the
+Fast (~5 s alone; the dashboard test starts one server process, ~15 s): a real Optuna RDB study and a real sqlite MLflow store, the runs logged by the
 project's SweepLogger fed the tiny trainable's epochs (tests/sweeps.py) without Ray. Expected
 values come from `tiny_pose_epochs` itself, not from the view.
 """
@@ -117,7 +117,7 @@ def test_the_searcher_tells_optuna_a_trial_asha_stopped_as_pruned():
     assert searcher._ot_study.trials[-1].state.name == "FAIL"
 
 
-def test_the_dashboard_serves_the_persisted_study_on_localhost(search, tmp_path):
+def test_the_dashboard_serves_the_persisted_study_on_localhost(search, capsys):
     """`python -m analysis.dashboard` finds the study through MLflow and serves it (no network)."""
     pytest.importorskip("optuna_dashboard")
     import json
@@ -147,6 +147,10 @@ def test_the_dashboard_serves_the_persisted_study_on_localhost(search, tmp_path)
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-    bad = subprocess.run([sys.executable, "-m", "analysis.dashboard", "--experiment", "nope", "--mlflow-uri", uri],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+    from analysis.dashboard import main
+    from pix3d.cli import run_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--experiment", "nope", "--mlflow-uri", uri])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
