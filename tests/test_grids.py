@@ -106,3 +106,13 @@ def test_listing_shows_every_grid_with_its_size():
     assert len(lines) == len(GRIDS)
     for line, grid in zip(lines, GRIDS.values()):
         assert line.split()[0] == grid.name and int(line.split()[1]) == grid.size(2)
+
+
+def test_the_budget_line_says_what_a_grids_trials_run():
+    from search.plan import budget_line
+
+    smoke, budget = get_grid("smoke"), BUDGETS["quick"]
+    line = budget_line(smoke, budget, smoke.param_space(1, budget))
+    assert line is not None and all(f"{k}={v}" in line for k, v in smoke.fixed.items() if k in budget)
+    ablation = get_grid("ablation")
+    assert budget_line(ablation, budget, ablation.param_space(1, budget)) is None
