@@ -38,11 +38,11 @@ from pix3d.errors import Pix3DError, UsageError
 from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
 from search.grids import Grid, describe_grids, get_grid
-from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
-                            write_settings)
+from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, read_settings, settings_for,
+                            sized_grid, write_settings)
 from search.plan import budget_line, build_param_space, plan_budget, plan_gpus, print_dry_run, probe_gpus
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
-from search.storage import check_sweep_folder, experiment_path, storage_for
+from search.storage import check_sweep_folder, experiment_path, grow_search, storage_for
 from search.study import search_tags, study_location
 
 
@@ -117,6 +117,13 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
         callbacks = tracking_callbacks(args, experiment=experiment, grid=grid.name, command=command,
                                        manifest=getattr(data, "manifest", {}), storage=storage, uri=uri,
                                        search=search_info(grid, sweep_path, experiment))
+        if args.resume and grid.is_search and args.samples is not None:
+            # --resume --samples N: the same study, asked for more trials (the saved size grows too).
+            before = grow_search(sweep_path, grid.num_samples)
+            if grid.num_samples > before:
+                saved = read_settings(sweep_path) or {}
+                write_settings(sweep_path, settings, saved.get("command") or command, uri)
+                print(f"search {experiment}: grown from {before} to {grid.num_samples} trials (the same Optuna study)")
         if args.resume:
             print(f"resuming sweep {sweep_path}")
             if args.mlflow_uri:

@@ -188,3 +188,23 @@ def test_samples_is_checked(capsys, tmp_path):
                                          "--samples", "6"])
     with pytest.raises(UsageError, match="--samples: a resumed search keeps the size it started with"):
         settings_for(args, str(tmp_path), "optuna")
+
+
+@pytest.mark.slow  # one more quick trial of the module's search on the tiny set: ~1 min on 2 shared cores
+def test_resume_with_more_samples_grows_the_same_study(tiny_search, capsys):
+    root, _, _, uri, _, _ = tiny_search
+    storage = f"sqlite:///{root / 'ray' / 'optuna' / 'optuna.db'}"
+    before = [(t.number, t.params, t.state.name) for t in optuna.load_study(study_name="optuna", storage=storage).trials]
+    code, _, err = run_main(["--resume", "--samples", "3", "--storage", str(root / "ray")], capsys)
+    assert code == 2 and "can grow (--samples above 4), not shrink" in err
+    proc = run_search("--resume", "--samples", "5", "--storage", str(root / "ray"), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "grown from 4 to 5 trials (the same Optuna study)" in proc.stdout
+    after = optuna.load_study(study_name="optuna", storage=storage).trials
+    assert [(t.number, t.params, t.state.name) for t in after[:4]] == before and len(after) == 5
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("optuna")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`pix3d.role` = 'sweep'")) == 1  # the same parent
+    assert len(client.search_runs([experiment.experiment_id], "tags.`pix3d.role` = 'trial'")) == 5
