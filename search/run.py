@@ -206,6 +206,9 @@ def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
 
 
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Ray: no CSV/JSON/TensorBoard loggers added
+
+
 def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
               max_failures: int = 2, callbacks: Sequence = (), resume: bool = False,
@@ -222,10 +225,6 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
 
     from search.devices import NoRetryOnDeviceError
 
-    # Tune adds a TensorBoard logger unless told not to, and prints a `tensorboard --logdir` hint
-    # into its temporary session folder; MLflow is this project's viewer. The JSON and CSV
-    # loggers (each trial's result.json, which analysis.sync replays) are named explicitly.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = make_trainable(data, cpus_per_trial, gpus_per_trial, grid.trainable, function)
     sweep_path = experiment_path(storage, experiment)
     study = study_location(sweep_path, experiment) if grid.is_search else None
@@ -260,7 +259,18 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             reuse_actors=True,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-    results = tuner.fit()
+    # Tune adds a TensorBoard logger unless told not to, and prints a `tensorboard --logdir` hint
+    # into its temporary session folder; MLflow is this project's viewer. A new sweep names the
+    # JSON and CSV loggers itself (each trial's result.json, which analysis.sync replays); a
+    # restored one keeps Tune's defaults, since a sweep started by older code named none.
+    previous = os.environ.get(NO_AUTO_LOGGERS)
+    if not resume and previous is None:
+        os.environ[NO_AUTO_LOGGERS] = "1"
+    try:
+        results = tuner.fit()
+    finally:
+        if previous is None:
+            os.environ.pop(NO_AUTO_LOGGERS, None)
     print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.1f}s")
     return results
 
