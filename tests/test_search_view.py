@@ -184,10 +184,13 @@ def test_samples_is_checked(capsys, tmp_path):
     sweep = tmp_path / "optuna"
     sweep.mkdir()
     write_settings(str(sweep), SweepSettings("optuna", "synthetic", None, "quick", None, None, 4), "cmd")
-    args = get_args_parser().parse_args(["--resume", "--experiment", "optuna", "--storage", str(tmp_path),
-                                         "--samples", "6"])
-    with pytest.raises(UsageError, match="--samples: a resumed search keeps the size it started with"):
-        settings_for(args, str(tmp_path), "optuna")
+    def resumed(samples: str):
+        args = get_args_parser().parse_args(["--resume", "--experiment", "optuna", "--storage", str(tmp_path),
+                                             "--samples", samples])
+        return settings_for(args, str(tmp_path), "optuna")
+    assert resumed("6").samples == 6  # grows the same study (test_resume_with_more_samples_grows_the_same_study)
+    with pytest.raises(UsageError, match="--samples 3: the search already asked for 4 trials; .* not shrink"):
+        resumed("3")
 
 
 @pytest.mark.slow  # one more quick trial of the module's search on the tiny set: ~1 min on 2 shared cores
@@ -195,9 +198,10 @@ def test_resume_with_more_samples_grows_the_same_study(tiny_search, capsys):
     root, _, _, uri, _, _ = tiny_search
     storage = f"sqlite:///{root / 'ray' / 'optuna' / 'optuna.db'}"
     before = [(t.number, t.params, t.state.name) for t in optuna.load_study(study_name="optuna", storage=storage).trials]
-    code, _, err = run_main(["--resume", "--samples", "3", "--storage", str(root / "ray")], capsys)
+    code, _, err = run_main(["--resume", "--experiment", "optuna", "--samples", "3", "--storage", str(root / "ray")],
+                            capsys)
     assert code == 2 and "can grow (--samples above 4), not shrink" in err
-    proc = run_search("--resume", "--samples", "5", "--storage", str(root / "ray"), cwd=root)
+    proc = run_search("--resume", "--experiment", "optuna", "--samples", "5", "--storage", str(root / "ray"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert "grown from 4 to 5 trials (the same Optuna study)" in proc.stdout
     after = optuna.load_study(study_name="optuna", storage=storage).trials
