@@ -1,31 +1,59 @@
 """How a reader opens a sweep in the MLflow UI (3.x): the experiment's UI tags and the links.
 
-Owns what the UI needs to land on a sweep's training runs rather than on the GenAI pages:
+Owns what the UI needs to land on a sweep's training runs rather than on the GenAI pages,
+with MLflow's own means only (URL view state, experiment tags the UI reads):
 
 - the experiment tag `mlflow.experimentKind = custom_model_development` (the UI's
   "Machine learning" kind: the run page links back to the Runs tab, not to evaluation runs);
-- the link: MLflow 3.17 picks its GenAI or "Model training" side from the page's
-  `workflowType` query parameter (else from the browser's last choice, GenAI by default),
-  not from the tag, so every link we print names the runs tab and `workflowType=machine_learning`;
-- a shared view (experiment tag `mlflow.sharedViewState.<key>`, JSON; the UI's "Views")
-  that groups the trial runs by model and modalities, so the chart view shows the mean over
-  seeds per cell, filtered to the table's metric.
+- the side: MLflow 3.17 picks its GenAI or "Model training" side from the page's
+  `workflowType` query parameter, else from the browser's localStorage (`mlflow.workflowType`,
+  set only by the sidebar toggle; GenAI when never set), never from the experiment's kind
+  (upstream mlflow/mlflow#24498). Every link we print carries `workflowType=machine_learning`;
+  MLflow's own links (a run's name in the list, the breadcrumb, Compare) drop it, so a fresh
+  browser needs the toggle set once (`ONE_TIME_STEP`, docs/review.md: on MLflow's home page,
+  where the toggle stores the choice; on an experiment's page it only changes the URL);
+- shared views (experiment tags `mlflow.sharedViewState.<key>`, JSON; the UI's "Views",
+  opened by `viewStateShareKey` in the link): `TRIALS_VIEW`, the printed link's page, lists
+  every trial run (the parent's rows expanded are not view state, so a filter on the trial
+  role shows them flat) with model, modalities, lr, seed, a search's sampled parameters and
+  the headline metrics as columns, best first; `GROUPED_VIEW` groups a grid's trials by model
+  and modalities (the mean over seeds per cell; meaningless for a search's one-off configs).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.parse
+from typing import Sequence
 
+from analysis.mlflow_store import ROLE_TAG
 from pix3d.models import TABLE_METRIC
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 GROUPED_VIEW = "pix3d-by-model-and-modalities"
+TRIALS_VIEW = "pix3d-trials"
+TRAINING_SIDE = {"workflowType": "machine_learning"}
 DEFAULT_UI = "http://127.0.0.1:5000"   # where `mlflow ui` serves a local store by default
+UI_ENV = "PIX3D_MLFLOW_UI"             # where the reader's `mlflow ui` serves, when not DEFAULT_UI
 # Child runs grouped by these tags (analysis.run_fields.trial_tags); MLflow averages a group.
 GROUP_TAGS = ("model", "modalities")
+TRIAL_COLUMNS = ("model", "modalities", "lr", "seed")            # tags of every trial run
+HEADLINE_METRICS = (TABLE_METRIC, "val_azimuth_mederr")           # accuracy (%/100), median error (deg)
+ONE_TIME_STEP = ("once per browser, so that runs opened from the list stay on the training side: open "
+                 "{base}/#/ and click Model training at the top of MLflow's sidebar")
+
+
+def trials_view_state(search_params: Sequence[str] = ()) -> dict:
+    """The printed link's view: every trial run, best first, with the columns that tell them
+    apart and the headline metrics (a search's sampled parameters are params of its runs)."""
+    columns = [f"tags.`{tag}`" for tag in TRIAL_COLUMNS]
+    columns += [f"params.`{name}`" for name in search_params if name not in TRIAL_COLUMNS]
+    columns += [f"metrics.`{name}`" for name in HEADLINE_METRICS]
+    return {"searchFilter": f"tags.`{ROLE_TAG}` = 'trial'", "orderByKey": f"metrics.`{TABLE_METRIC}`",
+            "orderByAsc": False, "selectedColumns": columns, "hideEmptyCharts": True}
 
 
 def grouped_view_state() -> dict:
@@ -36,56 +64,76 @@ def grouped_view_state() -> dict:
             "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "chartsSearchFilter": TABLE_METRIC}
 
 
-def experiment_ui_tags() -> dict[str, str]:
+def experiment_ui_tags(search_params: Sequence[str] = ()) -> dict[str, str]:
     """Tags a sweep's experiment carries for the UI (set on creation, added when missing)."""
     return {EXPERIMENT_KIND_TAG: TRAINING_KIND,
+            SHARED_VIEW_PREFIX + TRIALS_VIEW: json.dumps(trials_view_state(search_params)),
             SHARED_VIEW_PREFIX + GROUPED_VIEW: json.dumps(grouped_view_state())}
 
 
-def ensure_ui_tags(client, experiment) -> None:
+def ensure_ui_tags(client, experiment, search_params: Sequence[str] = ()) -> None:
     """Add the UI tags an existing experiment lacks: a kind someone chose is left alone, our
-    grouped view is brought up to date."""
+    shared views are brought up to date."""
     present = dict(experiment.tags or {})
-    for key, value in experiment_ui_tags().items():
+    for key, value in experiment_ui_tags(search_params).items():
         if key not in present or (key.startswith(SHARED_VIEW_PREFIX) and present[key] != value):
             client.set_experiment_tag(experiment.experiment_id, key, value)
 
 
 def ui_base(tracking_uri: str) -> tuple[str, bool]:
     """(the UI's address, whether it is the tracking server itself). A database or folder
-    store has no UI of its own: `mlflow ui` serves it, at DEFAULT_UI unless told otherwise."""
+    store has no UI of its own: `mlflow ui` serves it, at $PIX3D_MLFLOW_UI when set (the port
+    the reader chose), else DEFAULT_UI."""
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if scheme in ("http", "https"):
         return tracking_uri.rstrip("/"), True
-    return DEFAULT_UI, False
+    return (os.environ.get(UI_ENV) or DEFAULT_UI).rstrip("/"), False
 
 
-def runs_url(tracking_uri: str, experiment_id: str, *, grouped: bool = False, charts: bool = False) -> str:
-    """The experiment's training-runs page (optionally grouped by model and modalities, and
-    in chart view)."""
+def runs_url(tracking_uri: str, experiment_id: str, *, view: str | None = TRIALS_VIEW,
+             charts: bool = False) -> str:
+    """The experiment's training-runs page in shared view `view` (none: MLflow's default),
+    optionally in chart view."""
     base, _ = ui_base(tracking_uri)
-    query = {"workflowType": "machine_learning"}
-    if grouped:
-        query["viewStateShareKey"] = GROUPED_VIEW
+    query = dict(TRAINING_SIDE)
+    if view:
+        query["viewStateShareKey"] = view
     if charts:
         query["compareRunsMode"] = "CHART"
     return f"{base}/#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query)}"
 
 
-def review_lines(tracking_uri: str, experiment_id: str) -> list[str]:
-    """What to print at the end of a sweep or a table: how to open it in the UI."""
-    _, served = ui_base(tracking_uri)
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, *, tab: str = "") -> str:
+    """One run's page on the training side (`tab`: e.g. model-metrics, artifacts)."""
+    base, _ = ui_base(tracking_uri)
+    path = f"{base}/#/experiments/{experiment_id}/runs/{run_id}" + (f"/{tab}" if tab else "")
+    return f"{path}?{urllib.parse.urlencode(TRAINING_SIDE)}"
+
+
+def ui_command(tracking_uri: str) -> str:
+    """The `mlflow ui` command that serves a store at the address the links use."""
+    base, _ = ui_base(tracking_uri)
+    parsed = urllib.parse.urlparse(base)
+    return (f"mlflow ui --backend-store-uri {tracking_uri} --host {parsed.hostname or '127.0.0.1'} "
+            f"--port {parsed.port or 5000}")
+
+
+def review_lines(tracking_uri: str, experiment_id: str, *, grouped: bool = True) -> list[str]:
+    """What to print at the end of a sweep or a table: how to open it in the UI. `grouped`:
+    add the grouped view's link (a grid's seeds averaged per cell; not for a search)."""
+    base, served = ui_base(tracking_uri)
     runs = runs_url(tracking_uri, experiment_id)
-    grouped = runs_url(tracking_uri, experiment_id, grouped=True, charts=True)
     if served:
         lines = [f"review in MLflow: {runs}"]
     else:
-        lines = [f"review in MLflow: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 "
-                 "--port 5000, then open", f"  {runs}"]
-    return lines + [f"  grouped by model and modalities, as charts: {grouped}"]
+        lines = [f"review in MLflow: {ui_command(tracking_uri)}, then open", f"  {runs}"]
+    if grouped:
+        lines.append(f"  grouped by model and modalities, as charts: "
+                     f"{runs_url(tracking_uri, experiment_id, view=GROUPED_VIEW, charts=True)}")
+    return lines + ["  " + ONE_TIME_STEP.format(base=base)]
 
 
-def experiment_review_lines(tracking_uri: str, experiment: str) -> list[str]:
+def experiment_review_lines(tracking_uri: str, experiment: str, *, grouped: bool = True) -> list[str]:
     """`review_lines` for an experiment named `experiment`; none when it cannot be looked up
     (the UI links are a convenience: they never fail a sweep or a table)."""
     try:
@@ -94,4 +142,4 @@ def experiment_review_lines(tracking_uri: str, experiment: str) -> list[str]:
         found = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
     except Exception:  # noqa: BLE001 - an unreachable store: no links, the rest stands
         return []
-    return review_lines(tracking_uri, found.experiment_id) if found is not None else []
+    return review_lines(tracking_uri, found.experiment_id, grouped=grouped) if found is not None else []

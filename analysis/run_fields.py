@@ -14,11 +14,19 @@ from typing import Any, Mapping
 
 from pix3d.constants import modalities_key
 
-# Ray bookkeeping that is not a measurement of the model (or is a wall-clock stamp).
+# Bookkeeping that is not a measurement of the model: Ray's stamps and counters, the epoch and
+# Tune's iteration (the step of every metric, not a metric), and flags and placement (params
+# and tags of the run: analysis.sweep_logger.PLACEMENT_KEYS).
 _SKIP_METRICS = frozenset({
     "timestamp", "pid", "done", "time_since_restore", "iterations_since_restore",
-    "checkpoint_dir_name", "should_checkpoint", "started_at",
+    "checkpoint_dir_name", "should_checkpoint", "started_at", "time_this_iter_s", "time_total_s",
+    "epoch", "training_iteration", "bf16_autocast", "gpus_given", "simulated_gpu",
 })
+# Reported names logged under a name that says what they are: the learning rate the schedule
+# gave this epoch (not the config's lr, a param), and the timings, which MLflow's run page shows
+# under "System metrics" (the `system/` prefix) rather than among the model's results.
+METRIC_RENAMES = {"lr": "lr_scheduled", "images_per_s": "system/images_per_s",
+                  "epoch_time_s": "system/epoch_time_s"}
 _MAX_PARAM_CHARS = 6000   # MLflow's limit on one param value
 
 
@@ -43,13 +51,14 @@ def param_text(value: Any) -> str:
 
 
 def scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric, finite-or-not scalars of one reported result (bools and Ray stamps out)."""
+    """The MLflow metrics of one reported result: its numeric, finite-or-not scalars, without
+    bookkeeping (bools, Ray stamps, the step, flags), named as METRIC_RENAMES says."""
     out: dict[str, float] = {}
     for key, value in result.items():
         if key in _SKIP_METRICS or isinstance(value, bool):
             continue
         if isinstance(value, (int, float)) or type(value).__name__ in ("float32", "float64", "int64", "int32"):
-            out[key] = float(value)
+            out[METRIC_RENAMES.get(key, key)] = float(value)
     return out
 
 
@@ -63,12 +72,32 @@ def result_step(result: Mapping[str, Any]) -> int:
 
 
 RELPOSE_TAG_KEYS = ("fusion", "weights", "loss", "freeze_backbone", "backbone")  # trainables.relpose's grid axes
+# How a run name spells a searched parameter (short: the UI's list cuts long names).
+_NAME_KEYS = {"batch_size": "bs", "weight_decay": "wd"}
 
 
-def trial_run_name(config: Mapping[str, Any], trial_id: str = "") -> str:
+def stopped_text(epoch: int, scheduler: str = "ASHA") -> str:
+    """How a trial the scheduler stopped early reads everywhere (console, search view, MLflow tag)."""
+    return f"stopped by {scheduler} at epoch {int(epoch)}"
+
+
+def _number_text(value: Any) -> str:
+    try:
+        return f"{float(value):.2g}" if isinstance(value, float) else str(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def trial_run_name(config: Mapping[str, Any], trial_id: str = "", searched: tuple[str, ...] = ()) -> str:
     """`combined_net rgb+mask lr=1e-05 s0` (+ ` quirks`): a sweep reads as a list in the UI.
     Relative-pose trials (fusion grids): `relpose early scratch pose frozen lr=0.001 s0`
-    (`frozen` for a frozen backbone, the backbone's name when it is not ResNet-18)."""
+    (`frozen` for a frozen backbone, the backbone's name when it is not ResNet-18). A search's
+    trial (`searched`: the sampled keys): the model and each sampled value, which tell its
+    runs apart (`separate_net lr=0.00032 bs=16 wd=1.2e-05`), not its constant modalities."""
+    if searched:
+        parts = [str(config.get("model", "trial"))]
+        parts += [f"{_NAME_KEYS.get(k, k)}={_number_text(config[k])}" for k in searched if k != "model" and k in config]
+        return " ".join(parts)
     parts = [str(config.get("model", "relpose" if "fusion" in config else "trial"))]
     parts += [str(config[k]) for k in ("fusion", "weights", "loss") if k in config]
     if config.get("freeze_backbone"):

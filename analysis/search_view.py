@@ -24,7 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.mlflow_store import ROLE_TAG, search_all_runs
+from analysis.mlflow_ui import run_url
 from analysis.records import trial_runs
+from analysis.run_fields import stopped_text
 from analysis.search_plots import ParamAxis, plot_history, plot_importances, plot_parallel
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.errors import Pix3DError, UsageError, one_line
@@ -32,6 +34,7 @@ from pix3d.fileio import atomic_path
 from pix3d.metrics import metric_key_part, metric_spec
 
 TOP = 10
+OPTUNA_TRIAL_TAG = "optuna_trial"   # a trial run's number in the search's Optuna study
 
 
 @dataclass
@@ -41,22 +44,27 @@ class SearchView:
     experiment: str
     metric: str
     maximize: bool
-    trials: pd.DataFrame  # number, state, value, epochs, stopped_early, run, one column per param
+    # number, state, value (at the last epoch), epochs, at_budget (at `budget` epochs), stopped
+    # ('' or stopped_text), run, run_id, url, one column per param
+    trials: pd.DataFrame
     axes: list[ParamAxis]
     importances: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     source: str = ""
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    budget: int = 0              # the epoch every ranked trial reached: they are compared there
+    importance_trials: int = 0   # how many trials the importances rest on
 
     @property
     def params(self) -> list[str]:
         return [axis.name for axis in self.axes]
 
     def ranked(self) -> pd.DataFrame:
-        """Finished trials, best first."""
-        done = self.trials.dropna(subset=["value"])
-        return done.sort_values(["value", "number"], ascending=[not self.maximize, True])
+        """Trials with a value at the common budget, best first: like with like (a trial ASHA
+        stopped after one epoch is ranked on its epoch-1 value against the others' epoch-1 values)."""
+        done = self.trials.dropna(subset=["at_budget"])
+        return done.sort_values(["at_budget", "number"], ascending=[not self.maximize, True])
 
     def best(self) -> pd.Series | None:
         ranked = self.ranked()
@@ -74,31 +82,37 @@ class SearchView:
         spec = metric_spec(self.metric)
         states = self.trials["state"].value_counts()
         counts = ", ".join(f"{n} {state.lower()}" for state, n in states.items())
-        return [f"### Search `{self.experiment}`: {self.metric} ({spec.describe()}) at each trial's last epoch",
-                "", f"{self.source}: {len(self.trials)} trials ({counts or 'none'}); searched "
-                f"{', '.join(self.params)}; TPE proposes, ASHA stops poor trials early.", ""]
+        stopped = int((self.trials["stopped"] != "").sum()) if len(self.trials) else 0
+        return [f"### Search `{self.experiment}`: {self.metric} ({spec.describe()}) at epoch {self.budget}, "
+                "the epoch every ranked trial reached",
+                "", f"{self.source}: {len(self.trials)} trials ({counts or 'none'}; {stopped} stopped early by "
+                f"ASHA); searched {', '.join(self.params)}; TPE proposes, ASHA stops poor trials early. Trials are "
+                f"ranked on their value at epoch {self.budget} (values after more epochs are not comparable "
+                "with it); the last value and its epoch are beside it.", ""]
 
     def _best_line(self) -> str:
         best = self.best()
         if best is None:
             return "**Best configuration**: none yet (no trial finished)."
         config = ", ".join(f"{name}={_param_text(best[name])}" for name in self.params)
-        run = f" (MLflow run `{best['run']}`)" if best["run"] else ""
-        return (f"**Best configuration**: trial {int(best['number'])}, {self.metric} "
-                f"{self.value_text(best['value'], unit=True)} after {int(best['epochs'])} epoch(s): {config}{run}")
+        run = f" (MLflow run [{best['run']}]({best['url']}))" if best["run"] else ""
+        return (f"**Best configuration** at epoch {self.budget}: trial {int(best['number'])}, {self.metric} "
+                f"{self.value_text(best['at_budget'], unit=True)} at epoch {self.budget}: {config}{run}")
 
     def to_markdown(self) -> str:
         lines = [*self._heading(), self._best_line(), "", f"Top {TOP} trials:", "",
-                 f"| rank | trial | {self.metric} ({metric_spec(self.metric).unit or 'as logged'}) | epochs | "
-                 + " | ".join(self.params) + " | run |",
-                 "|---|---|---|---|" + "---|" * len(self.params) + "---|"]
+                 f"| rank | trial | {self.metric} at epoch {self.budget} ({metric_spec(self.metric).unit or 'as logged'}) "
+                 "| last value | epochs | " + " | ".join(self.params) + " | run |",
+                 "|---|---|---|---|---|" + "---|" * len(self.params) + "---|"]
         for rank, (_, trial) in enumerate(self.ranked().head(TOP).iterrows(), start=1):
-            stop = " (stopped early)" if trial["stopped_early"] else ""
-            lines.append(f"| {rank} | {int(trial['number'])} | {self.value_text(trial['value'])} | "
-                         f"{int(trial['epochs'])}{stop} | "
-                         + " | ".join(_param_text(trial[p]) for p in self.params) + f" | {trial['run']} |")
+            epochs = f"{int(trial['epochs'])}" + (f" ({trial['stopped']})" if trial["stopped"] else "")
+            run = f"[{trial['run']}]({trial['url']})" if trial["url"] else trial["run"]
+            lines.append(f"| {rank} | {int(trial['number'])} | {self.value_text(trial['at_budget'])} | "
+                         f"{self.value_text(trial['value'])} | {epochs} | "
+                         + " | ".join(_param_text(trial[p]) for p in self.params) + f" | {run} |")
         if self.importances:
-            lines += ["", "Parameter importances (fANOVA: each parameter's share of the value's variance):", "",
+            lines += ["", f"Parameter importances (fANOVA over {self.importance_trials} trials' values at epoch "
+                      f"{self.budget}: each parameter's share of the value's variance):", "",
                       "| parameter | importance |", "|---|---|"]
             lines += [f"| {name} | {value:.3f} |" for name, value in self.importances.items()]
         if self.notes:
@@ -155,8 +169,24 @@ def _axis(name: str, distribution) -> ParamAxis:
     return ParamAxis(name, log=bool(getattr(distribution, "log", False)), choices=choices)
 
 
-def _study_trials(storage: str, name: str, runs, scale: float) -> tuple[pd.DataFrame, list[ParamAxis], object]:
-    """The trials of the stored study as a frame, its parameter axes, and the study."""
+def _history(client, run, metric: str, scale: float) -> dict[int, float]:
+    """{epoch: value} of `metric` in a trial run (the display unit)."""
+    if run is None:
+        return {}
+    return {int(m.step): m.value * scale for m in client.get_metric_history(run.info.run_id, metric)}
+
+
+def _run_fields(run, tracking_uri: str) -> dict:
+    if run is None:
+        return {"run": "", "run_id": "", "url": ""}
+    return {"run": run.info.run_name or run.info.run_id[:8], "run_id": run.info.run_id,
+            "url": run_url(tracking_uri, run.info.experiment_id, run.info.run_id)}
+
+
+def _study_trials(client, tracking_uri: str, storage: str, name: str, runs, metric: str,
+                  scale: float) -> tuple[pd.DataFrame, list[ParamAxis], object]:
+    """The trials of the stored study as a frame (values per epoch from their MLflow runs, else
+    the study's intermediate values), its parameter axes, and the study."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -165,28 +195,29 @@ def _study_trials(storage: str, name: str, runs, scale: float) -> tuple[pd.DataF
     rows = []
     for trial in study.trials:
         axes.update({k: _axis(k, d) for k, d in trial.distributions.items() if k not in axes})
-        value = trial.value * scale if trial.value is not None and trial.state.name == "COMPLETE" else None
         run = _matching_run(runs, trial.params)
-        # Epochs trained: the run's last epoch. (Tune tells Optuna a trial's last result as its
-        # end, not as an intermediate value, so the study's own count is one short.)
-        epochs = run.data.metrics.get("epoch") if run is not None else None
-        rows.append({"number": trial.number, "state": trial.state.name, "value": value,
-                     "epochs": int(epochs) if epochs is not None else len(trial.intermediate_values),
-                     **trial.params, "run": (run.info.run_name or run.info.run_id[:8]) if run else ""})
+        history = _history(client, run, metric, scale) or {
+            int(step): value * scale for step, value in trial.intermediate_values.items()}
+        if trial.state.name == "COMPLETE" and trial.value is not None and not run:
+            history.setdefault(max(history, default=0) + 1, trial.value * scale)
+        if trial.state.name not in ("COMPLETE", "PRUNED"):
+            history = {}
+        rows.append({"number": trial.number, "state": trial.state.name, "history": history,
+                     **trial.params, **_run_fields(run, tracking_uri)})
     return pd.DataFrame(rows), list(axes.values()), study
 
 
-def _run_trials(runs, metric: str, params: list[str], scale: float) -> tuple[pd.DataFrame, list[ParamAxis]]:
-    """The search's trials from its MLflow runs (no study): numbered in the order they started."""
+def _run_trials(client, tracking_uri: str, runs, metric: str, params: list[str],
+                scale: float) -> tuple[pd.DataFrame, list[ParamAxis]]:
+    """The search's trials from its MLflow runs (no study): numbered by their Optuna trial tag,
+    else in the order they started."""
     rows = []
     for number, run in enumerate(sorted(runs, key=lambda r: r.info.start_time or 0)):
-        value = run.data.metrics.get(metric)
-        finished = run.info.status == "FINISHED" and value is not None
-        rows.append({"number": number, "state": "COMPLETE" if finished else run.info.status,
-                     "value": value * scale if finished else None,
-                     "epochs": int(run.data.metrics.get("epoch", 0)),
-                     **{p: _param_value(run.data.params.get(p)) for p in params},
-                     "run": run.info.run_name or run.info.run_id[:8]})
+        finished = run.info.status == "FINISHED"
+        state = ("PRUNED" if run.data.tags.get("stopped_early") else "COMPLETE") if finished else run.info.status
+        rows.append({"number": int(run.data.tags.get(OPTUNA_TRIAL_TAG, number)), "state": state,
+                     "history": _history(client, run, metric, scale) if finished else {},
+                     **{p: _param_value(run.data.params.get(p)) for p in params}, **_run_fields(run, tracking_uri)})
     frame = pd.DataFrame(rows)
     axes = [ParamAxis(p, choices=() if pd.api.types.is_numeric_dtype(frame[p])
                       else tuple(sorted(frame[p].dropna().astype(str).unique())))
@@ -206,7 +237,7 @@ def _spans_decades(series: pd.Series) -> bool:
     return bool(len(numbers)) and numbers.min() > 0 and numbers.max() / numbers.min() >= 100
 
 
-def _check_study_file(storage: str) -> None:
+def check_study_file(storage: str) -> None:
     """Refuse a study that is not on disk (opening a missing sqlite file would create it)."""
     if not storage:
         raise Pix3DError("it was kept in memory (the sweep's storage is a URI)")
@@ -214,55 +245,88 @@ def _check_study_file(storage: str) -> None:
         raise Pix3DError(f"no file {storage[len('sqlite:///'):]}")
 
 
-def _importances(study) -> tuple[dict[str, float], str | None]:
-    """fANOVA importances (seeded), or a note saying why there are none."""
+def _importances(study, trials: pd.DataFrame, maximize: bool) -> tuple[dict[str, float], int, str | None]:
+    """fANOVA importances (seeded) over every trial's value at the common budget (so a trial
+    ASHA stopped counts with its comparable value), how many trials they rest on, or a note
+    saying why there are none."""
     import optuna
 
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if len(complete) < 2:
-        return {}, f"parameter importances need at least two complete trials ({len(complete)} so far)"
+    at = {int(n): v for n, v in zip(trials["number"], trials["at_budget"]) if pd.notna(v)}
+    used = [t for t in study.trials if t.number in at and t.distributions]
+    if len(used) < 2:
+        return {}, 0, f"parameter importances need at least two trials with a value at the common budget ({len(used)})"
+    budget_study = optuna.create_study(direction="maximize" if maximize else "minimize")
+    budget_study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                       value=at[t.number]) for t in used])
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), None
+        return dict(optuna.importance.get_param_importances(budget_study, evaluator=evaluator)), len(used), None
     except (ValueError, RuntimeError) as exc:
-        return {}, f"parameter importances could not be computed: {one_line(exc)}"
+        return {}, 0, f"parameter importances could not be computed: {one_line(exc)}"
+
+
+def _at_budget(trials: pd.DataFrame, planned: int) -> tuple[pd.DataFrame, int]:
+    """Each trial's last value and epoch, whether ASHA stopped it, and its value at the common
+    budget: the deepest epoch every trial with values reached."""
+    histories = trials["history"] if len(trials) else pd.Series([], dtype=object)
+    reached = [max(h) for h in histories if h]
+    budget = min(reached, default=0)
+    trials = trials.assign(
+        epochs=[max(h, default=0) for h in histories],
+        value=[h[max(h)] if h else None for h in histories],
+        at_budget=[h.get(budget) if h else None for h in histories])
+    trials["stopped"] = [stopped_text(e) if e and planned and e < planned and s in ("COMPLETE", "PRUNED") else ""
+                         for e, s in zip(trials["epochs"], trials["state"])]
+    trials["stopped_early"] = trials["stopped"] != ""
+    return trials.drop(columns=["history"]), budget
 
 
 def build_search_view(tracking_uri: str, experiment: str) -> SearchView:
     """The search view of `experiment` (see module doc); Pix3DError when it is not a search."""
-    _, runs, parent = search_parent(tracking_uri, experiment)
+    client, runs, parent = search_parent(tracking_uri, experiment)
     if parent is None:
         raise Pix3DError(f"experiment {experiment!r} is not a model-based search (no search.* tags on its sweep)")
     tags = {k[len(SEARCH_TAG_PREFIX):]: v for k, v in parent.data.tags.items() if k.startswith(SEARCH_TAG_PREFIX)}
     metric, storage, name = tags.get("metric", "val_azimuth_acc"), tags.get("storage", ""), tags.get("study", experiment)
     scale = metric_spec(metric).scale
     runs = [r for r in runs if r.data.tags.get("sweep_id") == parent.data.tags.get("sweep_id")]
-    notes, importances = [], {}
+    maximize = tags.get("mode", "max") == "max"
+    planned = max((int(float(r.data.params["epochs"])) for r in runs if "epochs" in r.data.params), default=0)
+    notes, importances, importance_trials, study = [], {}, 0, None
     try:
-        _check_study_file(storage)
-        trials, axes, study = _study_trials(storage, name, runs, scale)
-        importances, note = _importances(study)
-        notes += [note] if note else []
+        check_study_file(storage)
+        trials, axes, study = _study_trials(client, tracking_uri, storage, name, runs, metric, scale)
         source = f"Optuna study `{name}` in {storage}"
     except (Pix3DError, KeyError) as exc:  # no study: the MLflow runs still give the trials
         params = [p for p in tags.get("params", "").split(",") if p]
-        trials, axes = _run_trials(runs, metric, params, scale)
+        trials, axes = _run_trials(client, tracking_uri, runs, metric, params, scale)
         notes.append(f"read from the MLflow runs, without importances: Optuna study {name!r} unavailable "
                      f"({one_line(exc)})")
         source = f"MLflow runs of the sweep `{parent.info.run_name}`"
-    planned = [int(float(r.data.params["epochs"])) for r in runs if "epochs" in r.data.params]
-    full = max(planned, default=int(trials["epochs"].max()) if len(trials) else 0)
-    trials["stopped_early"] = trials["value"].notna() & (trials["epochs"] < full)
+    trials, budget = _at_budget(trials, planned)
+    if study is not None:
+        importances, importance_trials, note = _importances(study, trials, maximize)
+        notes += [note] if note else []
     order = [p for p in tags.get("params", "").split(",") if p]  # as the grid lists them
     axes.sort(key=lambda a: order.index(a.name) if a.name in order else len(order))
-    return SearchView(experiment, metric, tags.get("mode", "max") == "max", trials, axes, importances, notes,
-                      source, parent.info.run_id, tracking_uri)
+    view = SearchView(experiment, metric, maximize, trials, axes, importances, notes, source, parent.info.run_id,
+                      tracking_uri, budget=budget, importance_trials=importance_trials)
+    if study is not None:
+        _tag_trial_numbers(client, view)
+    return view
+
+
+def _tag_trial_numbers(client, view: SearchView) -> None:
+    """Each trial run carries its Optuna trial number (tag OPTUNA_TRIAL_TAG), matched by params."""
+    for number, run_id in zip(view.trials["number"], view.trials["run_id"]):
+        if run_id:
+            client.set_tag(run_id, OPTUNA_TRIAL_TAG, str(int(number)))
 
 
 def search_metrics(view: SearchView) -> dict[str, float]:
     """The parent run's metrics of a search: the best value and each parameter's importance."""
     best = view.best()
-    out = {f"search.best.{view.metric}": float(best["value"])} if best is not None else {}
+    out = {f"search.best.{view.metric}": float(best["at_budget"])} if best is not None else {}
     out.update({f"search.importance.{metric_key_part(k)}": float(v) for k, v in view.importances.items()})
     return out
 
@@ -276,10 +340,11 @@ def write_search_view(view: SearchView, out_dir: str | Path, *, log_to_mlflow: b
     for kind, text in (("md", view.to_markdown()), ("csv", view.to_csv())):
         with atomic_path(written[kind], report_as=out_dir) as tmp:
             tmp.write_text(text)
-    label = f"{view.metric} ({metric_spec(view.metric).describe()})"
-    written["history"] = plot_history(view.trials, out_dir / "search_history.png", maximize=view.maximize,
+    label = f"{view.metric} at epoch {view.budget} ({metric_spec(view.metric).describe()})"
+    compared = view.trials.assign(value=view.trials["at_budget"])  # like with like: the common budget
+    written["history"] = plot_history(compared, out_dir / "search_history.png", maximize=view.maximize,
                                       title=f"{view.experiment}: optimisation history", ylabel=label)
-    written["parallel"] = plot_parallel(view.trials, view.axes, out_dir / "search_parallel.png",
+    written["parallel"] = plot_parallel(compared, view.axes, out_dir / "search_parallel.png",
                                         title=f"{view.experiment}: trials by parameters", value_label=view.metric)
     if view.importances:
         written["importance"] = plot_importances(view.importances, out_dir / "search_importance.png",

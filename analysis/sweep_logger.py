@@ -28,7 +28,7 @@ from typing import Any, Mapping
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
 from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
 from analysis.run_fields import (ORACLE_TAG, VARIES_TAG, data_provenance, flatten, oracle_inputs, param_text,
-                                 result_step, scalar_metrics, trial_run_name, trial_tags, varies_text)
+                                 result_step, scalar_metrics, stopped_text, trial_run_name, trial_tags, varies_text)
 from pix3d.errors import Pix3DError
 from pix3d.fileio import write_bytes_to
 
@@ -118,6 +118,7 @@ class _ChildState:
     complete: bool = True
     fresh: bool = True   # created in this session (no need to re-open it)
     placement: dict = field(default_factory=dict)  # placement tags last set
+    planned_epochs: int | None = None  # the config's epochs: a trial ending before was stopped early
 
 
 class SweepLogger:
@@ -144,6 +145,11 @@ class SweepLogger:
         return self._client
 
     @property
+    def search_params(self) -> tuple[str, ...]:
+        """The parameters a model-based search samples (none for a grid): UI columns."""
+        return tuple(p for p in str(self.info.search.get("params", "")).split(",") if p)
+
+    @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.info.experiment)
@@ -151,12 +157,12 @@ class SweepLogger:
                 # Tagged for the UI (analysis.mlflow_ui): a training experiment, a grouped view.
                 self._experiment_id = self.client.create_experiment(
                     self.info.experiment, artifact_location=artifact_location(
-                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags())
+                        self.tracking_uri, self.info.experiment), tags=experiment_ui_tags(self.search_params))
             else:
                 if found.lifecycle_stage == "deleted":
                     raise Pix3DError(f"MLflow experiment {self.info.experiment!r} is deleted; "
                                      "restore it or choose another --experiment")
-                ensure_ui_tags(self.client, found)
+                ensure_ui_tags(self.client, found, self.search_params)
                 self._experiment_id = found.experiment_id
         return self._experiment_id
 
@@ -237,7 +243,8 @@ class SweepLogger:
                  for m in self.client.get_metric_history(run.info.run_id, key)]
         final = run.data.tags.get("status") in FINAL_STATUSES and run.info.status != "RUNNING"
         return _ChildState(run.info.run_id, run.info.run_name or "", max(steps, default=0),
-                           final, complete=not steps, fresh=False)
+                           final, complete=not steps, fresh=False,
+                           planned_epochs=_planned_epochs(run.data.params.get("epochs")))
 
     # -- trials --------------------------------------------------------------------------
     def start_trial(self, trial_id: str, config: Mapping[str, Any],
@@ -271,12 +278,12 @@ class SweepLogger:
             tags["trial_key"] = trial_key
         tags.update(trial_tags(config))
         tags[ORACLE_TAG] = oracle_inputs(self.info.data_manifest, config.get("modalities"))
-        name = trial_run_name(config, trial_id)
+        name = trial_run_name(config, trial_id, self.search_params)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         params = flatten(config)
         params.update(data_provenance(self.info.data_manifest, config.get("split", "published")))
         self._log_params(run.info.run_id, params)
-        return _ChildState(run.info.run_id, name, 0, False)
+        return _ChildState(run.info.run_id, name, 0, False, planned_epochs=_planned_epochs(config.get("epochs")))
 
     def log_result(self, trial_id: str, result: Mapping[str, Any]) -> bool:
         """Log one epoch's scalars at step = epoch; steps already logged are skipped."""
@@ -317,7 +324,10 @@ class SweepLogger:
         if state.final:
             return
         from mlflow.entities import RunTag
-        tags = [RunTag("status", status)]
+        tags = [RunTag("status", status), RunTag("epochs_trained", str(state.last_step))]
+        if status == "FINISHED" and state.planned_epochs and 0 < state.last_step < state.planned_epochs:
+            # Tune ends a trial its scheduler stopped as a finished one: say it was stopped, where.
+            tags += [RunTag("stopped_early", stopped_text(state.last_step))]
         if error:
             tags.append(RunTag("error", error[-5000:]))
         self.client.log_batch(state.run_id, tags=tags)
@@ -365,6 +375,13 @@ class SweepLogger:
         self.client.set_tag(run_id, "n_failed", str(n_failed))
         status = "FAILED" if n_trials and n_failed == n_trials else "FINISHED"
         self.client.set_terminated(run_id, status=status)
+
+
+def _planned_epochs(value) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def save_sweep_info(info: SweepInfo) -> None:

@@ -25,9 +25,13 @@ arithmetic can be checked against Tune's own results.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import pandas as pd
 
 from analysis.cells import ORACLE_MARK, Row, Table
 from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
@@ -107,7 +111,40 @@ def write_table(table: Table, out_dir: str | Path, *, formats: Sequence[str] = (
             title=f"{table.experiment}: {table.metric} ({table.at}) against learning rate")
     if log_to_mlflow:
         log_table_files(table, written.values(), out_dir, metrics=table_metrics(table))
+        log_readable_table(table, written["csv"], written["png"])
     return written
+
+
+def readable_stem(table: Table) -> str:
+    """`azimuth_table` for the published table (sorts first among the parent's artifacts, before
+    data_manifest.json), else `<metric>_<at>[_by_category]_table`."""
+    if (table.metric, table.at, table.by) == (TABLE_METRIC, "last", "subset"):
+        return "azimuth_table"
+    return f"{table.metric}_{table.at}" + ("_by_category" if table.by == "category" else "") + "_table"
+
+
+def log_readable_table(table, csv_path: Path, png_path: Path) -> None:
+    """The table where a reader of the parent run looks first: `<stem>.json` through
+    `mlflow.log_table` (the artifact viewer shows it as a table) and `<stem>.png`, at the top
+    of its artifacts. A failure names the run; the files stay."""
+    if not (table.parent_run_id and table.tracking_uri):
+        return
+    stem = readable_stem(table)
+    data = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    try:
+        client = client_for(table.tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            if f"{stem}.json" in {a.path for a in client.list_artifacts(table.parent_run_id)}:
+                # log_table appends to an existing table; a rebuilt table replaces it (same format).
+                data.to_json(Path(tmp) / f"{stem}.json", orient="split", index=False)
+                client.log_artifact(table.parent_run_id, str(Path(tmp) / f"{stem}.json"))
+            else:
+                client.log_table(table.parent_run_id, data=data, artifact_file=f"{stem}.json")
+            shutil.copyfile(png_path, Path(tmp) / f"{stem}.png")
+            client.log_artifact(table.parent_run_id, str(Path(tmp) / f"{stem}.png"))
+    except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
+        raise Pix3DError(f"table written to {csv_path.parent}, but logging it as {stem}.json to parent run "
+                         f"{table.parent_run_id} failed: {one_line(exc)}") from None
 
 
 def _row_key(row: Row) -> str:
@@ -187,21 +224,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
     from analysis import fusion_table, search_view
 
+    grouped = True  # the grouped view's link: a grid of models x modalities only
     if fusion_table.is_fusion_experiment(uri, args.experiment):
         # Relative-pose sweeps (fusion grids): rotation error by fusion x weights x loss.
         table = fusion_table.build_table(uri, args.experiment, at=args.at)
         files = fusion_table.write_table(table, out, log_to_mlflow=not args.no_log)
+        grouped = False
     elif search_view.is_search_experiment(uri, args.experiment):
         # A model-based search (TPE + ASHA): best configuration, top trials, importances, plots.
         table = search_view.build_search_view(uri, args.experiment)
         table.render(args.format)  # an unsupported --format fails before anything is written
         files = search_view.write_search_view(table, out, log_to_mlflow=not args.no_log)
+        grouped = False
     else:
         table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
         files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
-    for line in experiment_review_lines(uri, args.experiment):
+    for line in experiment_review_lines(uri, args.experiment, grouped=grouped):
         print(line)
     return 0
 

@@ -20,11 +20,22 @@ from pix3d.errors import Pix3DError, one_line
 _OURS = "\u200b"  # marks the messages of the number types below (zero-width, never printed)
 
 
+class DefaultsOnceFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default said once: argparse's `(default: X)` only where the help text does
+    not already say its default, and never for a flag (off) or an unset (None) default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line `error: ...` on stderr and exit code 2, and a --debug flag."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", DefaultsOnceFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument(
             "--debug", action="store_true", help="show full tracebacks for errors"

@@ -134,18 +134,20 @@ class Grid:
         return expand(self.param_space(seeds, budget))
 
     def search_alg(self, metric: str = OPTUNA_METRIC, mode: str = OPTUNA_MODE, seed: int = 0, *,
-                   storage=None, study_name: str | None = None):
+                   storage=None, study_name: str | None = None, max_epochs: int | None = None):
         """TPE (Optuna) behind a concurrency limit, or None for a plain grid. `storage` (an
         Optuna RDB storage) and `study_name` keep the study on disk (search.study): a study
-        that exists there is continued, its trials known to TPE."""
+        that exists there is continued, its trials known to TPE. A trial ASHA stops before
+        `max_epochs` is PRUNED in the study (search.pruning)."""
         if not self.is_search:
             return None
         from optuna.samplers import TPESampler
         from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=seed),
-                                storage=storage, study_name=study_name)
+        from search.pruning import PruningOptunaSearch  # imports optuna: searches only
+
+        searcher = PruningOptunaSearch(metric=metric, mode=mode, sampler=TPESampler(seed=seed),
+                                       storage=storage, study_name=study_name, max_epochs=max_epochs)
         return ConcurrencyLimiter(searcher, max_concurrent=self.max_concurrent)
 
     @property

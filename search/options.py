@@ -181,8 +181,12 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
     if saved is not None and args.samples is not None and args.samples != settings.samples:
-        raise UsageError(f"--samples: a resumed search keeps the size it started with "
-                         f"({settings.samples or 'the grid default'}); drop --samples {args.samples}")
+        size = settings.samples or get_grid(settings.grid).num_samples
+        if args.samples < size:
+            raise UsageError(f"--samples {args.samples}: the search already asked for {size} trials; a resumed "
+                             f"search can grow (--samples above {size}), not shrink")
+        # Grown: the restored sweep asks the same Optuna study for more (search.storage.grow_search).
+        settings = replace(settings, samples=args.samples)
     return settings
 
 

@@ -126,6 +126,17 @@ def build_param_space(grid: Grid, settings: SweepSettings, budget_overrides: dic
     return space
 
 
+def budget_line(grid: Grid, budget_overrides: dict, space: dict) -> str | None:
+    """When the grid's fixed settings (or --epochs) replace some of the budget's: what its trials
+    run, so the budget line printed before is not read as theirs; else None."""
+    changed = {k: space[k] for k, v in budget_overrides.items() if k in space and space[k] != v}
+    if not changed:
+        return None
+    settled = ", ".join(f"{k}={space[k]}" for k in budget_overrides if k in space)
+    return (f"grid {grid.name} trials run {settled} (the grid's fixed settings or --epochs replace the "
+            f"budget's {', '.join(sorted(changed))})")
+
+
 def describe_trial(config: dict, keys: Sequence[str]) -> str:
     """`key=value` of `keys` that the trial's config has, on one line."""
     return "  ".join(f"{k}={config[k]}" for k in keys if k in config)

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from analysis.run_fields import stopped_text
 from pix3d.errors import Pix3DError, one_line
 from search.grids import varied_keys
 from search.options import read_settings
@@ -84,23 +85,33 @@ def report_table(args: argparse.Namespace, *, experiment: str, trainable: str = 
     print("table written: " + ", ".join(str(p) for p in paths.values()))
 
 
-def trial_status(result) -> str:
-    """ok | ERROR | unfinished (interrupted, or stopped early by ASHA) | not started."""
+STOPPED = "stopped"  # the status count of trials a search's scheduler stopped early
+
+
+def trial_status(result, *, search: bool = False) -> str:
+    """ok | ERROR | unfinished (interrupted) | not started; in a search (`search`: ASHA stops
+    trials) a trial that ended before its last epoch reads `stopped by ASHA at epoch k`, as in
+    the search view, the Optuna study (PRUNED) and its MLflow run's tag."""
     if result.error:
         return "ERROR"
     metrics, config = result.metrics or {}, result.config or {}
     if not metrics.get("epoch"):
         return "not started"
-    return "ok" if metrics["epoch"] >= config.get("epochs", metrics["epoch"]) else "unfinished"
+    if metrics["epoch"] >= config.get("epochs", metrics["epoch"]):
+        return "ok"
+    return stopped_text(metrics["epoch"]) if search else "unfinished"
 
 
-def trial_rows(results, row: Callable[[dict, dict], tuple], *, sort_by: int) -> tuple[list[tuple], dict[str, int]]:
+def trial_rows(results, row: Callable[[dict, dict], tuple], *, sort_by: int,
+               search: bool = False) -> tuple[list[tuple], dict[str, int]]:
     """The summaries' shared part: `row(config, metrics) + (status,)` per trial, sorted on the
-    first `sort_by` fields, and how many trials ended in each status."""
+    first `sort_by` fields, and how many trials ended in each status (a search's stopped
+    trials counted as STOPPED)."""
     rows, counts = [], {}
     for result in results:
-        status = trial_status(result)
-        counts[status] = counts.get(status, 0) + 1
+        status = trial_status(result, search=search)
+        key = STOPPED if status.startswith("stopped by") else status
+        counts[key] = counts.get(key, 0) + 1
         rows.append((*row(result.config or {}, result.metrics or {}), status))
     rows.sort(key=lambda r: tuple(str(x) for x in r[:sort_by]))
     return rows, counts
@@ -117,15 +128,16 @@ def lr_text(lr) -> str:
 
 
 def summary_lines(results, header: str, row: Callable[[dict, dict], tuple], line: Callable[..., str], *,
-                  sort_by: int) -> tuple[list[str], dict[str, int]]:
+                  sort_by: int, search: bool = False) -> tuple[list[str], dict[str, int]]:
     """`header`, then `line(*row(config, metrics), status)` per trial in `trial_rows` order;
     and the status counts."""
-    rows, counts = trial_rows(results, row, sort_by=sort_by)
+    rows, counts = trial_rows(results, row, sort_by=sort_by, search=search)
     return [header, *(line(*fields) for fields in rows)], counts
 
 
-def summarize(results) -> tuple[list[str], dict[str, int]]:
-    """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts."""
+def summarize(results, *, search: bool = False) -> tuple[list[str], dict[str, int]]:
+    """One line per trial (model, modalities, lr, seed, final/best azimuth acc) and status counts
+    (`search`: a model-based search, whose early stops are ASHA's)."""
     from pix3d.devices import device_label
 
     header = (f"{'model':<13} {'modalities':<28} {'lr':>8} {'seed':>4} {'epochs':>6} "
@@ -142,7 +154,7 @@ def summarize(results) -> tuple[list[str], dict[str, int]]:
         return (f"{model:<13} {modalities:<28} {lr_text(lr):>8} {str(seed):>4} {str(epoch or '-'):>6} "
                 f"{final:>8} {best:>8}  {device:<22} {status}")
 
-    return summary_lines(results, header, row, line, sort_by=4)
+    return summary_lines(results, header, row, line, sort_by=4, search=search)
 
 
 def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experiment: str, trainable: str,
@@ -151,13 +163,15 @@ def close_sweep(results, summary: Callable, args: argparse.Namespace, *, experim
     read from `uri`; 1 when a trial failed or did not finish."""
     lines, counts = summary(results)
     failed = counts.get("ERROR", 0)
-    print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed; results in {sweep_path}")
+    stopped = f", {counts[STOPPED]} stopped by ASHA" if counts.get(STOPPED) else ""
+    print(f"\nsweep {experiment}: {len(lines) - 1} trials, {failed} failed{stopped}; results in {sweep_path}")
     print("\n".join(lines))
     report_table(args, experiment=experiment, trainable=trainable, uri=uri, is_search=is_search)
     if uri:
         from analysis.mlflow_ui import experiment_review_lines
 
-        for line in experiment_review_lines(uri, experiment):
+        # A search's trials are one-off configurations: nothing to average per group.
+        for line in experiment_review_lines(uri, experiment, grouped=not is_search):
             print(line)
     pending = counts.get("not started", 0) + (counts.get("unfinished", 0) if not is_search else 0)
     if pending:

@@ -25,10 +25,12 @@ search.report (MLflow, summary, table) and search.fusion (what the relative-pose
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,11 +41,11 @@ from search import fusion
 from search.cluster import check_cluster_resources, check_reachable, init_ray, restart_for_token_auth
 from search.faults import ErrorFileCheck, SignalGuard, check_storage_after, full_disk_symptom, sweep_fault
 from search.grids import Grid, describe_grids, expand, for_categories, get_grid
-from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, settings_for, sized_grid,
-                            write_settings)
-from search.plan import build_param_space, cpu_cost, plan_budget, plan_gpus, print_dry_run, probe_gpus
+from search.options import (SweepSettings, check_options, experiment_name, get_args_parser, read_settings, settings_for,
+                            sized_grid, write_settings)
+from search.plan import budget_line, build_param_space, cpu_cost, plan_budget, plan_gpus, print_dry_run, probe_gpus
 from search.report import close_sweep, summarize, sweep_tracking_uri, tracking_callbacks
-from search.storage import check_sweep_folder, experiment_path, storage_for
+from search.storage import check_sweep_folder, experiment_path, grow_search, storage_for
 from search.study import search_tags, study_location
 from search.sweep_lock import acquire as acquire_lock
 
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     space = build_param_space(grid, settings, budget_overrides, args)
     cpu_cost(grid, settings, space, args)  # a grid at the published budget on a CPU: its cost, first
+    if line := budget_line(grid, budget_overrides, space):
+        print(line)
     if grid.trainable == "relpose":  # a missing ImageNet file stops it here, before anything starts
         space = fusion.check_imagenet_weights(grid, space, skip_missing=args.skip_missing_weights)
     if grid.trainable == "pose":  # a folder the published split disagrees with: refused before anything is written
@@ -103,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               command=command, uri=uri, guard=guard, resume_command=resume)
         if guard.received:
             raise guard.interrupted(resume)
-        return close_sweep(results, fusion.summarize if grid.trainable == "relpose" else summarize, args,
+        summary = fusion.summarize if grid.trainable == "relpose" else partial(summarize, search=grid.is_search)
+        return close_sweep(results, summary, args,
                            experiment=experiment, trainable=grid.trainable, is_search=grid.is_search,
                            storage=storage, uri=uri, sweep_path=sweep_path)
     except KeyboardInterrupt:
@@ -152,6 +157,13 @@ def _run_on_ray(args: argparse.Namespace, grid: Grid, space: dict, data, setting
                                        manifest=getattr(data, "manifest", {}), storage=storage, uri=uri,
                                        search=search_info(grid, sweep_path, experiment),
                                        space=space)
+        if args.resume and grid.is_search and args.samples is not None:
+            # --resume --samples N: the same study, asked for more trials (the saved size grows too).
+            before = grow_search(sweep_path, grid.num_samples)
+            if grid.num_samples > before:
+                saved = read_settings(sweep_path) or {}
+                write_settings(sweep_path, settings, saved.get("command") or command, uri)
+                print(f"search {experiment}: grown from {before} to {grid.num_samples} trials (the same Optuna study)")
         if args.resume:
             print(f"resuming sweep {sweep_path}")
             if args.mlflow_uri:
@@ -269,6 +281,9 @@ def make_trainable(data, cpus_per_trial: float, gpus_per_trial: float, trainable
     return tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
 
 
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"  # Ray: no CSV/JSON/TensorBoard loggers added
+
+
 def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
               cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, max_concurrent: int | None = None,
               max_failures: int = 2, callbacks: Sequence = (), resume: bool = False,
@@ -281,6 +296,7 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
     replaces the grid's trainable function (benchmarks wrap train_pose to measure it).
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.devices import NoRetryOnDeviceError
 
@@ -303,11 +319,12 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             # The latest checkpoint is what a retry or --resume continues from. Two, not one:
             # with num_to_keep=1 Tune snapshots the whole experiment state at every report.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[*callbacks, NoRetryOnDeviceError()],
+            callbacks=[*callbacks, NoRetryOnDeviceError(), JsonLoggerCallback(), CSVLoggerCallback()],
             verbose=1,
         )
         tune_config = tune.TuneConfig(
-            search_alg=grid.search_alg(storage=study and study.open_storage(), study_name=study and study.name),
+            search_alg=grid.search_alg(storage=study and study.open_storage(), study_name=study and study.name,
+                                       max_epochs=int(space.get("epochs", 1))),
             scheduler=grid.scheduler(int(space.get("epochs", 1))),
             num_samples=grid.num_samples if grid.is_search else 1,
             max_concurrent_trials=max_concurrent,
@@ -317,8 +334,19 @@ def run_sweep(grid: Grid, space: dict, data, *, storage: str, experiment: str,
             reuse_actors=True,
         )
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-    with guard.fitting() if guard is not None else nullcontext():
-        results = tuner.fit()
+    # Tune adds a TensorBoard logger unless told not to, and prints a `tensorboard --logdir` hint
+    # into its temporary session folder; MLflow is this project's viewer. A new sweep names the
+    # JSON and CSV loggers itself (each trial's result.json, which analysis.sync replays); a
+    # restored one keeps Tune's defaults, since a sweep started by older code named none.
+    previous = os.environ.get(NO_AUTO_LOGGERS)
+    if not resume and previous is None:
+        os.environ[NO_AUTO_LOGGERS] = "1"
+    try:
+        with guard.fitting() if guard is not None else nullcontext():
+            results = tuner.fit()
+    finally:
+        if previous is None:
+            os.environ.pop(NO_AUTO_LOGGERS, None)
     if guard is not None and guard.received:
         return results  # stopped by a signal: the caller says how to resume
     print(f"sweep {'resumed and ' if resume else ''}finished in {time.time() - started:.1f}s")

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import ensure_writable_dir, is_uri
+from pix3d.fileio import atomic_path, ensure_writable_dir, is_uri
 from search.grids import Grid, expand
 
 
@@ -51,3 +51,27 @@ def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool
         from search.resume_check import verify_resume_state
 
         verify_resume_state(sweep_path, None if grid.is_search else expand(space))
+
+
+SEARCH_STATE_GLOB = "search_gen_state-*.json"  # Tune's saved search state (a cloudpickle, despite .json)
+
+
+def grow_search(sweep_path: str, samples: int) -> int:
+    """Let a restored search propose up to `samples` trials: Tune keeps a search's size in its
+    saved search state (SearchGenerator's `total_samples`), which `Tuner.restore` brings back
+    as it was; the searcher itself (OptunaSearch on the persisted study) has no size. Rewrites
+    the newest state (atomically) and returns the size it had. Local sweep folders only."""
+    import ray.cloudpickle as cloudpickle
+
+    if is_uri(sweep_path):
+        raise UsageError(f"--samples with --resume: growing a search stored at {sweep_path} needs a local folder")
+    states = sorted(Path(sweep_path).glob(SEARCH_STATE_GLOB), key=lambda p: p.stat().st_mtime)
+    if not states:
+        raise Pix3DError(f"--samples with --resume: no saved search state ({SEARCH_STATE_GLOB}) in {sweep_path}")
+    state = cloudpickle.loads(states[-1].read_bytes())
+    before = int(state["total_samples"])
+    if samples > before:
+        state.update(total_samples=samples, finished=False)
+        with atomic_path(states[-1]) as tmp:
+            tmp.write_bytes(cloudpickle.dumps(state))
+    return before

@@ -17,11 +17,15 @@ from analysis.tracking import MLflowTrackingCallback
 from pix3d.constants import N_BINS
 
 EPOCHS = 2
+# The MLflow metrics a trial run gets (analysis.run_fields.scalar_metrics: the epoch is the step,
+# the scheduled rate and the timings renamed).
 METRIC_NAMES = (
-    "epoch", "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
+    "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
     "val_azimuth_acc_within1", "majority_azimuth_acc", "majority_elevation_acc",
-    "majority_inplane_acc", "best_val_azimuth_acc", "lr", "images_per_s", "epoch_time_s",
+    "majority_inplane_acc", "best_val_azimuth_acc", "lr_scheduled", "system/images_per_s",
+    "system/epoch_time_s",
 )
+BOOKKEEPING = ("epoch", "lr", "training_iteration", "bf16_autocast", "gpus_given", "images_per_s")
 
 
 def _softmax(logits):
@@ -30,8 +34,8 @@ def _softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def tiny_pose_trainable(config):
-    """Softmax regression of 8 azimuth bins; per epoch reports the documented metric dict."""
+def tiny_pose_epochs(config):
+    """Softmax regression of 8 azimuth bins; yields per epoch the documented metric dict."""
     import time
 
     rng = np.random.default_rng(int(config["seed"]) * 1000 + len(config["modalities"]))
@@ -65,19 +69,27 @@ def tiny_pose_trainable(config):
         np.add.at(confusion, (labels[val], pred), 1)
         circ = np.abs(pred - labels[val]) % N_BINS
         elapsed = max(time.perf_counter() - start, 1e-6)
-        tune.report({
+        yield {
             "epoch": epoch,
             "train_loss": float(-np.log(p_train[np.arange(len(train)), labels[train]] + 1e-9).mean()),
             "val_loss": float(-np.log(p_val[np.arange(len(val)), labels[val]] + 1e-9).mean()),
             "val_azimuth_acc": acc, "val_elevation_acc": 1.0, "val_inplane_acc": acc,
             "val_azimuth_acc_within1": float(np.isin(circ, (0, 1, N_BINS - 1)).mean()),
+            "val_azimuth_mederr": float(45.0 * np.median(np.minimum(circ, N_BINS - circ))),
             "majority_azimuth_acc": float((labels[val] == majority).mean()),
             "majority_elevation_acc": 1.0,
             "majority_inplane_acc": float((labels[val] == majority).mean()),
             "best_val_azimuth_acc": best, "lr": float(config["lr"]),
             "images_per_s": len(train) / elapsed, "epoch_time_s": elapsed,
             "val_azimuth_confusion": confusion.tolist(),
-        })
+        }
+
+
+def tiny_pose_trainable(config):
+    """`tiny_pose_epochs` as a Tune trainable: reports each epoch; fails where configured."""
+    for result in tiny_pose_epochs(config):
+        tune.report(result)
+        epoch = result["epoch"]
         if config.get("fail_at_epoch") == epoch:
             raise RuntimeError(f"planned failure at epoch {epoch}")
         # Fail once (as if the machine went away), succeed when the sweep is resumed.
@@ -124,3 +136,30 @@ def run_sweep(storage: Path, name: str, tracking_uri: str, *, experiment: str = 
                                   verbose=0),
     )
     return tuner.fit(), callback
+
+
+def log_sweep(tracking_uri: str, experiment: str, configs, *, sweep_name: str = "smoke", grid: str = "smoke",
+              storage_path: str = "/tmp/pix3d-tests/ray", search: dict | None = None):
+    """A sweep logged without Ray: the project's SweepLogger (what the Tune callback drives) fed
+    each config's `tiny_pose_epochs` results; the SweepInfo. For the UI tests, which need runs in
+    a store, not a Tune run. A config's `stop_at_epoch` ends it there (as ASHA would)."""
+    from analysis.sweep_logger import SweepInfo, SweepLogger
+
+    info = SweepInfo(sweep_id=f"{sweep_name}-{experiment}", sweep_name=sweep_name, experiment=experiment,
+                     grid=grid, command=f"pytest {sweep_name}", storage_path=storage_path,
+                     tracking_uri=tracking_uri, search=dict(search or {}),
+                     data_manifest={"dataset": "tiny", "key": "abc123", "n": 240})
+    logger = SweepLogger(tracking_uri, info)
+    logger.parent_run_id()
+    for number, config in enumerate(configs):
+        trial_id = f"t{number:05d}"
+        logger.start_trial(trial_id, config, f"{number}_{trial_id}")
+        last = {}
+        for result in tiny_pose_epochs(config):
+            logger.log_result(trial_id, result)
+            last = result
+            if result["epoch"] == config.get("stop_at_epoch"):
+                break
+        logger.end_trial(trial_id, "FINISHED", last_result=last)
+    logger.end_sweep(len(configs), 0)
+    return info

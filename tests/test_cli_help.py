@@ -9,7 +9,7 @@ import pytest
 
 COMMANDS = ["pix3d.train", "pix3d.prepare", "pix3d.synthetic", "pix3d.inspect", "search.run",
             "analysis.table", "analysis.sync", "relpose.train", "benchmarks.bench_learning",
-            "benchmarks.bench_train", "benchmarks.device_check"]
+            "benchmarks.bench_train", "benchmarks.device_check", "analysis.dashboard"]
 
 
 @pytest.mark.parametrize("module", COMMANDS)
@@ -18,4 +18,8 @@ def test_help_prints_and_exits_zero(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
     assert exit_info.value.code in (0, None)
-    assert "usage:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    # Each default said once: never argparse's "(default: None)", never a second one after the help's own.
+    options = " ".join(out.split()).split(" -")
+    assert "(default: None)" not in out and not [o for o in options if o.count("default") > 1], out

@@ -81,9 +81,12 @@ def test_optuna_grid_is_tpe_with_asha_and_a_concurrency_limit():
     grid = get_grid("optuna")
     space = grid.param_space(1, BUDGETS["quick"])
     assert {"lr", "batch_size", "weight_decay"} <= {k for k, v in space.items() if hasattr(v, "sample")}
-    limiter = grid.search_alg()
+    limiter = grid.search_alg(max_epochs=4)
     assert isinstance(limiter, ConcurrencyLimiter) and limiter.max_concurrent == grid.max_concurrent
-    assert type(limiter.searcher).__name__ == "OptunaSearch"
+    from ray.tune.search.optuna import OptunaSearch
+
+    # Ray's OptunaSearch, telling Optuna ASHA's stops as pruned (search.pruning).
+    assert isinstance(limiter.searcher, OptunaSearch) and limiter.searcher.max_epochs == 4
     scheduler = grid.scheduler(max_epochs=4)
     assert isinstance(scheduler, ASHAScheduler)
     assert grid.size() == grid.num_samples
@@ -103,3 +106,13 @@ def test_listing_shows_every_grid_with_its_size():
     assert len(lines) == len(GRIDS)
     for line, grid in zip(lines, GRIDS.values()):
         assert line.split()[0] == grid.name and int(line.split()[1]) == grid.size(2)
+
+
+def test_the_budget_line_says_what_a_grids_trials_run():
+    from search.plan import budget_line
+
+    smoke, budget = get_grid("smoke"), BUDGETS["quick"]
+    line = budget_line(smoke, budget, smoke.param_space(1, budget))
+    assert line is not None and all(f"{k}={v}" in line for k, v in smoke.fixed.items() if k in budget)
+    ablation = get_grid("ablation")
+    assert budget_line(ablation, budget, ablation.param_space(1, budget)) is None

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.mlflow_ui import (EXPERIMENT_KIND_TAG, GROUPED_VIEW, SHARED_VIEW_PREFIX, TRAINING_KIND,
-                                experiment_review_lines, runs_url)
+from analysis.mlflow_ui import (EXPERIMENT_KIND_TAG, GROUPED_VIEW, SHARED_VIEW_PREFIX, TRAINING_KIND, TRIALS_VIEW,
+                                UI_ENV, experiment_review_lines, runs_url)
 from analysis.sweep_logger import SweepInfo, SweepLogger
 from analysis.summary import summarise
 from analysis.table import build_table, table_metrics, write_table
@@ -40,14 +40,19 @@ def test_experiment_lands_on_training_runs(logged):
     view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + GROUPED_VIEW])
     keys = view["groupBy"]["groupByKeys"]
     assert [(k["mode"], k["groupByData"]) for k in keys] == [("tag", "model"), ("tag", "modalities")]
-    # The links name the runs tab and the "Model training" side; the grouped one the view.
+    trials = json.loads(experiment.tags[SHARED_VIEW_PREFIX + TRIALS_VIEW])
+    assert trials["searchFilter"] == "tags.`pix3d.role` = 'trial'" and "metrics.`val_azimuth_acc`" in trials["selectedColumns"]
+    # The links name the runs tab, the "Model training" side and the trials view; the grouped one its view.
     url = runs_url("http://127.0.0.1:5077/", experiment.experiment_id)
-    assert url == f"http://127.0.0.1:5077/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+    assert url == (f"http://127.0.0.1:5077/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
+                   f"&viewStateShareKey={TRIALS_VIEW}")
     lines = experiment_review_lines(uri, "ui")
-    assert lines[0].startswith(f"review in MLflow: mlflow ui --backend-store-uri {uri} ")
+    assert lines[0].startswith(f"review in MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     assert lines[1].strip() == (f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
-                                "?workflowType=machine_learning")
+                                f"?workflowType=machine_learning&viewStateShareKey={TRIALS_VIEW}")
     assert f"viewStateShareKey={GROUPED_VIEW}" in lines[2] and "compareRunsMode=CHART" in lines[2]
+    assert "click Model training" in lines[-1]
+    assert not any(GROUPED_VIEW in line for line in experiment_review_lines(uri, "ui", grouped=False))
     assert experiment_review_lines(uri, "no-such-experiment") == []
 
 
@@ -70,6 +75,17 @@ def test_parent_run_carries_each_cell_and_the_png(logged):
     assert logged_cells == pytest.approx(expected)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "table")}
     assert "table/table.png" in artifacts and files["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_links_use_the_uis_port_when_known(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment("port")
+    monkeypatch.setenv(UI_ENV, "http://127.0.0.1:5055")
+    lines = experiment_review_lines(uri, "port")
+    assert "--port 5055, then open" in lines[0] and lines[1].strip().startswith("http://127.0.0.1:5055/#/")
+    assert "5000" not in " ".join(lines)
 
 
 def test_an_older_experiment_gets_the_tags_and_keeps_a_chosen_kind(tmp_path):

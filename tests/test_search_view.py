@@ -46,23 +46,45 @@ def tiny_search(tmp_path_factory):
     return root, folder, cache, uri, proc.stdout, study
 
 
+EPOCHS = 2
+
+
+def _last(trial) -> tuple[int, float]:
+    """(epochs a trial ran, its last value), from the study: ASHA's stops are PRUNED there."""
+    if trial.state.name == "COMPLETE":
+        return EPOCHS, trial.value
+    epoch = trial.user_attrs["stopped_at_epoch"]
+    return epoch, trial.intermediate_values[epoch]
+
+
+def _budget(study) -> int:
+    return min(_last(t)[0] for t in study.trials)
+
+
+def _at_budget(trial, budget: int) -> float:
+    epochs, value = _last(trial)
+    return value if epochs == budget else trial.intermediate_values[budget]
+
+
 def _ranked(study):
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    return sorted(complete, key=lambda t: (-t.value, t.number))
+    """Trials ranked on their value at the epoch every trial reached (like with like)."""
+    budget = _budget(study)
+    return sorted(study.trials, key=lambda t: (-_at_budget(t, budget), t.number))
 
 
 def test_the_sweep_ends_with_the_search_view(tiny_search):
     root, _, _, _, out, study = tiny_search
     assert len(study.trials) == 4 and set(study.trials[0].params) == set(PARAMS)
-    best = _ranked(study)[0]
-    assert f"**Best configuration**: trial {best.number}, val_azimuth_acc {100 * best.value:.1f}%" in out
+    best, budget = _ranked(study)[0], _budget(study)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+    assert (f"**Best configuration** at epoch {budget}: trial {best.number}, val_azimuth_acc "
+            f"{100 * _at_budget(best, budget):.1f}%") in out
     view = out[out.index("### Search `optuna`"):]
     rows = [line for line in view.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [int(r.split("|")[2]) for r in rows[:4]] == [t.number for t in _ranked(study)]
-    importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    for name, value in importances.items():
-        assert f"| {name} | {value:.3f} |" in view
+    assert f"fANOVA over {len(study.trials)} trials' values at epoch {budget}" in view
+    for name in PARAMS:
+        assert f"| {name} | " in view
     assert "majority class" not in out and "no finished runs" not in out
     for name in ("search_history.png", "search_parallel.png", "search_importance.png"):
         assert (root / "table_out" / "optuna" / name).read_bytes()[:4] == b"\x89PNG"
@@ -78,7 +100,8 @@ def test_the_view_is_logged_to_the_parent_run(tiny_search):
     assert parent.data.tags["search.kind"] == "optuna" and parent.data.tags["search.study"] == "optuna"
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     assert {f"search/search_{n}.png" for n in ("history", "parallel", "importance")} <= logged
-    assert parent.data.metrics["search.best.val_azimuth_acc"] == pytest.approx(100 * _ranked(study)[0].value)
+    best = _ranked(study)[0]
+    assert parent.data.metrics["search.best.val_azimuth_acc"] == pytest.approx(100 * _at_budget(best, _budget(study)))
     assert {f"search.importance.{p}" for p in PARAMS} <= set(parent.data.metrics)
 
 
@@ -104,9 +127,9 @@ def test_without_its_study_the_view_comes_from_the_mlflow_runs(tiny_search):
     finally:
         db.with_suffix(".moved").rename(db)
     assert view.importances == {} and any(f"no file {db}" in note for note in view.notes)
-    expected = sorted((round(100 * t.value, 6), t.params["model"]) for t in study.trials)
+    expected = sorted((round(100 * _last(t)[1], 6), t.params["model"]) for t in study.trials)
     assert sorted((round(v, 6), m) for v, m in zip(view.trials["value"], view.trials["model"])) == expected
-    assert view.best()["value"] == pytest.approx(100 * _ranked(study)[0].value)
+    assert view.best()["at_budget"] == pytest.approx(100 * _at_budget(_ranked(study)[0], _budget(study)))
 
 
 def run_main_table(argv, capsys):
@@ -162,7 +185,31 @@ def test_samples_is_checked(capsys, tmp_path):
     sweep = tmp_path / "optuna"
     sweep.mkdir()
     write_settings(str(sweep), SweepSettings("optuna", "synthetic", None, "quick", None, None, 4), "cmd")
-    args = get_args_parser().parse_args(["--resume", "--experiment", "optuna", "--storage", str(tmp_path),
-                                         "--samples", "6"])
-    with pytest.raises(UsageError, match="--samples: a resumed search keeps the size it started with"):
-        settings_for(args, str(tmp_path), "optuna")
+    def resumed(samples: str):
+        args = get_args_parser().parse_args(["--resume", "--experiment", "optuna", "--storage", str(tmp_path),
+                                             "--samples", samples])
+        return settings_for(args, str(tmp_path), "optuna")
+    assert resumed("6").samples == 6  # grows the same study (test_resume_with_more_samples_grows_the_same_study)
+    with pytest.raises(UsageError, match="--samples 3: the search already asked for 4 trials; .* not shrink"):
+        resumed("3")
+
+
+@pytest.mark.slow  # one more quick trial of the module's search on the tiny set: ~1 min on 2 shared cores
+def test_resume_with_more_samples_grows_the_same_study(tiny_search, capsys):
+    root, _, _, uri, _, _ = tiny_search
+    storage = f"sqlite:///{root / 'ray' / 'optuna' / 'optuna.db'}"
+    before = [(t.number, t.params, t.state.name) for t in optuna.load_study(study_name="optuna", storage=storage).trials]
+    code, _, err = run_main(["--resume", "--experiment", "optuna", "--samples", "3", "--storage", str(root / "ray")],
+                            capsys)
+    assert code == 2 and "can grow (--samples above 4), not shrink" in err
+    proc = run_search("--resume", "--experiment", "optuna", "--samples", "5", "--storage", str(root / "ray"), cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "grown from 4 to 5 trials (the same Optuna study)" in proc.stdout
+    after = optuna.load_study(study_name="optuna", storage=storage).trials
+    assert [(t.number, t.params, t.state.name) for t in after[:4]] == before and len(after) == 5
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("optuna")
+    assert len(client.search_runs([experiment.experiment_id], "tags.`pix3d.role` = 'sweep'")) == 1  # the same parent
+    assert len(client.search_runs([experiment.experiment_id], "tags.`pix3d.role` = 'trial'")) == 5

@@ -18,7 +18,7 @@ from ray import tune  # noqa: E402
 
 from analysis.mlflow_store import default_tracking_uri  # noqa: E402
 from analysis.run_fields import trial_run_name  # noqa: E402
-from tests.sweeps import EPOCHS, METRIC_NAMES, SPLIT_SHA256, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
+from tests.sweeps import BOOKKEEPING, EPOCHS, METRIC_NAMES, SPLIT_SHA256, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
 
 
 def _rest(server_url: str, endpoint: str, payload: dict | None = None, query: str = ""):
@@ -82,6 +82,8 @@ def test_sweep_logged_to_server_parent_children_params_metrics_artifacts(served_
         assert run.data.metrics["val_azimuth_acc"] == pytest.approx(result.metrics["val_azimuth_acc"])
         assert "val_azimuth_confusion" not in run.data.metrics
         assert set(METRIC_NAMES) <= set(run.data.metrics)
+        assert not set(BOOKKEEPING) & set(run.data.metrics)  # the step, flags, placement: not charted
+        assert run.data.metrics["lr_scheduled"] == pytest.approx(result.metrics["lr"])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts == {"azimuth_confusion.json", "azimuth_confusion.png", "learning_curves.png"}
 
