@@ -85,7 +85,12 @@ _TUNE = {
     "search.devices": ("NoRetryOnDeviceError",),
     "search.faults": ("ErrorFileCheck",),
     # grids at each model's published lr: `tune.sample_from(published_lr)` in the variant state
-    "search.grids": ("published_lr",),
+    "search.grids": ("published_lr", "cell_value"),
+    # a grid with extra cells (reproduce): `tune.sample_from(partial(cell_value, cells, key))`;
+    # calling partial only builds the wrapper (a pickle cannot call what it built: see _call_problem)
+    "functools": ("partial",),
+    # a search whose ASHA stops are PRUNED in its Optuna study
+    "search.pruning": ("PruningOptunaSearch",),
 }
 ALLOWED_GLOBALS = frozenset((module, name) for module, names in _TUNE.items() for name in names)
 
@@ -102,7 +107,7 @@ ALLOWED_CALLS = frozenset({
     # numpy arrays and random states, datetimes (an Optuna study's trials)
     ("numpy", "dtype"), ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__randomstate_ctor"),
-    ("datetime", "datetime"),
+    ("datetime", "datetime"), ("functools", "partial"),
     *(("ray.cloudpickle.cloudpickle", name) for name in _TUNE["ray.cloudpickle.cloudpickle"]),
 })
 

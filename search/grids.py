@@ -39,10 +39,13 @@ def published_lr(config: Mapping[str, Any]) -> float:
     return model_registry.published_lr(config["model"])
 
 
+CELL_KEY = "cell"  # a grid with extra cells: which cell a trial is (the trainable ignores it)
+
+
 def cell_value(cells: tuple[tuple[tuple[str, Any], ...], ...], key: str, config: Mapping[str, Any]) -> Any:
     """Tune `sample_from` rule of a grid with extra cells: trial `config["cell"]`'s `key`
     (module-level and bound with functools.partial, so the space pickles and restores)."""
-    return dict(cells[config["cell"]])[key]
+    return dict(cells[config[CELL_KEY]])[key]
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ class Grid:
         if self.extra_cells:
             # Not a product: one grid axis over the cells, each key read from its cell.
             cells = tuple(tuple(sorted(c.items())) for c in self.cells())
-            space["cell"] = tune.grid_search(list(range(len(cells))))
+            space[CELL_KEY] = tune.grid_search(list(range(len(cells))))
             for key in dict.fromkeys(k for c in self.cells() for k in c):
                 space[key] = tune.sample_from(functools.partial(cell_value, cells, key))
         else:
@@ -249,6 +252,8 @@ def varied_keys(space: Mapping[str, Any], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for key, value in space.items():
         name = f"{prefix}{key}"
+        if name == CELL_KEY:
+            continue  # an index into a grid's extra cells: the keys it sets are the axes
         if isinstance(value, Domain) or (isinstance(value, Mapping) and "grid_search" in value):
             keys.append(name)
         elif isinstance(value, Mapping):

@@ -113,9 +113,9 @@ def test_varied_keys_are_the_grid_axes_nested_keys_dotted():
     def keys(name):
         return varied_keys(GRIDS[name].param_space())
     assert keys("ablation") == ["model", "modalities", "lr", "seed"]  # lr: each model's published rate
-    assert keys("reproduce") == ["model", "modalities", "lr", "seed", "seed_quirks"]
+    assert keys("reproduce") == ["model", "modalities", "seed_quirks", "lr", "seed"]  # not its `cell` index
     assert keys("split")[-1] == "split"
     assert keys("optuna") == ["model", "lr", "batch_size", "weight_decay"]
-    assert keys("fusion") == ["fusion", "weights", "loss", "seed"]
+    assert keys("fusion") == ["fusion", "weights", "freeze_backbone", "loss", "seed"]
     assert varied_keys({"epochs": 2, "optimizer": {"beta": tune.grid_search([0.9, 0.99]), "eps": 1e-8},
                         "lr": tune.loguniform(1e-5, 1e-2)}) == ["optimizer.beta", "lr"]

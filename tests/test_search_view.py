@@ -29,24 +29,24 @@ from search.study import study_location  # noqa: E402
 from tests.test_search import QUICK_SIZE, make_tiny_dataset, run_main, run_search  # noqa: E402
 
 PARAMS = ("model", "lr", "batch_size", "weight_decay")
+EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
 def tiny_search(tmp_path_factory):
-    """`search.run --grid optuna --samples 4` through the command, on the tiny set. One epoch
-    per trial: the view ranks trials by their value and nothing here reads a second epoch."""
+    """`search.run --grid optuna --samples 4` through the command, on the tiny set, at EPOCHS
+    epochs per trial: two, the fewest at which ASHA can stop a trial early and the view must
+    rank trials at the epoch every one of them reached."""
     root = tmp_path_factory.mktemp("search-view")
     folder, cache = make_tiny_dataset(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    proc = run_search("--grid", "optuna", "--samples", "4", "--epochs", "1", "--budget", "quick",
+    proc = run_search("--grid", "optuna", "--samples", "4", "--epochs", str(EPOCHS), "--budget", "quick",
                       "--data", str(folder), "--cache", str(cache), "--storage", str(root / "ray"),
                       "--mlflow-uri", uri, cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     study = optuna.load_study(study_name="optuna", storage=f"sqlite:///{root / 'ray' / 'optuna' / 'optuna.db'}")
     return root, folder, cache, uri, proc.stdout, study
 
-
-EPOCHS = 2
 
 
 def _last(trial) -> tuple[int, float]:
