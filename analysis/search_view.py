@@ -8,8 +8,8 @@ trials, how much each searched parameter mattered (fANOVA importances,
 parallel-coordinates plot. The experiment is a search when its sweep's MLflow parent run
 carries `search.*` tags (search.study.search_tags: the study's storage and name, the metric
 and its direction, the searched parameters); the trials come from the study that TPE itself
-used, each matched to its MLflow run by its parameters. A study kept in memory (a sweep
-stored under a URI) or no longer on disk leaves the MLflow runs: the same view without
+used, each matched to its MLflow run by its parameters. A study that cannot be opened (kept in
+memory by an older version, no longer on disk or in its bucket) leaves the MLflow runs: the same view without
 importances, and a note saying why. Files: search.md, search.csv, search_history.png,
 search_parallel.png, search_importance.png, written atomically and logged to the parent run
 (`search/` artifacts; metrics `search.best.<metric>`, `search.importance.<param>`).
@@ -27,6 +27,7 @@ from analysis.cells import metric_spec
 from analysis.mlflow_store import ROLE_TAG, search_all_runs
 from analysis.records import trial_runs
 from analysis.search_plots import ParamAxis, plot_history, plot_importances, plot_parallel
+from analysis.study_journal import open_study_storage
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path
@@ -156,7 +157,7 @@ def _axis(name: str, distribution) -> ParamAxis:
     return ParamAxis(name, log=bool(getattr(distribution, "log", False)), choices=choices)
 
 
-def _study_trials(storage: str, name: str, runs, scale: float) -> tuple[pd.DataFrame, list[ParamAxis], object]:
+def _study_trials(storage, name: str, runs, scale: float) -> tuple[pd.DataFrame, list[ParamAxis], object]:
     """The trials of the stored study as a frame, its parameter axes, and the study."""
     import optuna
 
@@ -207,14 +208,6 @@ def _spans_decades(series: pd.Series) -> bool:
     return bool(len(numbers)) and numbers.min() > 0 and numbers.max() / numbers.min() >= 100
 
 
-def _check_study_file(storage: str) -> None:
-    """Refuse a study that is not on disk (opening a missing sqlite file would create it)."""
-    if not storage:
-        raise Pix3DError("it was kept in memory (the sweep's storage is a URI)")
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
-        raise Pix3DError(f"no file {storage[len('sqlite:///'):]}")
-
-
 def _importances(study) -> tuple[dict[str, float], str | None]:
     """fANOVA importances (seeded), or a note saying why there are none."""
     import optuna
@@ -240,8 +233,7 @@ def build_search_view(tracking_uri: str, experiment: str) -> SearchView:
     runs = [r for r in runs if r.data.tags.get("sweep_id") == parent.data.tags.get("sweep_id")]
     notes, importances = [], {}
     try:
-        _check_study_file(storage)
-        trials, axes, study = _study_trials(storage, name, runs, scale)
+        trials, axes, study = _study_trials(open_study_storage(storage), name, runs, scale)
         importances, note = _importances(study)
         notes += [note] if note else []
         source = f"Optuna study `{name}` in {storage}"

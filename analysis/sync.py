@@ -1,6 +1,7 @@
 """Replay a sweep from Ray's storage into MLflow (after degraded mode, or into another store).
 
     python -m analysis.sync --storage ~/ray_results/ablation [--mlflow-uri URI] [--experiment NAME]
+    python -m analysis.sync --storage s3://bucket/sweeps/ablation   # keys from the AWS variables
 
 Reads the experiment folder Tune wrote (per trial: params.json, result.json lines, error.txt;
 the latest experiment_state-*.json for trial status; pix3d_sweep.json for the sweep's
@@ -34,6 +35,7 @@ from analysis.sweep_logger import (SWEEP_INFO_FILE, SweepInfo, SweepLogger, code
                                    normalise_storage_path)
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.fileio import is_uri, local_copy
 
 # Tune's trial status -> the child run's final status (None: still running, leave open).
 _STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}
@@ -169,10 +171,29 @@ def read_trials(folder: Path) -> list[StoredTrial]:
     return sorted(trials, key=lambda t: t.trial_id)
 
 
+def _is_record(relative: str) -> bool:
+    """The files of a stored sweep that a replay reads (no checkpoints, no pickles)."""
+    parts = relative.split("/")
+    if len(parts) == 1:
+        return parts[0].endswith(".json")
+    return len(parts) == 2 and parts[1] in ("params.json", "result.json", "error.txt")
+
+
 def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
          *, progress: bool = True) -> SyncReport:
-    """Replay the sweep in `storage` (Tune's experiment folder) into MLflow; returns counts."""
-    folder = Path(storage).expanduser()
+    """Replay the sweep in `storage` (Tune's experiment folder, or its URI) into MLflow; returns counts."""
+    if is_uri(str(storage)):
+        # An object store (s3://...): its records are copied to a temp folder and read as one;
+        # the sweep keeps its identity (name, id, storage path) from the URI.
+        with local_copy(str(storage), _is_record) as folder:
+            return _sync_folder(folder, str(storage).rstrip("/"), tracking_uri, experiment, progress=progress)
+    return _sync_folder(Path(storage).expanduser(), None, tracking_uri, experiment, progress=progress)
+
+
+def _sync_folder(folder: Path, uri: str | None, tracking_uri: str, experiment: str | None,
+                 *, progress: bool) -> SyncReport:
+    """`sync` of a local folder (`uri`: where it was copied from, when it is a copy)."""
+    storage = uri or folder
     if not folder.is_dir():
         raise Pix3DError(f"--storage {storage}: no such folder")
     if not any(folder.glob("*/params.json")) and _latest(folder, "experiment_state-*.json") is None:
@@ -180,14 +201,15 @@ def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
                          "(no experiment_state-*.json and no trial folders with params.json)")
     check_reachable(tracking_uri)
     saved = read_sweep_state(folder) or {}
+    name = uri.rsplit("/", 1)[-1] if uri else folder.name
     info = SweepInfo(
-        sweep_id=saved.get("sweep_id") or make_sweep_id(str(folder)),
-        sweep_name=saved.get("sweep_name") or folder.name,
-        experiment=experiment or saved.get("experiment") or saved.get("grid") or folder.name,
+        sweep_id=saved.get("sweep_id") or make_sweep_id(str(storage)),
+        sweep_name=saved.get("sweep_name") or name,
+        experiment=experiment or saved.get("experiment") or saved.get("grid") or name,
         grid=saved.get("grid", ""), command=saved.get("command", ""),
         data_manifest=saved.get("data_manifest") or {},
         code_version=saved.get("code_version") or code_version(),
-        storage_path=saved.get("storage_path") or normalise_storage_path(folder),
+        storage_path=saved.get("storage_path") or normalise_storage_path(storage),
         tracking_uri=tracking_uri, search=saved.get("search") or {},
     )
     logger = SweepLogger(tracking_uri, info)
@@ -218,7 +240,8 @@ def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m analysis.sync", description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True,
-                        help="the sweep's Ray Tune experiment folder (storage_path/name)")
+                        help="the sweep's Ray Tune experiment folder (storage_path/name), or its URI "
+                             "(s3://bucket/path/name: endpoint and keys from the AWS_* variables)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--experiment", type=nonempty_str, default=None,

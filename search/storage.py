@@ -3,24 +3,48 @@
 Owns resolving `--storage` (absolute, created and proven writable, or a URI unchanged), the
 sweep folder's path, and whether that folder may be used: a new sweep needs it free, a
 `--resume` needs a whole Tune sweep of the same trials there. On a cluster the storage must
-be shared by every node (NFS, s3://).
+be shared by every node (NFS, s3://). A URI is reached through pyarrow as Ray reaches it
+(pix3d.fileio.filesystem_for), its endpoint and keys from the standard AWS variables; its
+resume check reads a temp copy of the sweep's small records (no checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
-from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import ensure_writable_dir, is_uri
+from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.fileio import ensure_writable_dir, filesystem_for, is_uri, local_copy
 from search.grids import Grid, expand
 
 
 def resolve_storage(storage: str) -> str:
-    """Absolute storage path (created, checked writable) or a URI unchanged."""
+    """Absolute storage path (created, checked writable) or a URI unchanged (checked writable:
+    a missing bucket or bad keys fail now, not after the data is prepared)."""
     if is_uri(storage):
+        check_writable_uri(storage)
         return storage
     return str(ensure_writable_dir(Path(storage).expanduser(), "--storage").resolve())
+
+
+def check_writable_uri(storage: str) -> None:
+    """Write and remove one probe object under `storage`; Pix3DError naming it if that fails."""
+    fs, root = filesystem_for(storage)
+    probe = f"{root}/.write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise Pix3DError(f"--storage {storage}: not a writable storage ({one_line(exc)}); check the bucket "
+                         "and the AWS_* variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
+
+
+def _resume_record(relative: str) -> bool:
+    """What the resume check reads of a stored sweep: Tune's top-level state, trials' results."""
+    parts = relative.split("/")
+    return len(parts) == 1 or (len(parts) == 2 and parts[1] == "result.json")
 
 
 def storage_for(args: argparse.Namespace) -> str:
@@ -45,8 +69,16 @@ def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool
         raise Pix3DError(f"--resume: no Tune sweep to restore at {sweep_path}")
     if not resume and tune.Tuner.can_restore(sweep_path):
         raise UsageError(f"a sweep already exists at {sweep_path}; add --resume, or pick another --experiment")
-    if resume and not is_uri(sweep_path):
+    if resume:
         # Before Tuner.restore: a torn state would be restored as a different sweep.
         from search.resume_check import verify_resume_state
 
-        verify_resume_state(sweep_path, None if grid.is_search else expand(space))
+        expected = None if grid.is_search else expand(space)
+        if not is_uri(sweep_path):
+            verify_resume_state(sweep_path, expected)
+            return
+        with local_copy(sweep_path, _resume_record) as folder:
+            try:
+                verify_resume_state(folder, expected)
+            except Pix3DError as exc:  # name the sweep, not the temp copy
+                raise Pix3DError(str(exc).replace(str(folder), sweep_path)) from None
