@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from dataclasses import replace
 
 import optuna
 import pytest
+from ray import tune
 
 from analysis.study_journal import JOURNAL_FOLDER, open_study_storage
 from analysis.sync import main as sync_main
@@ -146,3 +149,232 @@ def test_a_local_copy_holds_the_records_not_the_checkpoints(offline_s3_sweep, s3
         assert len(trials) == 2 and list(folder.glob("experiment_state-*.json"))
         assert not [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".json")]
     assert not folder.exists()  # the temp copy is gone
+
+
+# ------------------------------------------------------------------------- MLflow artifacts in S3
+
+
+@pytest.mark.slow  # its own mlflow server and a tiny sweep logged to it: ~30 s on a shared 2-core machine
+def test_mlflow_artifacts_in_s3_land_in_the_bucket_and_the_server_serves_them(ray_session, s3, tmp_path):
+    from analysis.table import build_table, write_table
+    from tests.mlflow_server import mlflow_server
+
+    bucket = _bucket(s3, "mlflow")
+    with mlflow_server(tmp_path / "server", artifacts=f"{bucket}/artifacts") as server:
+        space = param_space(models=("combined_net",), subsets=("rgb", "rgb+mask"), seeds=(0,))
+        run_sweep(tmp_path / "ray", "s3art", server.url, space=space, experiment="s3art", grid="ablation")
+        table = build_table(server.url, "s3art")
+        written = write_table(table, tmp_path / "table_out")
+        keys = s3.keys(bucket[len("s3://"):], "artifacts/")
+        parent = table.parent_run_id
+        for name in ("table.md", "table.csv", "table.png"):
+            (key,) = [k for k in keys if k.endswith(f"/{parent}/artifacts/table/{name}")]
+            local = next(p for p in written.values() if p.name == name).read_bytes()
+            assert s3.read(bucket[len("s3://"):], key) == local
+            # What the UI fetches to show the file: the server reads it from the bucket.
+            url = f"{server.url}/get-artifact?path=table/{name}&run_uuid={parent}"
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                assert reply.status == 200 and reply.read() == local
+        # The trials' plots (learning curves, confusion) went to the bucket too.
+        assert [k for k in keys if k.endswith("/learning_curves.png")]
+
+
+# ------------------------------------------------------------------------- sweeps on S3, resumed
+
+
+def s3_trial_reports(s3, uri: str) -> dict[str, list[dict]]:
+    """Trial folder -> its reports, from the result.json objects under the sweep's URI."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    out = {}
+    for key in s3.keys(bucket, prefix + "/"):
+        parts = key[len(prefix) + 1:].split("/")
+        if len(parts) == 2 and parts[1] == "result.json" and parts[0].startswith("train_pose_"):
+            text = s3.read(bucket, key).decode()
+            out[parts[0]] = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return out
+
+
+def s3_checkpoints(s3, uri: str) -> dict[str, list[int]]:
+    """Trial folder -> the indices of the checkpoints it holds in the bucket."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    out: dict[str, set[int]] = {}
+    for key in s3.keys(bucket, prefix + "/"):
+        parts = key[len(prefix) + 1:].split("/")
+        if len(parts) >= 3 and parts[1].startswith("checkpoint_") and parts[0].startswith("train_pose_"):
+            out.setdefault(parts[0], set()).add(int(parts[1][len("checkpoint_"):]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3-data")
+    return make_tiny_dataset(root)
+
+
+@pytest.mark.slow  # two CLI runs with their own Ray start-up, uploads per epoch: ~2-3 min on a shared 2-core machine
+def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_data, tmp_path):
+    folder, cache = tiny_data
+    epochs_per_trial = 12
+    all_epochs = list(range(1, epochs_per_trial + 1))
+    bucket = _bucket(s3, "sweeps")
+    storage, sweep = f"{bucket}/runs", f"{bucket}/runs/smoke"
+    args = ["--grid", "smoke", "--data", str(folder), "--cache", str(cache), "--budget", "quick",
+            "--storage", storage, "--no-mlflow", "--epochs", str(epochs_per_trial), "--max-concurrent", "1"]
+    # The driver's environment is the node's (cli_env copies it): the AWS variables, no S3 option.
+    driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=cli_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # One trial at a time: kill once the first has checkpointed its last epoch and the second
+        # has checkpointed at least once (checkpoints go to the bucket as each epoch reports).
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            progress = sorted(s3_checkpoints(s3, sweep).values(), key=max, reverse=True)
+            # (The second at its third checkpoint: by then Tune has synced the state recording the first as done.)
+            if len(progress) == 2 and max(progress[0]) == epochs_per_trial - 1 and max(progress[1]) >= 2:
+                break
+            assert driver.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep made no progress in 400 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+
+    proc = run_search("--resume", "--experiment", "smoke", "--storage", storage, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
+    after = s3_trial_reports(s3, sweep)
+    assert len(after) == 2
+    runs = {name: {r["resumed_from_epoch"] for r in reports} for name, reports in after.items()}
+    (finished,) = [name for name, starts in runs.items() if starts == {0}]
+    (resumed,) = [name for name in after if name != finished]
+    # The trial that had finished did not run again.
+    assert [r["epoch"] for r in after[finished]] == all_epochs
+    # The other continued from its last checkpoint in S3, not from scratch. Tune records a trial's
+    # latest checkpoint in the experiment state every num_to_keep (2) checkpoints, so a SIGKILL
+    # may lose the last one or two epochs, which run again (at least once); none is skipped.
+    (resumed_from,) = runs[resumed] - {0}
+    first = [r["epoch"] for r in after[resumed] if r["resumed_from_epoch"] == 0]
+    second = [r["epoch"] for r in after[resumed] if r["resumed_from_epoch"] == resumed_from]
+    assert first == list(range(1, len(first) + 1)) and 1 <= resumed_from <= len(first)
+    assert second == list(range(resumed_from + 1, epochs_per_trial + 1))
+    print("bucket after the resumed sweep:\n" + "\n".join(s3.keys(bucket[len("s3://"):])))
+
+
+class InterruptOnce(tune.Callback):
+    """Stop the sweep's driver (as Ctrl-C does) when the first trial completes, once."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.marker):
+            with open(self.marker, "w") as fh:
+                fh.write("interrupted")
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.slow  # two searches of pix3d trainings one at a time: ~90 s on a shared 2-core machine
+def test_a_search_resumed_from_s3_continues_its_study(ray_session, s3, tiny_data, tmp_path):
+    from search.run import run_sweep as run_search_sweep
+
+    folder, cache = tiny_data
+    data = prepare(folder, QUICK_SIZE, cache_dir=cache, progress=False, log=lambda _: None)
+    grid = replace(sized_grid(get_grid("optuna"), 4), max_concurrent=1)  # one at a time: a clean cut
+    space = grid.param_space(None, BUDGETS["quick"])
+    space.update(epochs=1, cpus_per_trial=1, gpus_per_trial=0)
+    storage = f"{_bucket(s3, 'search')}/runs"
+    run_search_sweep(grid, space, data, storage=storage, experiment="cut",
+                     callbacks=[InterruptOnce(str(tmp_path / "m"))])
+    location = study_location(experiment_path(storage, "cut"), "cut")
+    before = optuna.load_study(study_name="cut", storage=open_study_storage(location.storage)).trials
+    assert 1 <= len(before) < 4  # interrupted: the study is in the bucket, part done
+
+    results = run_search_sweep(grid, space, data, storage=storage, experiment="cut", resume=True)
+    after = optuna.load_study(study_name="cut", storage=open_study_storage(location.storage)).trials
+    assert [t.number for t in after] == [0, 1, 2, 3] and len(results) == 4
+    assert [t.params for t in after[:len(before)]] == [t.params for t in before]  # the same trials, grown
+    assert all(t.state.name == "COMPLETE" for t in after)
+
+
+# ------------------------------------------------------------------------- a node that shares no disk
+
+
+@pytest.mark.slow  # a loopback cluster of three Ray nodes and a smoke sweep: ~2-3 min on a shared 2-core machine
+def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on_another(s3, tiny_data, tmp_path):
+    import tempfile
+
+    from tests.test_cluster import free_port as ray_port
+    from tests.test_cluster import start_node, stop_group
+
+    folder, cache = tiny_data  # on the driver's disk only: trials get the data from Ray's object store
+    bucket = _bucket(s3, "nodisk")
+    storage, sweep = f"{bucket}/runs", f"{bucket}/runs/smoke"
+    epochs = 6
+    port = ray_port()
+    base = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The head runs no trials (0 CPUs): every trial is placed on a worker.
+    head_env = {k: v for k, v in base.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
+    head_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths
+
+    def worker(name: str) -> tuple[int, str]:
+        """A worker in its own working folder, temp dir and HOME, reaching only S3 (its AWS
+        variables); the node's process group and its temp dir."""
+        home = tmp_path / name
+        (home / "tmp").mkdir(parents=True)
+        temp_dir = tempfile.mkdtemp(prefix=f"{name[:2]}-", dir="/tmp")
+        env = head_env | s3.env | {"HOME": str(home), "TMPDIR": str(home / "tmp")}
+        group = start_node(["--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                            "--temp-dir", temp_dir, "--dashboard-agent-listen-port", str(ray_port()),
+                            "--disable-usage-stats"], env, cwd=home)
+        return group, temp_dir
+
+    groups, temp_dirs = [], [head_tmp]
+    driver = None
+    try:
+        groups.append(start_node(["--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "0",
+                                  "--temp-dir", head_tmp, "--include-dashboard", "false",
+                                  "--dashboard-port", str(ray_port()), "--dashboard-agent-listen-port", str(ray_port()),
+                                  "--disable-usage-stats"], head_env))
+        first, first_tmp = worker("worker-a")
+        groups.append(first)
+        temp_dirs.append(first_tmp)
+        driver_dir = tmp_path / "driver"
+        driver_dir.mkdir()
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "search.run", "--grid", "smoke", "--address", f"127.0.0.1:{port}",
+             "--data", str(folder), "--cache", str(cache), "--budget", "quick", "--epochs", str(epochs),
+             "--storage", storage, "--no-mlflow", "--cpus-per-trial", "1"],
+            cwd=driver_dir, env=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        # Kill the worker once its trial has two checkpoints in the bucket.
+        deadline = time.monotonic() + 400
+        while not any(max(c) >= 1 for c in s3_checkpoints(s3, sweep).values()):
+            assert driver.poll() is None, driver.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint reached the bucket in 400 s"
+            time.sleep(0.5)
+        os.killpg(first, signal.SIGKILL)
+        second, second_tmp = worker("worker-b")
+        groups.append(second)
+        temp_dirs.append(second_tmp)
+        out, _ = driver.communicate(timeout=400)
+        assert driver.returncode == 0, out[-4000:]
+        assert "sweep smoke: 2 trials, 0 failed" in out
+    finally:
+        if driver is not None and driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        for group in reversed(groups):
+            stop_group(group)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+    reports = s3_trial_reports(s3, sweep)
+    assert len(reports) == 2 and all(rs[-1]["epoch"] == epochs for rs in reports.values())
+    (moved,) = [rs for rs in reports.values() if len({r["node_id"] for r in rs}) == 2]
+    before = [r for r in moved if r["resumed_from_epoch"] == 0]
+    after = [r for r in moved if r["resumed_from_epoch"] > 0]
+    # On the second worker, from the checkpoint the first left in S3 (not from scratch), to the end.
+    resumed_from = after[0]["resumed_from_epoch"]
+    assert {r["node_id"] for r in before}.isdisjoint({r["node_id"] for r in after})
+    assert 1 <= resumed_from <= before[-1]["epoch"]
+    assert [r["epoch"] for r in after] == list(range(resumed_from + 1, epochs + 1))
