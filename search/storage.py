@@ -50,6 +50,8 @@ def _resume_record(relative: str) -> bool:
 def storage_for(args: argparse.Namespace) -> str:
     """The sweep's storage root; a dry run or a resume creates nothing (a resume of nothing
     must leave nothing behind)."""
+    if is_uri(args.storage) and args.dry_run:
+        return args.storage  # a dry run touches no storage, not even with a probe
     if (args.dry_run or args.resume) and not is_uri(args.storage):
         return str(Path(args.storage).expanduser().resolve())
     return resolve_storage(args.storage)

@@ -40,7 +40,7 @@ from search.storage import experiment_path, resolve_storage
 from search.study import study_location
 from tests.mlflow_server import free_port
 from tests.sweeps import EPOCHS, param_space, run_sweep
-from tests.test_search import QUICK_SIZE, cli_env, make_tiny_dataset, run_search
+from tests.test_search import QUICK_SIZE, cli_env, make_tiny_dataset, run_main, run_search
 from tests.test_sync import snapshot
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -93,6 +93,16 @@ def test_an_s3_storage_is_checked_writable_before_any_work(s3, capsys):
     assert [k for k in s3.keys(bucket[len("s3://"):]) if not k.endswith("/")] == []
     with pytest.raises(Pix3DError, match="--storage s3://no-such-bucket-zz/runs: not a writable storage"):
         resolve_storage("s3://no-such-bucket-zz/runs")
+
+
+def test_a_sweep_to_a_missing_bucket_fails_at_once_and_a_dry_run_touches_no_bucket(s3, capsys):
+    code, _, err = run_main(["--grid", "smoke", "--storage", "s3://no-such-bucket-zz/runs", "--no-mlflow"], capsys)
+    assert code == 1 and err.startswith("error: --storage s3://no-such-bucket-zz/runs: not a writable storage")
+    assert err.count("\n") == 1
+    bucket = _bucket(s3, "dry")
+    code, out, _ = run_main(["--grid", "smoke", "--dry-run", "--storage", f"{bucket}/runs"], capsys)
+    assert code == 0 and f"results would go to {bucket}/runs/smoke" in out
+    assert s3.keys(bucket[len("s3://"):]) == []
 
 
 # ------------------------------------------------------------------------- sync from S3
@@ -312,7 +322,9 @@ def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on
     storage, sweep = f"{bucket}/runs", f"{bucket}/runs/smoke"
     epochs = 6
     port = ray_port()
-    base = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    # The token in the environment, not in ~/.ray/auth_token: the workers have HOMEs of their own.
+    base = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+                        "RAY_USAGE_STATS_ENABLED": "0"}
     # The head runs no trials (0 CPUs): every trial is placed on a worker.
     head_env = {k: v for k, v in base.items() if not k.startswith(("AWS_", "MLFLOW_S3"))}
     head_tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths
