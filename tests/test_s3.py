@@ -224,7 +224,7 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.slow  # two CLI runs with their own Ray start-up, uploads per epoch: ~2-3 min on a shared 2-core machine
 def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_data, tmp_path):
     folder, cache = tiny_data
-    epochs_per_trial = 12
+    epochs_per_trial = 6
     all_epochs = list(range(1, epochs_per_trial + 1))
     bucket = _bucket(s3, "sweeps")
     storage, sweep = f"{bucket}/runs", f"{bucket}/runs/smoke"
@@ -236,7 +236,7 @@ def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_dat
     try:
         # One trial at a time: kill once the first has checkpointed its last epoch and the second
         # has checkpointed at least once (checkpoints go to the bucket as each epoch reports).
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 1500  # Ray's start-up and the first epochs, on a loaded machine
         while time.monotonic() < deadline:
             progress = sorted(s3_checkpoints(s3, sweep).values(), key=max, reverse=True)
             # (The second at its third checkpoint: by then Tune has synced the state recording the first as done.)
@@ -245,12 +245,12 @@ def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_dat
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.5)
         else:
-            pytest.fail("the sweep made no progress in 400 s")
+            pytest.fail("the sweep made no progress in 1500 s")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
 
-    proc = run_search("--resume", "--experiment", "smoke", "--storage", storage, cwd=tmp_path, timeout=600)
+    proc = run_search("--resume", "--experiment", "smoke", "--storage", storage, cwd=tmp_path, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert "sweep smoke: 2 trials, 0 failed" in proc.stdout
     after = s3_trial_reports(s3, sweep)
@@ -310,7 +310,7 @@ def test_a_search_resumed_from_s3_continues_its_study(ray_session, s3, tiny_data
 # ------------------------------------------------------------------------- a node that shares no disk
 
 
-@pytest.mark.slow  # a loopback cluster of three Ray nodes and a smoke sweep: ~2-3 min on a shared 2-core machine
+@pytest.mark.slow  # a loopback cluster of three Ray nodes and a smoke sweep: minutes on a shared 2-core machine
 def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on_another(s3, tiny_data, tmp_path):
     import tempfile
 
@@ -353,23 +353,25 @@ def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on
         temp_dirs.append(first_tmp)
         driver_dir = tmp_path / "driver"
         driver_dir.mkdir()
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "search.run", "--grid", "smoke", "--address", f"127.0.0.1:{port}",
-             "--data", str(folder), "--cache", str(cache), "--budget", "quick", "--epochs", str(epochs),
-             "--storage", storage, "--no-mlflow", "--cpus-per-trial", "1"],
-            cwd=driver_dir, env=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+        log = driver_dir / "driver.log"
+        with open(log, "w") as out:
+            driver = subprocess.Popen(
+                [sys.executable, "-m", "search.run", "--grid", "smoke", "--address", f"127.0.0.1:{port}",
+                 "--data", str(folder), "--cache", str(cache), "--budget", "quick", "--epochs", str(epochs),
+                 "--storage", storage, "--no-mlflow", "--cpus-per-trial", "1"],
+                cwd=driver_dir, env=base, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         # Kill the worker once its trial has two checkpoints in the bucket.
-        deadline = time.monotonic() + 400
+        deadline = time.monotonic() + 900
         while not any(max(c) >= 1 for c in s3_checkpoints(s3, sweep).values()):
-            assert driver.poll() is None, driver.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint reached the bucket in 400 s"
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint reached the bucket in 900 s:\n" + log.read_text()[-3000:]
             time.sleep(0.5)
         os.killpg(first, signal.SIGKILL)
         second, second_tmp = worker("worker-b")
         groups.append(second)
         temp_dirs.append(second_tmp)
-        out, _ = driver.communicate(timeout=400)
+        driver.wait(timeout=900)
+        out = log.read_text()
         assert driver.returncode == 0, out[-4000:]
         assert "sweep smoke: 2 trials, 0 failed" in out
     finally:
