@@ -172,7 +172,7 @@ def read_trials(folder: Path) -> list[StoredTrial]:
 
 
 def _is_record(relative: str) -> bool:
-    """The files of a stored sweep that a replay reads (no checkpoints, no pickles)."""
+    """The files of a stored sweep that a replay reads (JSON and error text only: no checkpoints, no binary state)."""
     parts = relative.split("/")
     if len(parts) == 1:
         return parts[0].endswith(".json")
