@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from analysis.mlflow_store import default_tracking_uri
-from analysis.search_view import check_study_file, search_parent
+from analysis.search_view import search_parent
+from analysis.study_journal import open_study_storage
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.cli import ArgumentParser, nonempty_str, positive_int, run_cli
 from pix3d.errors import Pix3DError
@@ -21,18 +22,19 @@ from pix3d.errors import Pix3DError
 HOST = "127.0.0.1"
 
 
-def study_storage(tracking_uri: str, experiment: str) -> tuple[str, str]:
-    """(the Optuna storage URL, the study name) of the latest search logged to `experiment`."""
+def study_storage(tracking_uri: str, experiment: str) -> tuple[str, object, str]:
+    """(where the study is, its opened Optuna storage, the study name) of the latest search
+    logged to `experiment`: a sqlite file, or a journal in the sweep's storage URI."""
     _, _, parent = search_parent(tracking_uri, experiment)
     if parent is None:
         raise Pix3DError(f"experiment {experiment!r} is not a model-based search (no search.* tags on its sweep)")
     tags = parent.data.tags
     storage, name = tags.get(f"{SEARCH_TAG_PREFIX}storage", ""), tags.get(f"{SEARCH_TAG_PREFIX}study", experiment)
     try:
-        check_study_file(storage)
+        opened = open_study_storage(storage)
     except Pix3DError as exc:
         raise Pix3DError(f"the Optuna study {name!r} of experiment {experiment!r} cannot be opened: {exc}") from None
-    return storage, name
+    return storage, opened, name
 
 
 def build_parser() -> ArgumentParser:
@@ -45,13 +47,13 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    storage, name = study_storage(args.mlflow_uri or default_tracking_uri(), args.experiment)
+    storage, opened, name = study_storage(args.mlflow_uri or default_tracking_uri(), args.experiment)
     try:
         import optuna_dashboard  # optional: pip install optuna-dashboard
     except ImportError:
         raise Pix3DError("optuna-dashboard is not installed (pip install optuna-dashboard)") from None
     print(f"study {name!r} in {storage}: http://{HOST}:{args.port}/dashboard (Ctrl-C to stop)", flush=True)
-    optuna_dashboard.run_server(storage, host=HOST, port=args.port)
+    optuna_dashboard.run_server(opened, host=HOST, port=args.port)
     return 0
 
 

@@ -8,8 +8,8 @@ trials, how much each searched parameter mattered (fANOVA importances,
 parallel-coordinates plot. The experiment is a search when its sweep's MLflow parent run
 carries `search.*` tags (search.study.search_tags: the study's storage and name, the metric
 and its direction, the searched parameters); the trials come from the study that TPE itself
-used, each matched to its MLflow run by its parameters. A study kept in memory (a sweep
-stored under a URI) or no longer on disk leaves the MLflow runs: the same view without
+used, each matched to its MLflow run by its parameters. A study that cannot be opened (kept in
+memory by an older version, no longer on disk or in its bucket) leaves the MLflow runs: the same view without
 importances, and a note saying why. Files: search.md, search.csv, search_history.png,
 search_parallel.png, search_importance.png, written atomically and logged to the parent run
 (`search/` artifacts; metrics `search.best.<metric>`, `search.importance.<param>`).
@@ -28,6 +28,7 @@ from analysis.mlflow_ui import run_url
 from analysis.records import trial_runs
 from analysis.run_fields import stopped_text
 from analysis.search_plots import ParamAxis, plot_history, plot_importances, plot_parallel
+from analysis.study_journal import open_study_storage
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path
@@ -237,14 +238,6 @@ def _spans_decades(series: pd.Series) -> bool:
     return bool(len(numbers)) and numbers.min() > 0 and numbers.max() / numbers.min() >= 100
 
 
-def check_study_file(storage: str) -> None:
-    """Refuse a study that is not on disk (opening a missing sqlite file would create it)."""
-    if not storage:
-        raise Pix3DError("it was kept in memory (the sweep's storage is a URI)")
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_file():
-        raise Pix3DError(f"no file {storage[len('sqlite:///'):]}")
-
-
 def _importances(study, trials: pd.DataFrame, maximize: bool) -> tuple[dict[str, float], int, str | None]:
     """fANOVA importances (seeded) over every trial's value at the common budget (so a trial
     ASHA stopped counts with its comparable value), how many trials they rest on, or a note
@@ -294,8 +287,7 @@ def build_search_view(tracking_uri: str, experiment: str) -> SearchView:
     planned = max((int(float(r.data.params["epochs"])) for r in runs if "epochs" in r.data.params), default=0)
     notes, importances, importance_trials, study = [], {}, 0, None
     try:
-        check_study_file(storage)
-        trials, axes, study = _study_trials(client, tracking_uri, storage, name, runs, metric, scale)
+        trials, axes, study = _study_trials(client, tracking_uri, open_study_storage(storage), name, runs, metric, scale)
         source = f"Optuna study `{name}` in {storage}"
     except (Pix3DError, KeyError) as exc:  # no study: the MLflow runs still give the trials
         params = [p for p in tags.get("params", "").split(",") if p]

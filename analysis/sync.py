@@ -1,6 +1,7 @@
 """Replay a sweep from Ray's storage into MLflow (after degraded mode, or into another store).
 
     python -m analysis.sync --storage ~/ray_results/ablation [--mlflow-uri URI] [--experiment NAME]
+    python -m analysis.sync --storage s3://bucket/sweeps/ablation   # keys from the AWS variables
 
 Reads the experiment folder Tune wrote through analysis.tune_files (per trial: params.json,
 result.json lines, error.txt; the latest experiment_state-*.json for trial status;
@@ -194,7 +195,8 @@ def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m analysis.sync", description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True,
-                        help="the sweep's Ray Tune experiment folder (storage_path/name)")
+                        help="the sweep's Ray Tune experiment folder (storage_path/name), or its URI "
+                             "(s3://bucket/path/name: endpoint and keys from the AWS_* variables)")
     parser.add_argument("--mlflow-uri", default=None,
                         help="tracking URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--experiment", type=nonempty_str, default=None,

@@ -3,6 +3,9 @@ folder) or the new one, never half of one. `atomic_path` for one file (`write_js
 `save_figure`, `write_bytes_to` build on it), `atomic_dir` for a folder written as a whole
 (the synthetic set, a prepared cache).
 
+`filesystem_for` and `local_copy` are how readers reach a sweep's storage, a folder or a URI
+(s3://...), through pyarrow as Ray does.
+
 Also the checks every writer shares: free space before a large write (`check_free_space`),
 a full disk as one Pix3DError naming the path and the space (`disk_full`), and an output
 folder checked writable before any work starts (`ensure_writable_dir`).
@@ -20,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pix3d.errors import Pix3DError
+from pix3d.errors import Pix3DError, one_line
 
 # errno values that mean "the disk (or quota) is full"
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -199,3 +202,56 @@ def write_bytes_to(folder: str | Path, name: str, payload: bytes) -> None:
         return
     with atomic_path(Path(folder) / name) as tmp:
         tmp.write_bytes(payload)
+
+
+def filesystem_for(location: str | Path):
+    """(pyarrow FileSystem, path in it) for a local folder or a URI (s3://, gs://, file://).
+
+    The one place `--storage` becomes something to read through, as Ray does: an S3 URI's
+    endpoint and keys come from the standard AWS variables (AWS_ENDPOINT_URL,
+    AWS_ACCESS_KEY_ID, ...), never from the command line. A URI that pyarrow cannot open
+    (unknown scheme, bad bucket name) is a Pix3DError naming it."""
+    import pyarrow.fs  # pyarrow comes with Ray; pix3d itself does not need it elsewhere
+
+    if not is_uri(str(location)):
+        return pyarrow.fs.LocalFileSystem(), str(Path(location).expanduser().absolute())
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(str(location))
+    except (ValueError, OSError) as exc:
+        raise Pix3DError(f"{location}: not a storage URI pyarrow can open ({one_line(exc)})") from None
+    return fs, path.rstrip("/")
+
+
+@contextmanager
+def local_copy(location: str | Path, wanted) -> Iterator[Path]:
+    """A local folder holding what `location` holds: the folder itself when it is local, else a
+    temp copy of every sub-folder and of the files whose relative path `wanted` accepts
+    (removed afterwards). Readers of a sweep's small records (JSON, results) use it so that
+    the same code reads a folder and an object store; large files (checkpoints) are left out.
+    Pix3DError when nothing is stored under a URI, or the store cannot be read."""
+    if not is_uri(str(location)):
+        yield Path(location).expanduser()
+        return
+    import pyarrow.fs  # see filesystem_for
+
+    fs, root = filesystem_for(location)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise Pix3DError(f"{location}: cannot list the storage ({one_line(exc)})") from None
+    if not entries:
+        raise Pix3DError(f"{location}: no such folder (nothing is stored under it)")
+    with tempfile.TemporaryDirectory(prefix="pix3d-storage-") as tmp:
+        for entry in entries:
+            relative = entry.path[len(root):].lstrip("/")
+            target = Path(tmp, relative)
+            if entry.type == pyarrow.fs.FileType.Directory:
+                target.mkdir(parents=True, exist_ok=True)
+            elif entry.type == pyarrow.fs.FileType.File and wanted(relative):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with fs.open_input_stream(entry.path) as stream:
+                        target.write_bytes(stream.read())
+                except OSError as exc:
+                    raise Pix3DError(f"{location}/{relative}: cannot read it ({one_line(exc)})") from None
+        yield Path(tmp)

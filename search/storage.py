@@ -3,29 +3,49 @@
 Owns resolving `--storage` (absolute, created and proven writable, or a URI unchanged), the
 sweep folder's path, and whether that folder may be used: a new sweep needs it free, a
 `--resume` needs a whole Tune sweep of the same trials there. On a cluster the storage must
-be shared by every node (NFS, s3://).
+be shared by every node (NFS, s3://). A URI is reached through pyarrow as Ray reaches it
+(pix3d.fileio.filesystem_for), its endpoint and keys from the standard AWS variables; its
+resume check reads a temp copy of the sweep's small records (no checkpoints).
 """
 
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
-from pix3d.errors import Pix3DError, UsageError
-from pix3d.fileio import atomic_path, ensure_writable_dir, is_uri
+from pix3d.errors import Pix3DError, UsageError, one_line
+from pix3d.fileio import atomic_path, ensure_writable_dir, filesystem_for, is_uri
 from search.grids import Grid, expand
 
 
 def resolve_storage(storage: str) -> str:
-    """Absolute storage path (created, checked writable) or a URI unchanged."""
+    """Absolute storage path (created, checked writable) or a URI unchanged (checked writable:
+    a missing bucket or bad keys fail now, not after the data is prepared)."""
     if is_uri(storage):
+        check_writable_uri(storage)
         return storage
     return str(ensure_writable_dir(Path(storage).expanduser(), "--storage").resolve())
+
+
+def check_writable_uri(storage: str) -> None:
+    """Write and remove one probe object under `storage`; Pix3DError naming it if that fails."""
+    fs, root = filesystem_for(storage)
+    probe = f"{root}/.write-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as exc:
+        raise Pix3DError(f"--storage {storage}: not a writable storage ({one_line(exc)}); check the bucket "
+                         "and the AWS_* variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)") from None
 
 
 def storage_for(args: argparse.Namespace) -> str:
     """The sweep's storage root; a dry run or a resume creates nothing (a resume of nothing
     must leave nothing behind)."""
+    if is_uri(args.storage) and args.dry_run:
+        return args.storage  # a dry run touches no storage, not even with a probe
     if (args.dry_run or args.resume) and not is_uri(args.storage):
         return str(Path(args.storage).expanduser().resolve())
     return resolve_storage(args.storage)

@@ -4,8 +4,9 @@ Owns the study's place and name: an Optuna RDB storage `sqlite:///<sweep folder>
 beside Tune's state, the study named after the experiment. Tune pickles the searcher with
 the sweep, storage included, and `Tuner.restore` brings it back: the resumed search asks
 the same study, whose trials TPE has already seen. A sweep stored under a URI (s3://, a
-cluster's object store) has no local folder for a database: its study stays in memory (as
-Tune's default) and the search view is built without it.
+cluster's object store) cannot hold a database: its study is an Optuna journal of objects
+under `<sweep URI>/optuna-journal` (analysis.study_journal, which says why), pickled by Tune
+as that URI only, so a resume on any machine continues it and the search view reads it.
 
 The tags returned by `search_tags` go on the sweep's MLflow parent run (`search.*`), which
 is how `python -m analysis.table` finds the study and knows the experiment is a search.
@@ -16,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from analysis.study_journal import JOURNAL_FOLDER, ObjectStoreJournal, journal_storage
 from pix3d.fileio import is_uri
 
 STUDY_FILE = "optuna.db"
@@ -23,15 +25,21 @@ STUDY_FILE = "optuna.db"
 
 @dataclass(frozen=True)
 class StudyLocation:
-    """An Optuna study: its RDB storage URL (None: in memory) and its name."""
+    """An Optuna study: its storage (a sqlite URL, a journal's URI; None: in memory) and its name."""
 
     storage: str | None
     name: str
 
+    @property
+    def is_journal(self) -> bool:
+        return self.storage is not None and not self.storage.startswith("sqlite:///")
+
     def open_storage(self):
-        """The RDB storage (its folder created), or None for an in-memory study."""
+        """The study's storage (a sqlite file's folder is created), or None for an in-memory study."""
         if self.storage is None:
             return None
+        if self.is_journal:
+            return journal_storage(self.storage)
         import optuna
 
         Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -39,12 +47,16 @@ class StudyLocation:
 
     def trial_count(self) -> int:
         """Trials the stored study holds so far (0 when it does not exist yet)."""
-        if self.storage is None or not Path(self.storage[len("sqlite:///"):]).is_file():
+        if self.storage is None:
+            return 0
+        if self.is_journal and not ObjectStoreJournal(self.storage).exists():
+            return 0
+        if not self.is_journal and not Path(self.storage[len("sqlite:///"):]).is_file():
             return 0
         import optuna
 
         try:
-            study = optuna.load_study(study_name=self.name, storage=self.storage)
+            study = optuna.load_study(study_name=self.name, storage=self.open_storage())
         except KeyError:  # the database exists, the study does not
             return 0
         return len(study.trials)
@@ -53,7 +65,7 @@ class StudyLocation:
 def study_location(sweep_path: str, experiment: str) -> StudyLocation:
     """The study of the sweep at `sweep_path` (a local folder or a URI)."""
     if is_uri(sweep_path):
-        return StudyLocation(None, experiment)
+        return StudyLocation(f"{sweep_path.rstrip('/')}/{JOURNAL_FOLDER}", experiment)
     return StudyLocation(f"sqlite:///{Path(sweep_path).resolve() / STUDY_FILE}", experiment)
 
 

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one local Ray runtime, one real `mlflow server`, one sweep logged to it.
+"""Session-wide fixtures: one local Ray runtime, one real `mlflow server`, one sweep logged to it,
+one real S3 API (moto's server on loopback).
 
 Defined here (not imported into test modules) so pytest builds each once per session and the
 tracking and table tests share the same server and sweep.
@@ -6,15 +7,20 @@ tracking and table tests share the same server and sweep.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pix3d.data.cache import default_cache_dir
 from tests import loopback
 from tests.mlflow_server import mlflow_server
+from tests.s3_server import s3_server
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3):
+    # After `s3`: Ray's workers inherit the driver's environment when Ray starts, and a trial
+    # that checkpoints to s3:// needs the AWS variables there (moto starts in about a second).
     import ray
 
     if not ray.is_initialized():
@@ -60,3 +66,21 @@ def builtin_set():
     from pix3d.render.synthetic import ensure_builtin
 
     return ensure_builtin(default_cache_dir(), log=None, progress=False)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """moto's S3 server, with the standard AWS variables pointing at it for the rest of the
+    session (this process and every process it starts, as on a cluster node): pyarrow in Ray
+    and in pix3d, and boto3 in MLflow, find it there. Restored at the end."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

@@ -34,9 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_node(args: list[str], env: dict) -> int:
-    """`ray start ...` in a new session; returns its process group (the daemons stay in it)."""
-    proc = subprocess.Popen([RAY, "start", *args], env=env, start_new_session=True,
+def start_node(args: list[str], env: dict, cwd: Path | None = None) -> int:
+    """`ray start ...` in a new session (in `cwd`); returns its process group (the daemons stay in it)."""
+    proc = subprocess.Popen([RAY, "start", *args], env=env, start_new_session=True, cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = proc.communicate(timeout=120)
     if proc.returncode != 0:

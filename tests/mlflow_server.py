@@ -54,8 +54,9 @@ def _wait_until_up(url: str, process: subprocess.Popen, log_path: Path, timeout_
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout_s: float = 90.0):
-    """Start `mlflow server` with its store and artifacts under `root`; yield an MLflowServer."""
+def mlflow_server(root: Path, timeout_s: float = 90.0, *, artifacts: str | None = None):
+    """Start `mlflow server` with its store and artifacts under `root` (or the artifacts at the
+    `artifacts` URI, e.g. s3://bucket/path, with the server's environment's keys); yield an MLflowServer."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -64,7 +65,7 @@ def mlflow_server(root: Path, timeout_s: float = 90.0):
     cmd = [
         str(MLFLOW_BIN), "server",
         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        "--artifacts-destination", artifacts or str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         # MLflow 3 checks the Host header; allow exactly the address we bind.
         "--allowed-hosts", f"127.0.0.1:{port},127.0.0.1,localhost:{port}",
