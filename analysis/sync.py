@@ -146,10 +146,12 @@ def read_trials(storage: str | Path | SweepFolder, log=None) -> list[StoredTrial
 
 def sync(storage: str | Path, tracking_uri: str, experiment: str | None = None,
          *, progress: bool = True) -> SyncReport:
-    """Replay the sweep in `storage` (Tune's experiment folder) into MLflow; returns counts."""
+    """Replay the sweep in `storage` (Tune's experiment folder, or its URI) into MLflow; returns counts."""
     folder = open_folder(storage)
     if folder.kind(folder.path) != FileType.Directory:
-        raise Pix3DError(f"--storage {storage}: no such folder")
+        # An object store has no folders, only keys: say what "no such folder" means there.
+        where = " (nothing is stored under it)" if "://" in str(storage) else ""
+        raise Pix3DError(f"--storage {storage}: no such folder{where}")
     if not read_trial_folders(folder) and latest_state_path(folder) is None:
         raise Pix3DError(f"--storage {storage}: not a Ray Tune experiment folder "
                          "(no experiment_state-*.json and no trial folders with params.json)")

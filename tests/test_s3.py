@@ -149,7 +149,7 @@ def test_sync_from_an_empty_s3_prefix_is_one_line(s3, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_cli(sync_main, ["--storage", f"{bucket}/runs/none", "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 1 and err == f"error: {bucket}/runs/none: no such folder (nothing is stored under it)\n"
+    assert exit_.value.code == 1 and err == f"error: --storage {bucket}/runs/none: no such folder (nothing is stored under it)\n"
 
 
 def test_a_local_copy_holds_the_records_not_the_checkpoints(offline_s3_sweep, s3):
