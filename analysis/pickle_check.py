@@ -91,6 +91,9 @@ _TUNE = {
     "functools": ("partial",),
     # a search whose ASHA stops are PRUNED in its Optuna study
     "search.pruning": ("PruningOptunaSearch",),
+    # a new sweep names Tune's JSON and CSV loggers itself (no TensorBoard logger)
+    "ray.tune.logger.json": ("JsonLoggerCallback",),
+    "ray.tune.logger.csv": ("CSVLoggerCallback",),
 }
 ALLOWED_GLOBALS = frozenset((module, name) for module, names in _TUNE.items() for name in names)
 

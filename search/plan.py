@@ -11,6 +11,8 @@ import argparse
 import math
 from dataclasses import replace
 from typing import Any, Callable, Sequence
+from ray.tune.search.sample import Domain
+
 
 from search import fusion
 from search.grids import Grid, expand
@@ -132,7 +134,8 @@ def budget_line(grid: Grid, budget_overrides: dict, space: dict) -> str | None:
     changed = {k: space[k] for k, v in budget_overrides.items() if k in space and space[k] != v}
     if not changed:
         return None
-    settled = ", ".join(f"{k}={space[k]}" for k in budget_overrides if k in space)
+    settled = ", ".join(f"{k}={_describe_domain(space[k]) if isinstance(space[k], Domain) else space[k]}"
+                        for k in budget_overrides if k in space)
     return (f"grid {grid.name} trials run {settled} (the grid's fixed settings or --epochs replace the "
             f"budget's {', '.join(sorted(changed))})")
 
