@@ -11,8 +11,8 @@ import argparse
 import math
 from dataclasses import replace
 from typing import Any, Callable, Sequence
-from ray.tune.search.sample import Domain
 
+from ray.tune.search.sample import Domain
 
 from search import fusion
 from search.grids import Grid, expand
