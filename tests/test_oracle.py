@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,7 +244,11 @@ def test_render_check_cli_prints_quantiles_and_lists_low_entries(tmp_path):
         return out
     entries.append(add_entry(root, "0003", chair(), rotation_from_angles(200, 15, 0.0), [0.0, 0.0, 2.5], 40.0,
                              800, 600, mask_override=top_third))
-    entries.append(dict(entries[0], model="model/chair/gone/model.obj"))
+    # A fourth entry, a photo of its own (one photo annotated twice is refused), whose model is gone.
+    for kind in ("img", "mask"):
+        shutil.copy(root / entries[0][kind], root / entries[0][kind].replace("0001", "0004"))
+    entries.append(dict(entries[0], img=entries[0]["img"].replace("0001", "0004"),
+                        mask=entries[0]["mask"].replace("0001", "0004"), model="model/chair/gone/model.obj"))
     (root / "pix3d.json").write_text(json.dumps(entries))
     run = subprocess.run([sys.executable, "-m", "pix3d.inspect", str(root), "--render-check", "--size", "64",
                           "--cache", str(tmp_path / "cache")], capture_output=True, text=True, cwd=REPO)
@@ -251,7 +256,7 @@ def test_render_check_cli_prints_quantiles_and_lists_low_entries(tmp_path):
     out = run.stdout
     assert "3 of 4 entries rendered, 1 cannot be" in out and "median" in out and "p05" in out
     assert "1 entries below IoU 0.7:" in out and "entry 2 (img/chair/0003.png): IoU 0." in out
-    assert "entry 3 (img/chair/0001.png): model file model/chair/gone/model.obj is missing" in out
+    assert "entry 3 (img/chair/0004.png): model file model/chair/gone/model.obj is missing" in out
     assert "entry 0 (" not in out and "entry 1 (" not in out
     bad = subprocess.run([sys.executable, "-m", "pix3d.inspect", str(tmp_path / "nowhere"), "--render-check"],
                          capture_output=True, text=True, cwd=REPO)
