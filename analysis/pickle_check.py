@@ -70,6 +70,9 @@ _TUNE = {
     "ray.cloudpickle.cloudpickle": ("_builtin_type", "_make_function", "_function_setstate", "_make_cell",
                                     "_make_empty_cell", "_make_skeleton_class", "_class_setstate"),
     "pyarrow._fs": ("FileSystem._from_uri",),
+    # a sweep stored in S3: Tune's storage context keeps its filesystem (endpoint and region;
+    # rebuilding one opens no connection and runs no code of the pickle's)
+    "pyarrow._s3fs": ("S3FileSystem._reconstruct",),
     # the variant generator keeps Tune's own argument parser
     "argparse": ("ArgumentParser", "HelpFormatter", "_ArgumentGroup", "_StoreAction", "_StoreConstAction",
                  "_StoreTrueAction", "_StoreFalseAction", "_AppendAction", "_AppendConstAction", "_CountAction",
@@ -111,6 +114,7 @@ ALLOWED_CALLS = frozenset({
     ("numpy", "dtype"), ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy.random._pickle", "__bit_generator_ctor"), ("numpy.random._pickle", "__randomstate_ctor"),
     ("datetime", "datetime"), ("functools", "partial"),
+    ("pyarrow._s3fs", "S3FileSystem._reconstruct"),
     *(("ray.cloudpickle.cloudpickle", name) for name in _TUNE["ray.cloudpickle.cloudpickle"]),
 })
 

@@ -13,6 +13,7 @@ line saying what is wrong and what is intact; nothing in storage is written or r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -88,7 +89,17 @@ def verify_resume_state(location: str | Path, expected: list[dict] | None) -> in
     want = sorted(_key(c, keys) for c in expected)
     have = sorted(_key(c, keys) for c in saved)
     if have != want:
-        missing = len([k for k in want if k not in have])
-        raise _refuse(folder, f"it holds {len(saved)} trial(s) where the saved settings make {len(expected)} "
-                              f"({missing} of those not in it): a torn or foreign sweep")
+        unsaved = Counter(want) - Counter(have)  # the grid's trials the state lacks
+        foreign = Counter(have) - Counter(want)  # trials the saved settings do not make
+        # A state saved before its grid had made every trial is normal (an object store
+        # receives Tune's state every few seconds; a driver killed between two uploads leaves
+        # the earlier one): the restored variant generator makes the rest. It is torn when a
+        # trial it lacks has a folder of its own (it ran, and the state lost it), or foreign
+        # when it holds a trial the saved settings do not make.
+        started = {_key(t.config, keys) for t in read_trial_folders(folder) if t.config}
+        lost = [k for k in unsaved if k in started]
+        missing = sum(unsaved.values())
+        if foreign or lost:
+            raise _refuse(folder, f"it holds {len(saved)} trial(s) where the saved settings make {len(expected)} "
+                                  f"({missing} of those not in it): a torn or foreign sweep")
     return len(saved)

@@ -406,3 +406,13 @@ def test_cli_bad_input_is_one_error_line(tmp_path, args, code, message):
     proc = run_relpose(*args, cwd=tmp_path)
     assert proc.returncode == code and proc.stderr.startswith(message), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_last_batch_of_one_pair_joins_the_one_before():
+    """BatchNorm cannot train on one sample: 17 pairs in batches of 8 train as 8 + 9, none dropped."""
+    from relpose.train.loop import train_batches
+
+    order = torch.randperm(17)
+    batches = train_batches(order, 8)
+    assert [len(b) for b in batches] == [8, 9] and torch.equal(torch.cat(batches), order)
+    assert [len(b) for b in train_batches(torch.arange(16), 8)] == [8, 8]

@@ -204,6 +204,18 @@ def s3_trial_reports(s3, uri: str) -> dict[str, list[dict]]:
     return out
 
 
+def s3_state_trials(s3, uri: str) -> int:
+    """How many trials the newest experiment state in the bucket names (0 before there is one)."""
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    states = sorted(k for k in s3.keys(bucket, prefix + "/") if k.rsplit("/", 1)[-1].startswith("experiment_state-"))
+    if not states:
+        return 0
+    try:
+        return len(json.loads(s3.read(bucket, states[-1]))["trial_data"])
+    except (ValueError, KeyError):  # caught mid-upload: not yet
+        return 0
+
+
 def s3_checkpoints(s3, uri: str) -> dict[str, list[int]]:
     """Trial folder -> the indices of the checkpoints it holds in the bucket."""
     bucket, _, prefix = uri[len("s3://"):].partition("/")
@@ -231,7 +243,10 @@ def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_dat
     args = ["--grid", "smoke", "--data", str(folder), "--cache", str(cache), "--budget", "quick",
             "--storage", storage, "--no-mlflow", "--epochs", str(epochs_per_trial), "--max-concurrent", "1"]
     # The driver's environment is the node's (cli_env copies it): the AWS variables, no S3 option.
-    driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=cli_env(),
+    # Tune uploads its state every 10 s at first ("auto"); every second here, so that the kill
+    # below, once the bucket's state names both trials, lands close to an upload.
+    driver = subprocess.Popen([sys.executable, "-m", "search.run", *args], cwd=tmp_path,
+                              env=cli_env() | {"TUNE_GLOBAL_CHECKPOINT_S": "1"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         # One trial at a time: kill once the first has checkpointed its last epoch and the second
@@ -242,7 +257,11 @@ def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_dat
             # The second at its second checkpoint, before Tune deletes any of its checkpoints (num_to_keep 2):
             # a SIGKILL after a deletion and before Tune's next state upload leaves a state naming a
             # deleted checkpoint, which --resume cannot restore (a Tune race seen with S3; docs/cluster.md).
-            if len(progress) == 2 and max(progress[0]) == epochs_per_trial - 1 and max(progress[1]) >= 1:
+            # And once Tune's state in the bucket names both trials: the driver uploads it every
+            # few seconds, and a state saved before the second trial existed makes --resume start
+            # that trial anew (nothing lost, its epochs repeated), which this test would not see.
+            if (len(progress) == 2 and max(progress[0]) == epochs_per_trial - 1 and max(progress[1]) >= 1
+                    and s3_state_trials(s3, sweep) == 2):
                 break
             assert driver.poll() is None, "the sweep ended before it could be interrupted"
             time.sleep(0.5)

@@ -21,6 +21,15 @@ from relpose.train.evaluation import baselines, evaluate
 from relpose.train.loss import loss_fn
 
 
+
+def train_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` cut into batches of `batch_size`; a last batch of one pair joins the one before,
+    since BatchNorm cannot normalise a single sample in training (every pair still trains)."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
 def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] | None = None,
         resume_from: dict | None = None) -> dict:
     """Train and evaluate each epoch; returns {"config", "history", "final", "model"}.
@@ -37,8 +46,8 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] 
     # The test models are the pair set's (the same for every seed); nothing here looks at
     # them but the report: no early stopping, no sizing, no choice is made on them.
     train_idx, val_idx, test_idx = data.splits(config.val_fraction, config.seed, config.test_fraction)
-    if len(train_idx) < 1:
-        raise Pix3DError(f"the split left no training pairs (of {len(data)}); use more pairs")
+    if len(train_idx) < 2:  # BatchNorm cannot normalise one sample in training
+        raise Pix3DError(f"the split left {len(train_idx)} training pair(s) of {len(data)}; use more pairs")
     tensors = PairTensors(data, device)
     model = RelPoseNet(config.fusion, config.weights, config.freeze_backbone, config.backbone).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -63,7 +72,8 @@ def fit(config: RelPoseConfig, data: PairData, *, on_epoch: Callable[..., None] 
     for epoch in range(first_epoch, config.epochs + 1):
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for step, idx in enumerate(train_t[torch.randperm(len(train_t), generator=shuffle)].split(config.batch_size), 1):
+        for step, idx in enumerate(train_batches(train_t[torch.randperm(len(train_t), generator=shuffle)],
+                                                 config.batch_size), 1):
             b = tensors.batch(idx)
             loss = loss_fn(config.loss, b, model(b["source"], b["target"]))
             if not torch.isfinite(loss):
