@@ -95,17 +95,23 @@ def _widen_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> nn
     return wide
 
 
+def _load_imagenet(net: nn.Module, weights: Path, backbone: str, label: str, *, classifier: str) -> None:
+    """Load torchvision's ImageNet state_dict into `net`; only the classifier's keys (under
+    `classifier`, which the backbone drops) may go unused, anything else is a wrong file."""
+    state = load_backbone_state(weights, backbone)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or [k for k in unexpected if not k.startswith(classifier)]:
+        raise Pix3DError(f"weights file {weights} does not match {label}: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
 def resnet18_backbone(in_channels: int, weights: Path | None) -> nn.Module:
     """ResNet-18 without its classifier (outputs 512-d), optionally from an ImageNet state_dict."""
     from torchvision.models import resnet18
 
     net = resnet18(weights=None)
     if weights is not None:
-        state = load_backbone_state(weights, "resnet18")
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or [k for k in unexpected if not k.startswith("fc.")]:
-            raise Pix3DError(f"weights file {weights} does not match ResNet-18: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+        _load_imagenet(net, weights, "resnet18", "ResNet-18", classifier="fc.")
     if in_channels != 3:
         net.conv1 = _widen_first_conv(net.conv1, in_channels, weights is not None)
     net.fc = nn.Identity()
@@ -119,11 +125,7 @@ def alexnet_backbone(in_channels: int, weights: Path | None) -> nn.Module:
 
     net = alexnet(weights=None)
     if weights is not None:
-        state = load_backbone_state(weights, "alexnet")
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        if missing or [k for k in unexpected if not k.startswith("classifier.")]:
-            raise Pix3DError(f"weights file {weights} does not match AlexNet: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+        _load_imagenet(net, weights, "alexnet", "AlexNet", classifier="classifier.")
     # Without the last max-pool: a 32 px input still leaves a 1 x 1 map after conv5.
     layers = list(net.features.children())[:-1]
     if in_channels != 3:
