@@ -108,20 +108,46 @@ def _forwarded_env() -> dict | None:
     return {"env_vars": values} if values else None
 
 
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's own switch; "0": one machine, on loopback
+
+
+def start_local_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Start a private Ray on this machine whose GCS, raylet and workers listen on 127.0.0.1 only.
+
+    address="local" always starts a fresh instance (a bare ray.init() would silently join
+    whatever `ray start` cluster runs on this machine); no dashboard (an HTTP port that runs
+    jobs); token auth is Ray 2.60's default. Ray resolves 127.0.0.1 to the machine's routable
+    address and binds its servers to the node's address, unless its switch for one-machine
+    Ray (the one it uses on macOS and Windows against firewall prompts) is off: then the
+    node's address is 127.0.0.1 and every server listens on loopback. Ray reads the switch
+    when it is imported, so the imported constant is set too, and both are put back once the
+    node runs (the raylet has inherited the variable; a later `ray start` from this process,
+    which refuses to run with it off, does not see it).
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=log_to_driver, configure_logging=False, runtime_env=_forwarded_env())
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = saved_env
+
+
 def init_ray(address: str | None, log: Callable = print) -> None:
-    """Join `address` or start a private local Ray (all of this machine's cores)."""
+    """Join `address` or start a private local Ray on loopback (all of this machine's cores)."""
     import ray
 
     if address is None:
-        # address="local" always starts a fresh instance: a bare ray.init() would silently
-        # join whatever `ray start` cluster happens to run on this machine. No dashboard (an
-        # HTTP port that runs jobs); token auth is Ray 2.60's default. Ray 2.60 gives no way to
-        # keep its GCS, raylet and workers on 127.0.0.1: it rewrites _node_ip_address=
-        # "127.0.0.1" to the machine's address and binds them to all interfaces
-        # (docs/robustness.md; tests/test_faults_round2.py measures it).
         try:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                     log_to_driver=True, configure_logging=False, runtime_env=_forwarded_env())
+            start_local_ray()
         except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception / RuntimeError for these
             if "timed out" not in str(exc).lower():
                 raise

@@ -26,8 +26,9 @@ def ray_session(s3):
     if not ray.is_initialized():
         # address="local": always a fresh private instance, never a `ray start` cluster whose
         # address file happens to be on this machine (that would refuse num_cpus).
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        from search.cluster import start_local_ray
+
+        start_local_ray(num_cpus=2, log_to_driver=False)
     yield ray
     ray.shutdown()
 

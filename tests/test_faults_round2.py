@@ -121,32 +121,42 @@ def _listening(pid: int) -> set[tuple[str, str]]:
     return found
 
 
-def test_local_ray_listens_on_loopback_only(ray_session):
-    """Measured on the session's local Ray (address="local", as search.cluster.init_ray starts it).
+def _exposed(addresses: set[tuple[str, str]]) -> list[tuple[str, str]]:
+    loopback = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    return sorted((name, ip) for name, ip in addresses if ip not in loopback)
 
-    Ray 2.60 binds its GCS, raylet and workers to all interfaces and rewrites
-    _node_ip_address="127.0.0.1" to the machine's address, so this is an expected failure
-    (xfail, listing what listens where); it passes by itself on a Ray that can do it."""
+
+def test_session_ray_listens_on_loopback_only(ray_session):
+    """The suite's own Ray starts through search.cluster.start_local_ray: nothing beyond loopback."""
     addresses = _listening(os.getpid())
     assert {"gcs_server", "raylet"} <= {name for name, _ in addresses}, sorted(addresses)
-    exposed = sorted((name, ip) for name, ip in addresses if ip not in ("127.0.0.1", "::1"))
-    if exposed:
-        pytest.xfail(f"Ray 2.60 listens beyond loopback: {exposed}")
+    assert _exposed(addresses) == [], sorted(addresses)
 
 
-def test_local_ray_has_no_dashboard_and_token_auth(tmp_path):
-    """What holds today for search.run's local Ray: no dashboard port, and token auth on."""
+def test_local_ray_is_private_loopback_and_token_auth(tmp_path):
+    """search.run's local Ray (init_ray(None)), with a worker running: every listening socket
+    of its process tree is on loopback, there is no dashboard, and token auth is on; the
+    switch that keeps it on loopback does not leak into the driver's environment."""
     code = ("import os, json, ray\n"
-            "from search.cluster import init_ray\n"
+            "from search.cluster import init_ray, LOOPBACK_SWITCH\n"
+            "from tests.test_faults_round2 import _listening\n"
             "init_ray(None)\n"
+            "ray.get(ray.remote(lambda: 1).remote())\n"
             "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
             "print(json.dumps({'dashboard': ray._private.worker.global_worker.node.webui_url,\n"
-            "                  'token': bool(is_token_auth_enabled())}))\n")
-    proc = subprocess.run([sys.executable, "-c", code], env=cli_env(), cwd=tmp_path, capture_output=True,
+            "                  'token': bool(is_token_auth_enabled()),\n"
+            "                  'leaked': LOOPBACK_SWITCH in os.environ,\n"
+            "                  'listening': sorted(_listening(os.getpid()))}))\n")
+    env = cli_env()
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not seen["dashboard"] and seen["token"] is True
+    listening = {tuple(pair) for pair in seen["listening"]}
+    assert {"gcs_server", "raylet"} <= {name for name, _ in listening}, seen["listening"]
+    assert _exposed(listening) == [], seen["listening"]
+    assert not seen["dashboard"] and seen["token"] is True and seen["leaked"] is False
 
 
 # ------------------------------------------------------ 4. signals and a full disk, real sweeps
