@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from analysis.mlflow_store import log_table_files
 from analysis.records import trial_runs
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import atomic_path
@@ -135,15 +136,6 @@ class FusionTable:
         return self.to_markdown()
 
 
-def is_fusion_experiment(tracking_uri: str, experiment: str) -> bool:
-    """True when the experiment's trial runs are relative-pose ones (they carry a fusion tag)."""
-    try:
-        _, runs = trial_runs(tracking_uri, experiment)
-    except Pix3DError:
-        return False  # the pose table's loader says what is wrong
-    return bool(runs) and "fusion" in runs[0].data.tags
-
-
 def _history(client, run_id: str, metric: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, metric)}
 
@@ -246,7 +238,5 @@ def write_table(table: FusionTable, out_dir: str | Path, *, formats: Sequence[st
         written[kind] = out_dir / name
     written["png"] = plot_table(table, out_dir / "table.png")
     if log_to_mlflow:
-        from analysis.table import log_table_files
-
         log_table_files(table, written.values(), out_dir)
     return written

@@ -2,17 +2,19 @@
 
 Owns the default store (`sqlite:///<cwd>/mlflow.db`), the checks that name a bad
 `--mlflow-uri` before any work (scheme, a file that is not SQLite, a server that does not
-answer), where a sqlite store's artifacts go, the tag that marks a run's role in a sweep, and
-`search_all_runs`, the one way runs are read back page by page.
+answer), where a sqlite store's artifacts go, the tag that marks a run's role in a sweep,
+`search_all_runs`, the one way runs are read back page by page, and `log_table_files`, the one
+way a table's files and cell metrics reach the sweep's parent run (every table view's).
 """
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
 
 from pix3d.errors import Pix3DError, one_line
 
@@ -104,3 +106,32 @@ def search_all_runs(client, experiment_ids: Sequence[str], filter_string: str = 
         token = page.token
         if not token:
             return runs
+
+
+def client_for(tracking_uri: str):
+    """An MlflowClient for `tracking_uri` (mlflow imported only when a store is read)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def log_table_files(table, paths: Iterable, out_dir: Path, *, metrics: Mapping[str, float] | None = None,
+                    artifact_path: str = "table") -> None:
+    """The written files as `<artifact_path>/` artifacts of the sweep's parent run (when the
+    table knows it: `parent_run_id`, `tracking_uri`), and `metrics` (step 0) on it; a failure
+    names the run, the files stay."""
+    if not (table.parent_run_id and table.tracking_uri):
+        return
+    try:
+        from mlflow.entities import Metric
+
+        client = client_for(table.tracking_uri)
+        for path in paths:
+            client.log_artifact(table.parent_run_id, str(path), artifact_path=artifact_path)
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), stamp, 0) for key, value in (metrics or {}).items()]
+        for i in range(0, len(batch), 1000):
+            client.log_batch(table.parent_run_id, metrics=batch[i:i + 1000])
+    except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
+        raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
+                         f"{table.parent_run_id} failed: {one_line(exc)}") from None

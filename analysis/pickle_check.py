@@ -88,6 +88,8 @@ _TUNE = {
     "search.devices": ("NoRetryOnDeviceError",),
     "search.faults": ("ErrorFileCheck",),
     # grids at each model's published lr: `tune.sample_from(published_lr)` in the variant state
+    # (defined in search.space; sweeps saved before it existed name search.grids)
+    "search.space": ("published_lr", "cell_value"),
     "search.grids": ("published_lr", "cell_value"),
     # a grid with extra cells (reproduce): `tune.sample_from(partial(cell_value, cells, key))`;
     # calling partial only builds the wrapper (a pickle cannot call what it built: see _call_problem)

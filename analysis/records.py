@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.mlflow_store import ROLE_TAG, check_reachable, search_all_runs
+from analysis.mlflow_store import ROLE_TAG, check_reachable, client_for, search_all_runs
 from analysis.run_fields import VARIES_TAG, read_varies
 from pix3d import models as model_registry
 from pix3d.errors import Pix3DError, UsageError
@@ -37,12 +37,6 @@ AXIS_PREFIX = "axis."  # record column of a key a grid varies beyond IDENTITY_CO
 def axis_columns(records: pd.DataFrame) -> list[str]:
     """The records' `axis.<key>` columns: the keys grids varied beyond the usual ones."""
     return [c for c in records.columns if str(c).startswith(AXIS_PREFIX)]
-
-
-def client_for(tracking_uri: str):
-    """An MlflowClient for `tracking_uri` (mlflow imported only when a store is read)."""
-    from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def trial_runs(tracking_uri: str, experiment: str) -> tuple:

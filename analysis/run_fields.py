@@ -151,6 +151,10 @@ ORACLE_TAG = "oracle_inputs"  # child and parent runs: the modalities rendered f
 # and which are repeats (analysis.records, analysis.summary).
 VARIES_TAG = "grid.varies"
 
+# Parent run: the kind of sweep (search.kinds: "grid", "search", "fusion"), which says how it
+# reads as a table (analysis.table.VIEWS).
+KIND_TAG = "sweep.kind"
+
 
 def varies_text(keys) -> str:
     """The VARIES_TAG value: the keys as a JSON list, in the grid's order."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.mlflow_store import ROLE_TAG, search_all_runs
+from analysis.mlflow_store import ROLE_TAG, log_table_files, search_all_runs
 from analysis.mlflow_ui import run_url
 from analysis.records import trial_runs
 from analysis.run_fields import stopped_text
@@ -143,11 +143,6 @@ def search_parent(tracking_uri: str, experiment: str):
     searches = [r for r in parents if r.data.tags.get(f"{SEARCH_TAG_PREFIX}kind")]
     parent = max(searches, key=lambda r: r.info.start_time or 0, default=None)
     return client, runs, parent
-
-
-def is_search_experiment(tracking_uri: str, experiment: str) -> bool:
-    """True when a sweep of `experiment` was a model-based search (its parent's `search.kind`)."""
-    return search_parent(tracking_uri, experiment)[2] is not None
 
 
 def _same(value, text: str | None) -> bool:
@@ -325,8 +320,6 @@ def search_metrics(view: SearchView) -> dict[str, float]:
 
 def write_search_view(view: SearchView, out_dir: str | Path, *, log_to_mlflow: bool = True) -> dict[str, Path]:
     """search.md, search.csv and the PNGs, each atomically; logged to the parent run."""
-    from analysis.table import log_table_files
-
     out_dir = Path(out_dir)
     written = {"md": out_dir / "search.md", "csv": out_dir / "search.csv"}
     for kind, text in (("md", view.to_markdown()), ("csv", view.to_csv())):

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
 from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
-from analysis.run_fields import (ORACLE_TAG, VARIES_TAG, data_provenance, flatten, oracle_inputs, param_text,
+from analysis.run_fields import (KIND_TAG, ORACLE_TAG, VARIES_TAG, data_provenance, flatten, oracle_inputs, param_text,
                                  result_step, scalar_metrics, stopped_text, trial_run_name, trial_tags, varies_text)
 from pix3d.errors import Pix3DError
 from pix3d.fileio import write_bytes_to
@@ -91,6 +91,8 @@ class SweepInfo:
     # The config keys the grid varies (search.grids.varied_keys): the parent's VARIES_TAG.
     # A tuple default (a class attribute) so a callback pickled by older code still reads it.
     varies: tuple[str, ...] = ()
+    # The kind of sweep (search.kinds): the parent's KIND_TAG, which analysis.table dispatches on.
+    kind: str = ""
 
     def description(self) -> str:
         """The parent run's note: what the sweep was and how to rebuild its table."""
@@ -197,6 +199,7 @@ class SweepLogger:
             "storage_path": info.storage_path, "mlflow.note.content": info.description(),
             ORACLE_TAG: oracle_inputs(info.data_manifest),
             **({VARIES_TAG: varies_text(info.varies)} if info.varies else {}),
+            **({KIND_TAG: info.kind} if info.kind else {}),
             **{f"{SEARCH_TAG_PREFIX}{key}": str(value) for key, value in info.search.items()},
         }
         run = self.client.create_run(self.experiment_id, run_name=info.sweep_name, tags=tags)

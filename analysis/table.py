@@ -28,16 +28,20 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from analysis import fusion_table, search_view
 from analysis.cells import ORACLE_MARK, Row, Table
-from analysis.records import AT_CHOICES, BY_CHOICES, client_for, load_records
-from analysis.summary import summarise, summarise_by_category
-from analysis.mlflow_store import default_tracking_uri
+from analysis.mlflow_store import ROLE_TAG, client_for, default_tracking_uri, log_table_files, search_all_runs
 from analysis.mlflow_ui import experiment_review_lines
+from analysis.records import AT_CHOICES, BY_CHOICES, load_records, trial_runs
+from analysis.run_fields import KIND_TAG
+from analysis.summary import summarise, summarise_by_category
+from analysis.sweep_logger import SEARCH_TAG_PREFIX
 from pix3d.cli import ArgumentParser, nonempty_str, run_cli
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path, ensure_writable_dir
@@ -174,28 +178,6 @@ def table_metrics(table: Table) -> dict[str, float]:
             if cell.n and math.isfinite(cell.mean)}
 
 
-def log_table_files(table, paths, out_dir: Path, *, metrics: Mapping[str, float] | None = None,
-                    artifact_path: str = "table") -> None:
-    """The written files as `<artifact_path>/` artifacts of the sweep's parent run (when the
-    table knows it: `parent_run_id`, `tracking_uri`), and `metrics` (step 0) on it; a failure
-    names the run, the files stay."""
-    if not (table.parent_run_id and table.tracking_uri):
-        return
-    try:
-        from mlflow.entities import Metric
-
-        client = client_for(table.tracking_uri)
-        for path in paths:
-            client.log_artifact(table.parent_run_id, str(path), artifact_path=artifact_path)
-        stamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), stamp, 0) for key, value in (metrics or {}).items()]
-        for i in range(0, len(batch), 1000):
-            client.log_batch(table.parent_run_id, metrics=batch[i:i + 1000])
-    except Exception as exc:  # noqa: BLE001 - the files are written; say what failed
-        raise Pix3DError(f"table written to {out_dir}, but logging it to parent run "
-                         f"{table.parent_run_id} failed: {one_line(exc)}") from None
-
-
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m analysis.table", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", type=nonempty_str, required=True, help="MLflow experiment (the grid name by default)")
@@ -215,6 +197,72 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class TableOptions:
+    """What the command line asks of a table view (each view reads the options it has)."""
+
+    metric: str = "val_azimuth_acc"
+    at: str = "last"
+    by: str = "subset"
+    format: str = "md"
+    log: bool = True  # log the files (and cell metrics) to the sweep's parent run
+
+
+@dataclass(frozen=True)
+class TableView:
+    """How one kind of sweep (search.kinds) reads as a table: build it from MLflow, write its files."""
+
+    build: Callable[[str, str, TableOptions], Any]
+    write: Callable[[Any, Path, TableOptions], dict]
+    grouped: bool  # the grouped view's link means something: a grid of models x modalities
+
+
+def _search_build(uri: str, experiment: str, options: TableOptions):
+    view = search_view.build_search_view(uri, experiment)
+    view.render(options.format)  # an unsupported --format fails before anything is written
+    return view
+
+
+# The table view of each kind of sweep, keyed by the kind its parent run records (KIND_TAG):
+# a pose grid's azimuth table, a model-based search's view (best configuration, top trials,
+# importances, plots), the relative-pose study's rotation error by fusion x weights x loss.
+VIEWS: dict[str, TableView] = {
+    "grid": TableView(lambda uri, e, o: build_table(uri, e, metric=o.metric, at=o.at, by=o.by),
+                      lambda t, out, o: write_table(t, out, formats=(o.format,), log_to_mlflow=o.log), grouped=True),
+    "search": TableView(_search_build, lambda v, out, o: search_view.write_search_view(v, out, log_to_mlflow=o.log),
+                        grouped=False),
+    "fusion": TableView(lambda uri, e, o: fusion_table.build_table(uri, e, at=o.at),
+                        lambda t, out, o: fusion_table.write_table(t, out, log_to_mlflow=o.log), grouped=False),
+}
+
+
+def sweep_kind(tracking_uri: str, experiment: str) -> str:
+    """The kind of `experiment`'s latest sweep: its parent run's KIND_TAG. Sweeps logged before
+    the tag are told by what they carry (a search's study tags, a fusion trial's tag); a store
+    that cannot be read is left to the pose table's loader, which names what is wrong."""
+    try:
+        client, runs = trial_runs(tracking_uri, experiment)
+    except Pix3DError:
+        return "grid"
+    found = client.get_experiment_by_name(experiment)
+    parents = search_all_runs(client, [found.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'")
+    parents.sort(key=lambda r: r.info.start_time or 0)
+    tagged = [r.data.tags[KIND_TAG] for r in parents if r.data.tags.get(KIND_TAG) in VIEWS]
+    if tagged:
+        return tagged[-1]
+    if any(r.data.tags.get(f"{SEARCH_TAG_PREFIX}kind") for r in parents):
+        return "search"
+    return "fusion" if runs and "fusion" in runs[0].data.tags else "grid"
+
+
+def build_view(kind: str, tracking_uri: str, experiment: str, out: Path,
+               options: TableOptions = TableOptions()) -> tuple[Any, dict]:
+    """(the table of a `kind` sweep, the files written under `out`)."""
+    view = VIEWS[kind]
+    table = view.build(tracking_uri, experiment, options)
+    return table, view.write(table, out, options)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.experiment.strip():
@@ -222,26 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = args.mlflow_uri or default_tracking_uri()
     out = Path(args.out) if args.out else Path("table_out") / args.experiment
     ensure_writable_dir(out, "--out")  # before reading the store: a bad --out fails at once
-    from analysis import fusion_table, search_view
-
-    grouped = True  # the grouped view's link: a grid of models x modalities only
-    if fusion_table.is_fusion_experiment(uri, args.experiment):
-        # Relative-pose sweeps (fusion grids): rotation error by fusion x weights x loss.
-        table = fusion_table.build_table(uri, args.experiment, at=args.at)
-        files = fusion_table.write_table(table, out, log_to_mlflow=not args.no_log)
-        grouped = False
-    elif search_view.is_search_experiment(uri, args.experiment):
-        # A model-based search (TPE + ASHA): best configuration, top trials, importances, plots.
-        table = search_view.build_search_view(uri, args.experiment)
-        table.render(args.format)  # an unsupported --format fails before anything is written
-        files = search_view.write_search_view(table, out, log_to_mlflow=not args.no_log)
-        grouped = False
-    else:
-        table = build_table(uri, args.experiment, metric=args.metric, at=args.at, by=args.by)
-        files = write_table(table, out, formats=(args.format,), log_to_mlflow=not args.no_log)
+    kind = sweep_kind(uri, args.experiment)
+    options = TableOptions(metric=args.metric, at=args.at, by=args.by, format=args.format, log=not args.no_log)
+    table, files = build_view(kind, uri, args.experiment, out, options)
     print(table.render(args.format), end="")
     print(f"\nwrote {', '.join(str(p) for p in files.values())}")
-    for line in experiment_review_lines(uri, args.experiment, grouped=grouped):
+    for line in experiment_review_lines(uri, args.experiment, grouped=VIEWS[kind].grouped):
         print(line)
     return 0
 

@@ -83,7 +83,7 @@ class MLflowTrackingCallback(_TuneCallback):
 
     def __init__(self, tracking_uri: str, experiment: str, *, sweep_name: str, grid: str,
                  command: str, data_manifest: dict, storage_path: str | None, search: dict | None = None,
-                 varies: tuple[str, ...] = ()):
+                 varies: tuple[str, ...] = (), kind: str = ""):
         storage = normalise_storage_path(storage_path)
         self.tracking_uri = tracking_uri
         self.info = SweepInfo(
@@ -91,7 +91,7 @@ class MLflowTrackingCallback(_TuneCallback):
             experiment=experiment, grid=grid, command=command,
             data_manifest=dict(data_manifest or {}), code_version=code_version(),
             storage_path=f"{storage}/{sweep_name}", tracking_uri=tracking_uri,
-            search=dict(search or {}), varies=tuple(varies),
+            search=dict(search or {}), varies=tuple(varies), kind=kind,
         )
         self._logger: SweepLogger | None = None
         self.disabled = False

@@ -16,7 +16,7 @@ from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegat
                        positive_int)
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
-from search.grids import GRIDS, Grid, get_grid
+from search.grids import GRIDS, SweepKind, get_grid
 from pix3d.data.images import CROPS
 from pix3d.data.maps import selectable, source_choices
 from search.storage import experiment_path
@@ -181,7 +181,9 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     if settings.grid is None:
         raise UsageError(f"--resume: no {SWEEP_SETTINGS_FILE} in {sweep_path}; pass --grid and the original options")
     if saved is not None and args.samples is not None and args.samples != settings.samples:
-        size = settings.samples or get_grid(settings.grid).num_samples
+        grid = get_grid(settings.grid)
+        grid.with_samples(args.samples)  # an exhaustive grid refuses --samples, here as on a new sweep
+        size = settings.samples or grid.size()
         if args.samples < size:
             raise UsageError(f"--samples {args.samples}: the search already asked for {size} trials; a resumed "
                              f"search can grow (--samples above {size}), not shrink")
@@ -190,11 +192,6 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     return settings
 
 
-def sized_grid(grid: Grid, samples: int | None) -> Grid:
+def sized_grid(grid: SweepKind, samples: int | None) -> SweepKind:
     """`grid` with `samples` configurations when it is a search; --samples on a grid is refused."""
-    if samples is None:
-        return grid
-    if not grid.is_search:
-        raise UsageError(f"--samples: grid {grid.name} is an exhaustive grid, not a search; "
-                         "use --seeds, or a search grid (optuna)")
-    return replace(grid, num_samples=samples)
+    return grid if samples is None else grid.with_samples(samples)

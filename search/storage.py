@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_path, ensure_writable_dir, filesystem_for, is_uri
-from search.grids import Grid, expand
+from search.kinds import SweepKind
 
 
 def resolve_storage(storage: str) -> str:
@@ -56,7 +56,7 @@ def experiment_path(storage: str, experiment: str) -> str:
     return f"{storage.rstrip('/')}/{experiment}"
 
 
-def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool) -> None:
+def check_sweep_folder(sweep_path: str, grid: SweepKind, space: dict, *, resume: bool) -> None:
     """A new sweep must not land on an old one; a resumed one must find a whole sweep of
     `grid`'s trials (`space`) to restore."""
     from ray import tune
@@ -70,7 +70,7 @@ def check_sweep_folder(sweep_path: str, grid: Grid, space: dict, *, resume: bool
         # crafted pickle would run (read through pyarrow.fs: a local folder or a URI alike).
         from search.resume_check import verify_resume_state
 
-        verify_resume_state(sweep_path, None if grid.is_search else expand(space))
+        verify_resume_state(sweep_path, grid.resume_trials(space))
 
 
 SEARCH_STATE_GLOB = "search_gen_state-*.json"  # Tune's saved search state (a cloudpickle, despite .json)

@@ -40,7 +40,7 @@ def _env(**extra) -> dict:
 
 def test_fusion_grid_is_the_full_factorial():
     grid = get_grid("fusion")
-    assert grid.trainable == "relpose"
+    assert grid.kind == "fusion"
     trials = grid.trials(2, {"epochs": 1})
     assert len(trials) == grid.size(2) == 32
     combos = {(t["fusion"], t["weights"], t["freeze_backbone"], t["loss"], t["seed"]) for t in trials}
@@ -92,7 +92,7 @@ def test_a_relative_torch_home_reaches_the_trials_as_an_absolute_path(torch_home
     """Each trial runs in its own working directory: a relative weights path would miss the file there."""
     from ray import tune
 
-    from search.fusion import check_imagenet_weights
+    from search.kinds.fusion import check_imagenet_weights
 
     monkeypatch.chdir(torch_home.parent)
     monkeypatch.setenv("TORCH_HOME", torch_home.name)
@@ -172,10 +172,10 @@ def test_relpose_trial_crash_is_retried_from_its_checkpoint(ray_session, tmp_pat
     assert result.checkpoint is not None
 
 
-@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.trainable == "relpose"])
+@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.kind == "fusion"])
 def test_every_fusion_trial_is_a_valid_relpose_config(name, tmp_path):
     from relpose.train import BUDGETS, RelPoseConfig
-    from search.fusion import resolve_budget
+    from search.kinds.fusion import resolve_budget
     from trainables.relpose import relpose_config_from_tune
 
     _, budget = resolve_budget("quick", 0, log=lambda _: None)

@@ -45,8 +45,9 @@ def batch_sweep(ray_session, tmp_path_factory):
         grid = get_grid("batch")
     space = grid.param_space()
     callbacks = tracking_callbacks(argparse.Namespace(no_mlflow=False, mlflow_uri=uri), experiment="batch",
-                                   grid=grid.name, command="pytest batch", manifest={"dataset": "tiny"},
-                                   storage=str(root / "ray"), uri=uri, space=space)
+                                   grid=grid, command="pytest batch", manifest={"dataset": "tiny"},
+                                   storage=str(root / "ray"), sweep_path=str(root / "ray" / "batch"), uri=uri,
+                                   space=space)
     results = run_sweep(grid, space, None, storage=str(root / "ray"), experiment="batch",
                         callbacks=callbacks, function=_trainable)
     assert len(results) == len(BATCH_SIZES) * SEEDS and not results.errors

@@ -15,7 +15,7 @@ from pix3d.train import BUDGETS, TrainConfig
 from search.grids import GRIDS, describe_grids, get_grid
 from trainables.pose import train_config_from_tune
 
-GRID_SEARCHES = [name for name, grid in GRIDS.items() if not grid.is_search]
+GRID_SEARCHES = [name for name, grid in GRIDS.items() if grid.kind != "search"]
 
 
 @pytest.mark.parametrize("name", GRID_SEARCHES)
@@ -28,7 +28,7 @@ def test_size_matches_tunes_own_expansion(name, seeds):
     assert len({tuple(sorted((k, repr(v)) for k, v in t.items())) for t in trials}) == len(trials)
 
 
-@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.trainable == "pose"])
+@pytest.mark.parametrize("name", [name for name, grid in GRIDS.items() if grid.kind in ("grid", "search")])
 def test_every_trial_is_a_valid_train_config(name):  # fusion grids: tests/test_fusion_sweep.py
     grid = get_grid(name)
     trials = grid.trials(1, BUDGETS["quick"]) or [
@@ -90,7 +90,8 @@ def test_optuna_grid_is_tpe_with_asha_and_a_concurrency_limit():
     scheduler = grid.scheduler(max_epochs=4)
     assert isinstance(scheduler, ASHAScheduler)
     assert grid.size() == grid.num_samples
-    assert get_grid("ablation").search_alg() is None and get_grid("ablation").scheduler(4) is None
+    assert get_grid("ablation").tune_options({"epochs": 4}, None) == {"search_alg": None, "scheduler": None,
+                                                                     "num_samples": 1}
 
 
 def test_unknown_grid_lists_the_known_ones():

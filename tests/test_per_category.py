@@ -8,20 +8,20 @@ import pytest
 from pix3d.errors import Pix3DError
 from pix3d.train import fit
 from pix3d.train.state import split_data
-from search.grids import for_categories, get_grid
-from search.run import data_categories
+from search.grids import get_grid
+from search.kinds.pose_grid import data_categories
 from tests.pix3d_fixtures import write_pix3d_folder
 from tests.test_train import pose_pattern_data, small_config
 
 
 def test_the_grid_has_one_trial_per_model_and_category_of_the_data(tmp_path):
-    grid = for_categories(get_grid("per_category"), data_categories("synthetic"))
+    grid = get_grid("per_category").for_data("synthetic")
     trials = grid.trials(1, {})
     assert {t["category"] for t in trials} == {"bed", "bookcase", "chair", "desk", "sofa", "table", "wardrobe"}
     assert len(trials) == 2 * 7 and {t["modalities"] for t in trials} == {"rgb"}
     folder = write_pix3d_folder(tmp_path / "set", 6, categories=("chair", "tool"))
     assert data_categories(str(folder)) == ["chair", "tool"]
-    assert get_grid("ablation") is for_categories(get_grid("ablation"), ["chair"])  # other grids unchanged
+    assert get_grid("ablation").for_data("synthetic") is get_grid("ablation")  # other grids unchanged
 
 
 def test_a_run_trains_and_validates_on_its_category_only():

@@ -83,26 +83,26 @@ def test_on_a_cpu_the_published_budget_says_its_cost_and_runs_smaller_only_when_
 
     from pix3d.errors import Pix3DError
     from search.options import SweepSettings
-    from search.plan import build_param_space, cpu_cost, plan_budget
+    from search.plan import build_param_space
 
     grid = replace(get_grid("reproduce"), budget="quick")
     args = argparse.Namespace(gpus_per_trial=0.0, device="auto", cpus_per_trial=1.0, dry_run=False)
     lines: list[str] = []
     for asked, refused in (("auto", True), ("quick", False)):
-        settings, overrides = plan_budget(grid, SweepSettings("reproduce", "synthetic", None, asked, 1, None), args,
-                                          log=lines.append)
+        settings, overrides = grid.plan_budget(SweepSettings("reproduce", "synthetic", None, asked, 1, None), args,
+                                               log=lines.append)
         space = build_param_space(grid, settings, overrides, args)
         assert space["image_size"] == 64
         if refused:
             with pytest.raises(Pix3DError, match="pass --budget quick to run it anyway, or --budget cpu"):
-                cpu_cost(grid, settings, space, args, log=lines.append)
+                grid.check_cost(settings, space, args, log=lines.append)
         else:
-            cpu_cost(grid, settings, space, args, log=lines.append)
+            grid.check_cost(settings, space, args, log=lines.append)
     cost = [line for line in lines if line.startswith("cost on this CPU")]
     assert len(cost) == 2 and "combined_net, 8 trials" in cost[0] and "separate_net, 12 trials" in cost[0]
     assert "budget auto -> quick: grid reproduce runs at its own budget" in lines[0]
     # A smaller budget than the grid's, asked for: run, and say the table labels it.
     smaller = SweepSettings("reproduce", "synthetic", None, "cpu", 1, None)
-    settings, overrides = plan_budget(grid, smaller, args, log=lines.append)
-    cpu_cost(grid, settings, build_param_space(grid, settings, overrides, args), args, log=lines.append)
+    settings, overrides = grid.plan_budget(smaller, args, log=lines.append)
+    grid.check_cost(settings, build_param_space(grid, settings, overrides, args), args, log=lines.append)
     assert lines[-1].startswith("budget cpu (asked for): smaller") and "the table labels" in lines[-1]
