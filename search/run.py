@@ -202,8 +202,7 @@ def prepare_data(grid: Grid, settings: SweepSettings, space: dict):
     from pix3d.data.prepare import prepare
 
     cache = Path(settings.cache) if settings.cache else None
-    data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache,
-                   normals=settings.normals or "auto", boundaries=settings.boundaries or "auto",
+    data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache, sources=settings.sources,
                    crop=crop_of(grid, settings))
     _check_grid_modalities(grid, data.available, data.manifest.get("dataset", "?"))
     return data
@@ -245,8 +244,7 @@ def _dry_run_data(grid: Grid, settings: SweepSettings) -> None:
 
     if str(settings.data) == "synthetic":
         return
-    n, sources = plan_sources(settings.data, normals=settings.normals or "auto",
-                              boundaries=settings.boundaries or "auto")
+    n, sources = plan_sources(settings.data, settings.sources)
     print(f"data {settings.data}: {n} entries; " + "; ".join(
         f"{m} {s}" if s == UNAVAILABLE else f"{m} from {s}" for m, s in sources.items()))
     _check_grid_modalities(grid, {m: s != UNAVAILABLE for m, s in sources.items()}, str(settings.data))
