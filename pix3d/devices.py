@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from pix3d.constants import modality_channels
+from pix3d.constants import Modalities
 from pix3d.errors import Pix3DError
 
 GIB = 1024**3
@@ -198,7 +198,7 @@ def estimate_train_memory(model: str, modalities, *, image_size: int, batch_size
     """
     from pix3d.models import get_model
 
-    channels = len(modality_channels(modalities))
+    channels = len(Modalities(modalities).channels)
     net = get_model(model, modalities, image_size=image_size)
     n_params = sum(p.numel() for p in net.parameters())
     element_bytes = 2 if precision == "bf16" else 4

@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from pix3d.constants import HEADS, MODALITY_CHANNELS, N_BINS, modality_channels, parse_modalities
+from pix3d.constants import HEADS, N_BINS, Modalities
 from pix3d.errors import Pix3DError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -191,7 +191,7 @@ def get_model(
     """
     spec = model_spec(name)
     try:
-        mods = parse_modalities(modalities)
+        mods = Modalities(modalities)
     except ValueError as exc:
         raise Pix3DError(f"modalities: {exc}") from None
     return spec.builder(mods, image_size=int(image_size), seed_quirks=quirks_value(seed_quirks))
@@ -271,11 +271,11 @@ COMBINED_WIDTHS = (64, 256, 256, 8)
 class CombinedNet(nn.Module):
     """Early fusion: every chosen modality stacked as channels into one CNN."""
 
-    def __init__(self, modalities: tuple[str, ...], image_size: int, seed_quirks: SeedQuirks):
+    def __init__(self, modalities: Modalities, image_size: int, seed_quirks: SeedQuirks):
         super().__init__()
         self.modalities = modalities
         side = _check_size("combined_net", image_size, COMBINED_KERNELS)
-        self.features = conv_stack(len(modality_channels(modalities)), COMBINED_WIDTHS, COMBINED_KERNELS)
+        self.features = conv_stack(len(Modalities(modalities).channels), COMBINED_WIDTHS, COMBINED_KERNELS)
         self.fc_in_features = COMBINED_WIDTHS[-1] * side * side  # 968 at 224 px
         self.trunk = nn.Sequential(nn.Linear(self.fc_in_features, 128), nn.ReLU(inplace=True))
         self.heads = PoseHeads(128, relu_on_logits="relu_logits" in quirk_set(seed_quirks))
@@ -329,12 +329,7 @@ class SeparateNet(nn.Module):
         self.modalities = modalities
         side = _check_size("separate_net", image_size, SEPARATE_KERNELS)
         # Channel slices of the stacked input, one per modality, in canonical order.
-        self.channel_slices: list[tuple[int, int]] = []
-        start = 0
-        for m in modalities:
-            lo, hi = MODALITY_CHANNELS[m]
-            self.channel_slices.append((start, start + hi - lo))
-            start += hi - lo
+        self.channel_slices: list[tuple[int, int]] = list(Modalities(modalities).spans)
         self.branches = nn.ModuleDict(
             {m: ModalityBranch(b - a, side) for m, (a, b) in zip(modalities, self.channel_slices)}
         )

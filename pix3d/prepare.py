@@ -29,7 +29,7 @@ from pix3d.cli import ArgumentParser, run_cli
 from pix3d.constants import CACHE_CHANNELS
 from pix3d.data.cache import default_cache_dir
 from pix3d.data.images import CROPS
-from pix3d.data.maps import selectable, source_choices
+from pix3d.data.maps import Sources, add_source_options
 from pix3d.data.prepare import prepare
 
 
@@ -46,10 +46,9 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--margin", type=float, default=0.1, help="--crop margin: context around the bbox on each side, as a fraction of its longest side")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes")
     parser.add_argument("--skip-invalid", action="store_true", help="skip bad entries (listed) instead of failing")
-    for m in selectable():
-        parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
-                            help=f"where {m.name} come from (auto: files, else predict where its weights are present, "
-                                 f"else {m.fallback or 'unavailable'}; oracle: rendered from the CAD model, only when asked)")
+    add_source_options(parser, lambda m: f"where {m.name} come from (auto: files, else predict where its weights are "
+                                          f"present, else {m.fallback or 'unavailable'}; oracle: rendered from the "
+                                          "CAD model, only when asked)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -64,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_invalid=args.skip_invalid,
         margin=args.margin,
         workers=args.workers,
-        normals=args.normals,
-        boundaries=args.boundaries,
+        sources=Sources.from_args(args),
         crop=args.crop,
         progress=not args.no_progress,
         log=lambda message: print(message, flush=True),

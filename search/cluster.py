@@ -98,8 +98,9 @@ def restart_for_token_auth(address: str, log: Callable = print) -> None:
 
 
 # The driver's settings every trial must see, on any node: what `auto` precision means
-# (pix3d.train.precision) and the modules that register models (pix3d.models).
-FORWARDED_ENV = ("PIX3D_PRECISION", "PIX3D_MODELS")
+# (pix3d.train.precision) and the modules that register models (pix3d.models) and modalities
+# (pix3d.constants).
+FORWARDED_ENV = ("PIX3D_PRECISION", "PIX3D_MODELS", "PIX3D_MODALITIES")
 
 
 def _forwarded_env() -> dict | None:

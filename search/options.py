@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pix3d.cli import (ArgumentParser, nonempty_str, nonnegative_float, nonnegative_int, positive_float,
@@ -18,7 +18,7 @@ from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import is_uri, write_bytes_to
 from search.grids import GRIDS, SweepKind, get_grid
 from pix3d.data.images import CROPS
-from pix3d.data.maps import selectable, source_choices
+from pix3d.data.maps import Sources, add_source_options, selectable
 from search.storage import experiment_path
 
 SWEEP_SETTINGS_FILE = "search_run.json"
@@ -26,7 +26,8 @@ SWEEP_SETTINGS_FILE = "search_run.json"
 # pix3d.train.config.BUDGETS plus "auto" (not imported here: that module imports torch; a test
 # keeps the two in step). Fusion grids check their own (relpose.train.BUDGETS).
 SWEEP_BUDGETS = ("auto", "quick", "cpu", "paper")
-SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "normals", "boundaries", "crop")
+# Beside them, each selectable modality's source under its own name ("normals": "auto", ...).
+SWEEP_KEYS = ("grid", "data", "cache", "budget", "seeds", "epochs", "samples", "crop")
 
 
 def get_args_parser() -> ArgumentParser:
@@ -40,10 +41,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the trials it would launch and exit")
     parser.add_argument("--data", default="synthetic", help="Pix3D folder, or 'synthetic' for the built-in set")
     parser.add_argument("--cache", type=Path, default=None, help="cache folder (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
-    for m in selectable():
-        parser.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
-                            help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the "
-                                 "CAD model, every run and the table say so)")
+    add_source_options(parser, lambda m: f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered "
+                                         "from the CAD model, every run and the table say so)")
     parser.add_argument("--crop", default=None, choices=CROPS,
                         help="how the cache is cropped (pix3d.prepare): margin, or published (Pose-from-Shape's "
                              "crop, the notebook's input); default: the grid's (reproduce: published), else margin")
@@ -86,12 +85,18 @@ class SweepSettings:
     seeds: int | None
     epochs: int | None
     samples: int | None = None  # a search's size (None: the grid's num_samples)
-    normals: str | None = None     # the cache's sources (pix3d.prepare); None: auto (older sweeps)
-    boundaries: str | None = None
     crop: str | None = None        # the cache's crop (pix3d.data.images.CROPS); None: the grid's, else margin
+    sources: Sources = field(default_factory=Sources)  # the cache's sources (pix3d.prepare)
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in SWEEP_KEYS}
+        """The saved form: SWEEP_KEYS plus one key per selectable modality (its source)."""
+        return {**{k: getattr(self, k) for k in SWEEP_KEYS}, **self.sources}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "SweepSettings":
+        """Settings read back from `to_dict`'s form (a modality without a saved source: auto)."""
+        return cls(**{k: saved.get(k) for k in SWEEP_KEYS},
+                   sources=Sources({m.name: saved.get(m.name) for m in selectable()}))
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -169,13 +174,12 @@ def settings_for(args: argparse.Namespace, storage: str, experiment: str) -> Swe
     data = args.data if args.data == "synthetic" else str(Path(args.data).expanduser().resolve())
     cache = str(args.cache.expanduser().resolve()) if args.cache else None
     fresh = SweepSettings(args.grid, data, cache, args.budget, args.seeds, args.epochs, args.samples,
-                          getattr(args, "normals", None), getattr(args, "boundaries", None),
-                          getattr(args, "crop", None))
+                          getattr(args, "crop", None), Sources.from_args(args))
     if not args.resume:
         return fresh
     sweep_path = experiment_path(storage, experiment)
     saved = read_settings(sweep_path)
-    settings = fresh if saved is None else SweepSettings(**{k: saved.get(k) for k in SWEEP_KEYS})
+    settings = fresh if saved is None else SweepSettings.from_dict(saved)
     if saved is not None and args.grid and args.grid != settings.grid:
         raise UsageError(f"--resume: sweep {experiment!r} ran grid {settings.grid!r}, not {args.grid!r}")
     if settings.grid is None:

@@ -1,7 +1,7 @@
 """The prepared cache on disk: where it lives, its key, its size, opening it, clean-up.
 
-A cache is `<cache>/prepared/<key>/` holding `images.npy` (uint8 N x 8 x S x S, opened
-memory-mapped: trials never decode images), `meta.json` (per-entry arrays) and
+A cache is `<cache>/prepared/<key>/` holding `images.npy` (uint8 N x C x S x S, C =
+`CACHE_CHANNELS`: 8 for the built-in table; opened memory-mapped: trials never decode images), `meta.json` (per-entry arrays) and
 `manifest.json` (written last: its presence marks a complete cache). The key hashes the
 json, the files' sizes and mtimes (photos, masks, maps, models) and the settings (sources included), so a second preparation with the same
 inputs is a cache hit.
@@ -38,7 +38,7 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class PreparedData:
-    """A prepared cache: images (uint8 N x 8 x S x S, possibly read-only) plus per-entry labels."""
+    """A prepared cache: images (uint8 N x CACHE_CHANNELS x S x S, possibly read-only) plus per-entry labels."""
 
     images: np.ndarray
     azimuth: np.ndarray

@@ -12,14 +12,14 @@ import warnings
 import numpy as np
 import torch
 
-from pix3d.constants import MODALITIES, modality_channels, parse_modalities
+from pix3d.constants import MODALITIES, Modalities
 from pix3d.errors import Pix3DError, UsageError
 
 
-def check_modalities(modalities, available: dict[str, bool]) -> tuple[str, ...]:
-    """Canonical modality tuple; raises if a name is unknown or the cache lacks that modality."""
+def check_modalities(modalities, available: dict[str, bool]) -> Modalities:
+    """The typed subset (as given when it is one); raises if a name is unknown or the cache lacks that modality."""
     try:
-        chosen = parse_modalities(modalities)
+        chosen = Modalities(modalities)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     missing = [m for m in chosen if not available.get(m, False)]
@@ -63,7 +63,7 @@ class ModalityView(torch.utils.data.Dataset):
         )
         if self.indices.numel() and (int(self.indices.min()) < 0 or int(self.indices.max()) >= n):
             raise Pix3DError(f"indices out of range for a cache of {n} entries")
-        self.channels = modality_channels(self.modalities)
+        self.channels = list(self.modalities.channels)
         if max(self.channels) >= self.images.shape[1]:
             raise Pix3DError(f"the cache has {self.images.shape[1]} channels, {self.modalities} need {max(self.channels) + 1}")
         lo, hi = self.channels[0], self.channels[-1] + 1

@@ -8,15 +8,17 @@ edge detector on the cropped RGB, `CANNY_SETTINGS`); a modality without a fallba
 all-or-nothing: if any entry lacks its file, it is unavailable for the whole cache, never
 silently zero. Normals and boundaries may instead be predicted from the RGB
 (`pix3d.data.predict`, where its weights are present) or rendered from the CAD model at the
-annotated pose (`oracle`, only when asked: it leaks the label); `entry_plan` resolves what
-`prepare(normals=, boundaries=)` asked for into each entry's way (auto: files, else predict,
-else the fallback, else unavailable).
+annotated pose (`oracle`, only when asked: it leaks the label). What a preparation asks for is one `Sources`
+mapping (modality -> choice; the `--<modality>` options of every command, `add_source_options`);
+`entry_plan` resolves it into each entry's way (auto: files, else predict, else the fallback,
+else unavailable).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from pix3d.constants import MODALITY_TABLE, Modality
 from pix3d.errors import UsageError
@@ -105,9 +107,9 @@ def source_choices(modality: Modality) -> tuple[str, ...]:
     return tuple(choices)
 
 
-def check_sources(requested: dict[str, str] | None) -> dict[str, str]:
-    """Every selectable modality's requested source ('auto' where not given); a UsageError
-    names the option and its choices."""
+def check_sources(requested: Mapping[str, str | None] | None) -> dict[str, str]:
+    """Every selectable modality's requested source ('auto' where not given or None); a
+    UsageError names the option and its choices."""
     requested = dict(requested or {})
     out = {}
     for m in selectable():
@@ -119,6 +121,50 @@ def check_sources(requested: dict[str, str] | None) -> dict[str, str]:
         raise UsageError(f"no source can be chosen for {', '.join(sorted(requested))}; "
                          f"only for {', '.join(m.name for m in selectable())}")
     return out
+
+
+class Sources(Mapping[str, str]):
+    """Where `prepare` takes each selectable modality from: modality -> auto | files | predict
+    | oracle | none | <its fallback>, one entry per `selectable()` modality in table order
+    (auto where not given), checked once when built. Built once per command from its options
+    (`from_args`, the options `add_source_options` made) and passed whole, so a modality added
+    to the table travels from the command line to the cache key with no edit on the way.
+    `dict(sources)` is what the cache key hashes (`requested_sources`)."""
+
+    def __init__(self, requested: Mapping[str, str | None] | None = None, **by_name: str | None):
+        self._choices = check_sources({**(requested or {}), **by_name})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Sources":
+        """The sources a command line asked for (its `--<modality>` options; absent ones: auto)."""
+        return cls({m.name: getattr(args, m.name, None) for m in selectable()})
+
+    def __getitem__(self, name: str) -> str:
+        return self._choices[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._choices)
+
+    def __len__(self) -> int:
+        return len(self._choices)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._choices.items()))
+
+    def __repr__(self) -> str:
+        return f"Sources({self._choices!r})"
+
+    @property
+    def oracle(self) -> list[str]:
+        """The modalities asked to be rendered from the CAD model (table order)."""
+        return [m for m, choice in self._choices.items() if choice == ORACLE]
+
+
+def add_source_options(parser: argparse.ArgumentParser, help: Callable[[Modality], str]) -> None:
+    """One `--<modality>` option per selectable modality (its choices, default auto): what
+    `Sources.from_args` reads back."""
+    for m in selectable():
+        parser.add_argument(f"--{m.name}", dest=m.name, default=AUTO, choices=source_choices(m), help=help(m))
 
 
 def missing_predict_weights(modality: Modality) -> str | None:

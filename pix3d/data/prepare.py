@@ -5,8 +5,8 @@ bbox, side = longest bbox side times 1 + 2*margin, padded with zeros outside the
 `published`, Pose-from-Shape's letterboxed mask rectangle, `pix3d.data.images`), resized to
 the size asked for (antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
 (rgb 0:3, mask 3, boundaries 4, normals 5:8). Where each modality comes from is
-`pix3d.data.maps` (files, a fallback, a prediction or an oracle render: `prepare(normals=,
-boundaries=)`), one entry's work `pix3d.data.entry`; the cache's layout and key are
+`pix3d.data.maps` (files, a fallback, a prediction or an oracle render: `prepare(sources=)`,
+a `Sources` mapping), one entry's work `pix3d.data.entry`; the cache's layout and key are
 `pix3d.data.cache`. The manifest says where each channel came from (an oracle says so), and
 meta.json records per entry the IoU of the model's rendered silhouette with the mask. The folder is built beside its final place and renamed into
 it, so a crash or a bad entry never leaves a half-written cache.
@@ -21,41 +21,20 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 from tqdm import tqdm
 
 from pix3d.constants import CACHE_CHANNELS, MODALITIES, MODALITY_CHANNELS, MODALITY_TABLE
 from pix3d.data.annotations import Annotation, parse_entries, read_entries
-from pix3d.data.cache import (
-    PREPARE_VERSION,
-    PreparedData,
-    cache_bytes,
-    cache_key,
-    default_cache_dir,
-    load_prepared,
-    remove_stale_temp_dirs,
-)
+from pix3d.data.cache import (PREPARE_VERSION, PreparedData, cache_bytes, cache_key, default_cache_dir, load_prepared,
+                              remove_stale_temp_dirs)
 from pix3d.data.entry import EntryResult, EntryTask, prepare_entry
 from pix3d.data.images import CROPS
-from pix3d.data.maps import (
-    CANNY_SETTINGS,
-    FALLBACK_SOURCES,
-    FROM_FILES,
-    MAP_FOLDERS,
-    NONE,
-    ORACLE,
-    UNAVAILABLE,
-    check_sources,
-    describe_source,
-    edges_label,
-    entry_plan,
-    entry_sources,
-    find_maps,
-    selectable,
-    weights_status,
-)
+from pix3d.data.maps import (CANNY_SETTINGS, FALLBACK_SOURCES, FROM_FILES, MAP_FOLDERS, NONE, ORACLE, UNAVAILABLE,
+                             Sources, describe_source, edges_label, entry_plan, entry_sources, find_maps, selectable,
+                             weights_status)
 from pix3d.data.pose import angles
 from pix3d.data.render_check import render_summary
 from pix3d.data.splits import MembershipMatch, match_published
@@ -79,14 +58,15 @@ def _resolve_dataset(data: str | Path, cache_dir: Path, log: Callable) -> tuple[
     return root, root.resolve().name if root.exists() else root.name
 
 
-def plan_sources(data: str | Path, *, normals: str = "auto", boundaries: str = "auto",
-                 skip_invalid: bool = False) -> tuple[int, dict[str, str]]:
+def plan_sources(data: str | Path, sources: Mapping[str, str | None] | None = None, *, skip_invalid: bool = False,
+                 **by_name: str) -> tuple[int, dict[str, str]]:
     """(entries, {modality: where prepare would take it from, or UNAVAILABLE}) of a dataset
-    folder, without building anything: what `search.run --dry-run` checks a grid against.
-    The built-in set is never generated here (every modality of it is in files)."""
-    requested = check_sources({"normals": normals, "boundaries": boundaries})
+    folder for `sources` (as `prepare`'s), without building anything: what `search.run
+    --dry-run` checks a grid against. The built-in set is never generated here (it has files
+    of every modality the renderer draws, `render=`)."""
+    requested = Sources(sources, **by_name)
     if str(data) == "synthetic":
-        return 0, {m.name: FROM_FILES for m in MODALITY_TABLE}
+        return 0, {m.name: FROM_FILES if m.render else UNAVAILABLE for m in MODALITY_TABLE}
     root = Path(data).expanduser()
     json_path, _, raw_entries = read_entries(root)
     annotations, _ = parse_entries(root, json_path, raw_entries, skip_invalid=skip_invalid, progress=False)
@@ -150,20 +130,21 @@ def prepare(
     skip_invalid: bool = False,
     margin: float = 0.1,
     workers: int | None = None,
-    normals: str = "auto",
-    boundaries: str = "auto",
+    sources: Mapping[str, str | None] | None = None,
     crop: str = "margin",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    **by_name: str,
 ) -> PreparedData:
     """Prepare (or reuse) the cache of a dataset folder or of "synthetic" at `size` pixels.
 
-    `normals` / `boundaries`: auto | files | predict | oracle | none (normals) / canny
-    (boundaries); see `pix3d.data.maps.entry_plan`. `crop`: margin | published
-    (`pix3d.data.images`; `margin` is unused by `published`). All enter the cache key, so a
-    cache of another crop is never reused: a new one is built beside it."""
+    `sources` (a `pix3d.data.maps.Sources`, or one keyword per modality: `normals="oracle"`):
+    auto | files | predict | oracle | none | the modality's fallback (canny); see
+    `pix3d.data.maps.entry_plan`. `crop`: margin | published (`pix3d.data.images`; `margin` is
+    unused by `published`). All enter the cache key, so a cache of another crop is never
+    reused: a new one is built beside it."""
     workers = _check_settings(size, margin, workers, crop)
-    requested = check_sources({"normals": normals, "boundaries": boundaries})
+    requested = Sources(sources, **by_name)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
     root, name = _resolve_dataset(data, cache_dir, log)
@@ -171,9 +152,9 @@ def prepare(
     # The key needs only the raw json and file stamps, so a cache hit skips validation.
     maps = {folder: find_maps(root, folder, raw_entries) for folder in MAP_FOLDERS}
     weights = weights_status(requested)
-    oracle = [m for m in requested if requested[m] == ORACLE]
+    oracle = requested.oracle
     settings = {"size": size, "crop": crop, "margin": float(margin), "skip_invalid": bool(skip_invalid),
-                "requested_sources": requested, "predict_weights": weights,
+                "requested_sources": dict(requested), "predict_weights": weights,
                 "oracle_edges": EDGE_SETTINGS if oracle else None}
     key = cache_key(root, json_bytes, raw_entries, maps, settings)
     prepared_root = cache_dir / "prepared"

@@ -91,7 +91,7 @@ def contact_sheet(root: Path, annotations: list[Annotation], png: Path, *, rows:
     """rows of rgb | mask | rgb + oracle contour | oracle normals | oracle boundaries
     [| predicted normals], for entries evenly spread over the set, into one PNG."""
     from pix3d.data.entry import EntryTask, prepare_entry
-    from pix3d.data.maps import FILES, ORACLE, PREDICT, missing_predict_weights
+    from pix3d.data.maps import FILES, NONE, ORACLE, ORACLE_RENDERS, PREDICT, missing_predict_weights
     from pix3d.constants import MODALITY
 
     predict = missing_predict_weights(MODALITY["normals"]) is None
@@ -105,7 +105,8 @@ def contact_sheet(root: Path, annotations: list[Annotation], png: Path, *, rows:
                     model=a.model, rot_mat=tuple(map(tuple, a.rot_mat.tolist())),
                     trans_mat=tuple(a.trans_mat.tolist()), focal_length=float(a.focal_length))
         files = tuple(getattr(a, m.annotation) if m.annotation else None for m in MODALITY_TABLE)
-        kinds = tuple(FILES if m.annotation else ORACLE for m in MODALITY_TABLE)
+        kinds = tuple(FILES if m.annotation else ORACLE if m.render in ORACLE_RENDERS else NONE
+                      for m in MODALITY_TABLE)
         result = prepare_entry(EntryTask(files=files, kinds=kinds, **base))
         if result.array is None:
             raise Pix3DError(f"{a.where()}: {result.error}")
@@ -115,7 +116,7 @@ def contact_sheet(root: Path, annotations: list[Annotation], png: Path, *, rows:
         tiles = [rgb, _tile(ch["mask"]), _overlay(rgb, ch["boundaries"][0] > 0, rendered),
                  _tile(ch["normals"]), _tile(ch["boundaries"])]
         if predict:
-            kinds = tuple(FILES if m.annotation else (PREDICT if m.name == "normals" else "canny")
+            kinds = tuple(FILES if m.annotation else PREDICT if m.name == "normals" else m.fallback or NONE
                           for m in MODALITY_TABLE)
             predicted = prepare_entry(EntryTask(files=files, kinds=kinds, **base))
             tiles.append(_tile(predicted.array[slice(*MODALITY_CHANNELS["normals"])])

@@ -55,6 +55,10 @@ from pix3d.render.mesh import Mesh, boxes_to_mesh, write_obj
 from pix3d.render.shading import Rendering, encode_buffer, model_palette, render_view
 from pix3d.render.shapes import CATEGORIES
 
+# The modalities the set has files of: those drawn from a render buffer (`render=`); one
+# without (a modality users bring, PIX3D_MODALITIES) is unavailable in the built-in set.
+RENDERED = tuple(m for m in MODALITY_TABLE if m.render)
+
 # Bump when the output changes for the same (n, seed, size): stamps with another version are
 # regenerated, so caches never mix renderer versions.
 # 2: rot_mat / trans_mat / normals in Pix3D's camera frame (x left, y up)
@@ -226,7 +230,7 @@ def _write_one(args) -> dict:
     config, plan, root = args
     rendering, R, t = render_plan(config, plan, _WORKER_POOL)
     stem = f"{plan.category}/{plan.number:04d}.png"
-    for modality in MODALITY_TABLE:
+    for modality in RENDERED:
         _save_png(encode_buffer(rendering, modality.render), root / modality.directory / stem)
     ys, xs = np.nonzero(rendering.mask)
     size = config.size
@@ -318,7 +322,7 @@ def generate(out: Path, config: SyntheticConfig, *, workers: int | None = None,
                 write_obj(mesh, folder / "model.obj")
                 write_keypoints(model_keypoints(mesh), folder / "3d_keypoints.txt")
         plans = plan_images(config, pool)
-        for modality in MODALITY_TABLE:
+        for modality in RENDERED:
             for category in CATEGORIES:
                 (tmp / modality.directory / category).mkdir(parents=True, exist_ok=True)
         jobs = [(config, plan, tmp) for plan in plans]
@@ -379,7 +383,7 @@ def write_preview(folder: Path, png: Path, *, rows: int = 8) -> Path:
         e = entries[i]
         rel = e["img"].split("/", 1)[1]
         row = []
-        for modality in MODALITY_TABLE:
+        for modality in RENDERED:
             im = Image.open(folder / modality.directory / rel).convert("RGB")
             row.append(np.asarray(im))
         tiles.append(np.concatenate(row, axis=1))

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 from pix3d.cli import ArgumentParser, nonnegative_int, positive_float, positive_int
-from pix3d.constants import modalities_key, parse_modalities
+from pix3d.constants import Modalities
 from pix3d.devices import resolve_device
 from pix3d.errors import Pix3DError, UsageError
 from pix3d.fileio import ensure_writable_dir, write_json
 from pix3d.models import list_models, published_lr
-from pix3d.data.maps import selectable, source_choices
+from pix3d.data.maps import Sources, add_source_options
 from pix3d.data.pose import BIN_SCHEMES
 from pix3d.train.checkpoints import load_checkpoint, save_checkpoint
 from pix3d.train.config import BUDGETS, LR_SCHEDULES, PRECISIONS, TrainConfig, resolve_budget
@@ -34,9 +34,8 @@ def get_args_parser() -> ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the model's published lr)")
     p.add_argument("--data", default="synthetic", help="Pix3D folder (with pix3d.json) or 'synthetic'")
     p.add_argument("--cache", type=Path, default=None, help="cache root (default $PIX3D_CACHE or ~/.cache/pix3d-pose)")
-    for m in selectable():
-        p.add_argument(f"--{m.name}", default="auto", choices=source_choices(m),
-                       help=f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from the CAD model)")
+    add_source_options(p, lambda m: f"where the cache's {m.name} come from (pix3d.prepare; oracle: rendered from "
+                                    "the CAD model)")
     p.add_argument("--crop", default="margin", choices=CROPS,
                    help="margin: the bbox square with context; published: Pose-from-Shape's crop, the notebook's input")
     p.add_argument("--budget", default="auto", choices=["auto", *BUDGETS], help="auto = paper on a GPU, quick on CPU")
@@ -65,7 +64,7 @@ def config_from_args(args) -> tuple[TrainConfig, str]:
     """CLI options over the budget's overrides over the defaults -> (TrainConfig, budget message)."""
     _, overrides, message = resolve_budget(args.budget)
     try:
-        modalities = parse_modalities(args.modalities)
+        modalities = Modalities(args.modalities)
     except ValueError as exc:
         raise UsageError(f"--modalities: {exc}") from None
     if args.model not in list_models():
@@ -106,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train one run from the command line, writing checkpoint.pt and history.json each epoch."""
     args = get_args_parser().parse_args(argv)
     config, message = config_from_args(args)
-    out = args.out or Path("runs") / f"{config.model}-{modalities_key(config.modalities)}-s{config.seed}"
+    out = args.out or Path("runs") / f"{config.model}-{config.modalities.key}-s{config.seed}"
     checkpoint_path, history_path = out / "checkpoint.pt", out / "history.json"
     resume_from = resume_or_refuse(out, args.resume)
     from pix3d.data.prepare import prepare, published_split_plan
@@ -116,11 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_writable_dir(out, "--out")  # now, not after the first epoch
     print(message, flush=True)
     data = prepare(args.data, config.image_size, cache_dir=args.cache, progress=not args.no_progress,
-                   normals=args.normals, boundaries=args.boundaries, crop=args.crop)
+                   sources=Sources.from_args(args), crop=args.crop)
     if data.manifest.get("oracle"):
         print(f"note: {' and '.join(data.manifest['oracle'])} are oracle renders of the CAD model at the true "
               "pose: not comparable with the published numbers", flush=True)
-    print(f"training {config.model} on {modalities_key(config.modalities)} (lr {config.lr:g}, "
+    print(f"training {config.model} on {config.modalities.key} (lr {config.lr:g}, "
           f"{config.epochs} epochs, batch {config.batch_size}, {config.image_size} px, "
           f"{resolve_precision(config.precision, resolve_device(config.device))} (precision {config.precision}), "
           f"device {resolve_device(config.device)}) -> {out}", flush=True)

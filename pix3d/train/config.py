@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pix3d.constants import parse_modalities
+from pix3d.constants import Modalities
 from pix3d.data.splits import SPLITS
 from pix3d.errors import RENAMED, Pix3DError, UsageError, current_name
 from pix3d.models import list_models, quirk_set, quirks_value
@@ -35,7 +35,9 @@ class TrainConfig:
     """
 
     model: str = "combined_net"
-    modalities: tuple[str, ...] = ("rgb",)
+    # Parsed here once (from "rgb+mask", a list or a tuple); below the config every consumer
+    # reads the typed subset, its key and its channels (pix3d.constants.Modalities).
+    modalities: Modalities = Modalities(("rgb",))
     lr: float = 1e-5
     batch_size: int = 10
     epochs: int = 25
@@ -68,7 +70,7 @@ class TrainConfig:
         self.bins, self.split = _current_names(self.bins, self.split)
         self.seed_quirks = quirks_value(self.seed_quirks)
         try:
-            self.modalities = parse_modalities(self.modalities)
+            self.modalities = Modalities(self.modalities)
         except ValueError as exc:
             raise Pix3DError(f"config key 'modalities': {exc}") from None
         _check_numbers(self)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pix3d.constants import HEADS, N_BINS, modality_channels
+from pix3d.constants import HEADS, N_BINS
 from pix3d.devices import EVAL_BATCH
 from pix3d.errors import Pix3DError
 from pix3d.train.batches import BatchSource, train_batches
@@ -87,7 +87,7 @@ def measure_train_step(config: TrainConfig) -> float:
     generator = torch.Generator().manual_seed(0)
     model, optimizer, _ = build_model(config, device)
     model.train()
-    channels = len(modality_channels(config.modalities))
+    channels = len(config.modalities.channels)
     x = torch.rand((config.batch_size, channels, config.image_size, config.image_size), generator=generator).to(device)
     y = torch.randint(0, N_BINS, (config.batch_size, len(HEADS)), generator=generator).to(device)
     timings = []

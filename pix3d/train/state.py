@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pix3d.constants import modality_channels
 from pix3d.data.dataset import ModalityView, check_modalities
 from pix3d.data.splits import split_indices
 from pix3d.devices import resolve_device
@@ -147,7 +146,7 @@ def split_data(config: TrainConfig, data) -> Split:
 
 def normalisation(config: TrainConfig, data, train: torch.Tensor, checkpoint: dict | None) -> dict:
     """The input normalisation: a checkpoint's, raw 0..255 under the raw_input quirk, else training-split stats."""
-    channels = modality_channels(config.modalities)
+    channels = list(config.modalities.channels)
     if checkpoint is not None and checkpoint.get("norm") is not None:
         return checkpoint["norm"]  # the statistics the checkpointed weights were trained with
     if config.has_quirk("raw_input"):

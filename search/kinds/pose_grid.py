@@ -199,8 +199,7 @@ class Grid(SweepKind):
 
         if str(settings.data) == "synthetic":
             return
-        n, sources = plan_sources(settings.data, normals=settings.normals or "auto",
-                                  boundaries=settings.boundaries or "auto")
+        n, sources = plan_sources(settings.data, settings.sources)
         print(f"data {settings.data}: {n} entries; " + "; ".join(
             f"{m} {s}" if s == UNAVAILABLE else f"{m} from {s}" for m, s in sources.items()))
         self._check_modalities({m: s != UNAVAILABLE for m, s in sources.items()}, str(settings.data))
@@ -227,8 +226,7 @@ class Grid(SweepKind):
         from pix3d.data.prepare import prepare  # torch and the decoders: only when data is built
 
         cache = Path(settings.cache) if settings.cache else None
-        data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache,
-                       normals=settings.normals or "auto", boundaries=settings.boundaries or "auto",
+        data = prepare(settings.data, int(space.get("image_size", 224)), cache_dir=cache, sources=settings.sources,
                        crop=self.crop_for(settings))
         self._check_modalities(data.available, data.manifest.get("dataset", "?"))
         return data
