@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from analysis.mlflow_ui import experiment_review_lines, run_url
+from analysis.run_fields import HEADLINE_CHARTS
 from analysis.table import build_table, write_table
 from tests.browser import chromium, chromium_binary
 from tests.sweeps import log_sweep
@@ -29,6 +30,10 @@ CONFIGS = [dict(model=model, modalities=subset, seed=0, lr=1e-4, epochs=2, seed_
            for model in ("combined_net", "separate_net") for subset in ("rgb", "rgb+mask")]
 # What MLflow 3.17 shows on its GenAI side of a run or an experiment, never on the training side.
 GENAI_MARKS = ("Evaluations", "Evaluation runs", "Sessions", "Judges")
+# The visible leaf elements whose text is one of NAMES (a JSON list), in the page's order: chart titles.
+TITLES_JS = ("(() => {{ const names = new Set({names}); return Array.from(document.querySelectorAll('body *'))"
+             ".filter(e => e.children.length === 0 && e.getBoundingClientRect().width > 0"
+             " && names.has((e.innerText || '').trim())).map(e => e.innerText.trim()); }})()")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,14 @@ def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
     page.wait_for("location.hash.includes('/model-metrics')", what="the Model metrics tab")
     _training_side(page)
     page.wait_for("document.querySelectorAll('canvas, svg.main-svg, .js-plotly-plot').length >= 3", what="charts")
+    # The first charts are the headline (their own section, ahead of MLflow's alphabetical
+    # "Model metrics", which starts with best_val_azimuth_acc), then the rest.
+    names = sorted({key.rsplit("/", 1)[-1] for key in trials[0].data.metrics if not key.startswith("system/")})
+    titles_js = TITLES_JS.format(names=json.dumps(names))
+    titles = page.wait_for(f"{titles_js}.length >= {len(HEADLINE_CHARTS)} && {titles_js}", what="the chart titles")
+    assert titles[:len(HEADLINE_CHARTS)] == sorted(HEADLINE_CHARTS), titles
+    sections = page.text().split("Auto-refresh", 1)[1]
+    assert sections.index(f"headline\n({len(HEADLINE_CHARTS)})") < sections.index("Model metrics"), sections[:600]
     page.screenshot(shots / "review_run_charts.png")
     # The breadcrumb back to the runs (MLflow's link, without the side in it) stays on the training side.
     page.click_text("Runs", selector='a[href$="/runs"]')
@@ -127,3 +140,53 @@ def test_the_parent_run_shows_the_table_first_and_as_a_table(reviewed, tmp_path)
     page.click_text("azimuth_table.json", selector="span, div, a")
     page.wait_for_text("combined_net", "separate_net")
     page.screenshot(shots / "review_parent_table.png")
+
+
+def _model_training_stored(page, server) -> None:
+    """The one-time step the sweep prints, unless this browser has taken it already."""
+    page.goto(f"{server.url}/#/")
+    page.wait_for_text("Model training")
+    if page.evaluate("localStorage.getItem('mlflow.workflowType_v1')") != '"machine_learning"':
+        page.click_text("Model training", selector="[role=button]")
+        page.wait_for("localStorage.getItem('mlflow.workflowType_v1') === '\"machine_learning\"'", what="the side stored")
+
+
+def _assistant_closed(page) -> None:
+    """Close MLflow's Assistant panel with its x, as docs/review.md suggests (MLflow remembers it
+    in the browser): the pages that follow get the whole width."""
+    close = "document.querySelector('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+    page.click(close, what="the Assistant's close button")
+    page.wait_for(f"!{close}", what="the Assistant closed")
+
+
+def test_compare_from_the_printed_link_is_the_training_view(reviewed):
+    server, lines, trials, page, shots = reviewed
+    _model_training_stored(page, server)
+    _assistant_closed(page)
+    page.goto(lines[0].split(": ", 1)[1])
+    page.wait_for_text(*(run.info.run_name for run in trials), timeout_s=90)
+    rows = ("Array.from(document.querySelectorAll('input.ag-checkbox-input[aria-label^=\"Press Space to toggle row\"]'))"
+            ".map(e => e.closest('.ag-checkbox-input-wrapper') || e)")
+    for row in (0, 1):
+        page.click(f"{rows}[{row}]", what=f"row {row}'s checkbox")
+    page.click_text("Compare", selector="button")
+    page.wait_for("location.hash.includes('compare-runs')", what="the Compare page")
+    # MLflow's training comparison: the runs side by side, its plots of params against metrics.
+    page.wait_for_text("Comparing 2 Runs", "Parallel Coordinates Plot", "Run details", timeout_s=60)
+    text = page.text()
+    assert not [mark for mark in GENAI_MARKS if mark in text], (page.url(), text[:800])
+    page.screenshot(shots / "review_compare.png")
+
+
+def test_the_grouped_link_charts_a_bar_per_model_and_modalities_with_the_majority_class(reviewed):
+    server, lines, trials, page, shots = reviewed
+    link = next(line for line in lines if "grouped by model and modalities" in line).split(": ", 1)[1]
+    page.goto(link)
+    groups = {(run.data.tags["model"], run.data.tags["modalities"]) for run in trials}
+    # The view's first chart: per group, its last validation accuracy and the majority class's (2 bars).
+    first = "document.querySelector('.js-plotly-plot')"
+    bars = page.wait_for(f"{first} && {first}.querySelectorAll('.barlayer .point').length", what="the first chart's bars")
+    assert bars == 2 * len(groups), bars
+    page.wait_for_text("headline/val_azimuth_acc vs majority_azimuth_acc")
+    page.wait_for("document.querySelectorAll('.js-plotly-plot').length >= 5", what="the headline charts drawn")
+    page.screenshot(shots / "review_grouped_charts.png")
