@@ -20,7 +20,7 @@ import pytest
 from analysis.mlflow_ui import experiment_review_lines, run_url
 from analysis.run_fields import HEADLINE_CHARTS
 from analysis.table import build_table, write_table
-from tests.browser import chromium, chromium_binary
+from tests.browser import BrowserError, chromium, chromium_binary
 from tests.sweeps import log_sweep
 
 pytestmark = pytest.mark.skipif(chromium_binary() is None, reason="no chromium (apt-get install -y chromium)")
@@ -99,8 +99,10 @@ def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
     titles_js = TITLES_JS.format(names=json.dumps(names))
     titles = page.wait_for(f"{titles_js}.length >= {len(HEADLINE_CHARTS)} && {titles_js}", what="the chart titles")
     assert titles[:len(HEADLINE_CHARTS)] == sorted(HEADLINE_CHARTS), titles
-    sections = page.text().split("Auto-refresh", 1)[1]
-    assert sections.index(f"headline\n({len(HEADLINE_CHARTS)})") < sections.index("Model metrics"), sections[:600]
+    # The sections' headers below the toolbar: ours (its 4 charts), then MLflow's "Model metrics".
+    page.wait_for(f"(() => {{ const t = document.body.innerText.split('Auto-refresh')[1] || ''; "
+                  f"const ours = t.indexOf('headline\\n({len(HEADLINE_CHARTS)})'); "
+                  "return ours >= 0 && t.indexOf('Model metrics') > ours; })()", what="the headline section first")
     page.screenshot(shots / "review_run_charts.png")
     # The breadcrumb back to the runs (MLflow's link, without the side in it) stays on the training side.
     page.click_text("Runs", selector='a[href$="/runs"]')
@@ -159,17 +161,34 @@ def _assistant_closed(page) -> None:
     page.wait_for(f"!{close}", what="the Assistant closed")
 
 
+def _select_rows(page, count: int, tries: int = 3) -> None:
+    """Tick the first `count` rows' checkboxes in MLflow's runs table. The first tick swaps the
+    table's toolbar (Compare, Delete, ...), which can move the rows under a click in flight: a
+    row still unticked after a moment is clicked again."""
+    boxes = "Array.from(document.querySelectorAll('input.ag-checkbox-input[aria-label^=\"Press Space to toggle row\"]'))"
+    for row in range(count):
+        for attempt in range(tries):
+            if not page.evaluate(f"{boxes}[{row}] && {boxes}[{row}].checked"):
+                page.click(f"{boxes}.map(e => e.closest('.ag-checkbox-input-wrapper') || e)[{row}]",
+                           what=f"row {row}'s checkbox")
+            try:
+                page.wait_for(f"{boxes}[{row}].checked", timeout_s=10, what=f"row {row} ticked")
+                break
+            except BrowserError:
+                if attempt == tries - 1:
+                    raise
+    page.wait_for(f"{boxes}.filter(e => e.checked).length === {count}", what=f"{count} rows selected")
+
+
 def test_compare_from_the_printed_link_is_the_training_view(reviewed):
     server, lines, trials, page, shots = reviewed
     _model_training_stored(page, server)
     _assistant_closed(page)
     page.goto(lines[0].split(": ", 1)[1])
     page.wait_for_text(*(run.info.run_name for run in trials), timeout_s=90)
-    rows = ("Array.from(document.querySelectorAll('input.ag-checkbox-input[aria-label^=\"Press Space to toggle row\"]'))"
-            ".map(e => e.closest('.ag-checkbox-input-wrapper') || e)")
-    for row in (0, 1):
-        page.click(f"{rows}[{row}]", what=f"row {row}'s checkbox")
-    page.click_text("Compare", selector="button")
+    _select_rows(page, 2)
+    page.click("Array.from(document.querySelectorAll('button')).find(e => e.innerText.trim() === 'Compare' && !e.disabled)",
+               what="the Compare button")
     page.wait_for("location.hash.includes('compare-runs')", what="the Compare page")
     # MLflow's training comparison: the runs side by side, its plots of params against metrics.
     page.wait_for_text("Comparing 2 Runs", "Parallel Coordinates Plot", "Run details", timeout_s=60)
@@ -185,8 +204,16 @@ def test_the_grouped_link_charts_a_bar_per_model_and_modalities_with_the_majorit
     groups = {(run.data.tags["model"], run.data.tags["modalities"]) for run in trials}
     # The view's first chart: per group, its last validation accuracy and the majority class's (2 bars).
     first = "document.querySelector('.js-plotly-plot')"
-    bars = page.wait_for(f"{first} && {first}.querySelectorAll('.barlayer .point').length", what="the first chart's bars")
-    assert bars == 2 * len(groups), bars
+    bars = f"{first} && {first}.querySelectorAll('.barlayer .point').length"
+    page.wait_for(f"{bars} === {2 * len(groups)}", what=f"the first chart's {2 * len(groups)} bars")
+    # Which bar is which (MLflow hides the bar chart's labels; a hover shows them): a group's
+    # bar is the mean of its trials' last values (one trial per group here).
+    traces = page.evaluate(f"{first}.data.map(t => [t.name, t.y, t.x])")
+    assert [name for name, _, _ in traces] == ["headline/val_azimuth_acc", "majority_azimuth_acc"], traces
+    for name, cells, values in traces:
+        expected = {f"tag.model.{run.data.tags['model']},tag.modalities.{run.data.tags['modalities']}":
+                    run.data.metrics[name] for run in trials}
+        assert dict(zip(cells, values)) == pytest.approx(expected), (name, cells, values)
     page.wait_for_text("headline/val_azimuth_acc vs majority_azimuth_acc")
     page.wait_for("document.querySelectorAll('.js-plotly-plot').length >= 5", what="the headline charts drawn")
     page.screenshot(shots / "review_grouped_charts.png")
