@@ -2,7 +2,7 @@
 a fresh profile (nothing remembered, as a first-time reader), the link the sweep prints.
 
 The sweep is logged by the project's SweepLogger (what the Tune callback drives) without Ray:
-the UI needs runs in a store, not a Tune run. Cost: ~25 s on 2 shared cores (one server for
+the UI needs runs in a store, not a Tune run. Cost: ~40-65 s on 2 shared cores (one server for
 the session, one browser and one 4-trial sweep per module). Skipped where no Chromium is
 installed (`.ci/run` installs Debian's `chromium`). PIX3D_SCREENSHOTS=DIR keeps the pages as
 PNGs (docs/img/review_*.png come from here).
