@@ -72,11 +72,12 @@ def _section_id(name: str) -> str:
     return "pix3d-" + name.lower().replace(" ", "-")
 
 
-def _card(kind: str, metrics: Sequence[str], title: str) -> dict:
+def _card(kind: str, metrics: Sequence[str]) -> dict:
     """One chart card as MLflow's UI state holds it (RunsChartsCardConfig): a LINE over the
-    epochs or a BAR of the last values, of `metrics` (the first names the chart), in our section."""
+    epochs or a BAR of the last values, of `metrics`, in our section. (MLflow titles a chart by
+    its metrics, `a vs b`, whatever displayName says.)"""
     card = {"uuid": f"pix3d-{kind.lower()}-{metrics[0].replace('/', '-')}", "type": kind, "isGenerated": False,
-            "deleted": False, "metricSectionId": _section_id(HEADLINE_SECTION), "displayName": title,
+            "deleted": False, "metricSectionId": _section_id(HEADLINE_SECTION),
             "metricKey": metrics[0], "selectedMetricKeys": list(metrics), "runsCountToCompare": 100}
     if kind == "LINE":
         card.update(xAxisKey="step", scaleType="linear", xAxisScaleType="linear", lineSmoothness=0,
@@ -95,11 +96,9 @@ def headline_charts() -> dict:
     """The view state's charts: the headline section first (the last validation accuracy per run
     or group as bars, its curve and the median error's with their majority baselines, the
     losses), then MLflow's own sections, where it appends every other metric (`isReordered`)."""
-    cards = [_card("BAR", _with_baseline(TABLE_METRIC), f"{TABLE_METRIC} (last epoch) and the majority class"),
-             _card("LINE", _with_baseline(TABLE_METRIC), f"{TABLE_METRIC} and the majority class"),
-             _card("LINE", _with_baseline("val_azimuth_mederr"), "val_azimuth_mederr (degrees) and the majority class"),
-             _card("LINE", [headline_key("train_loss")], "train_loss"),
-             _card("LINE", [headline_key("val_loss")], "val_loss")]
+    cards = [_card("BAR", _with_baseline(TABLE_METRIC)), _card("LINE", _with_baseline(TABLE_METRIC)),
+             _card("LINE", _with_baseline("val_azimuth_mederr")), _card("LINE", [headline_key("train_loss")]),
+             _card("LINE", [headline_key("val_loss")])]
     sections = [{"uuid": _section_id(name), "name": name, "display": True, "isReordered": True,
                  "deleted": False, "isGenerated": True} for name in CHART_SECTIONS]
     return {"compareRunCharts": cards, "compareRunSections": sections, "isAccordionReordered": True,
