@@ -17,7 +17,12 @@ with MLflow's own means only (URL view state, experiment tags the UI reads):
   every trial run (the parent's rows expanded are not view state, so a filter on the trial
   role shows them flat) with model, modalities, lr, seed, a search's sampled parameters and
   the headline metrics as columns, best first; `GROUPED_VIEW` groups a grid's trials by model
-  and modalities (the mean over seeds per cell; meaningless for a search's one-off configs).
+  and modalities (the mean over seeds per cell; meaningless for a search's one-off configs);
+- the charts (both views' Chart view): MLflow generates one chart per metric, by name, unless
+  the view lists its chart cards (`compareRunCharts`, `compareRunSections` of the view state).
+  Ours list the headline first, each with its majority baseline (`headline_charts`): a bar per
+  run (per model x modalities in the grouped view) of the last validation accuracy, then the
+  curves; MLflow appends the other metrics after them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import urllib.parse
 from typing import Sequence
 
 from analysis.mlflow_store import ROLE_TAG
+from analysis.run_fields import HEADLINE_SECTION, headline_key
+from pix3d.metrics import METRICS
 from pix3d.models import TABLE_METRIC
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -42,6 +49,11 @@ UI_ENV = "PIX3D_MLFLOW_UI"             # where the reader's `mlflow ui` serves, 
 GROUP_TAGS = ("model", "modalities")
 TRIAL_COLUMNS = ("model", "modalities", "lr", "seed")            # tags of every trial run
 HEADLINE_METRICS = (TABLE_METRIC, "val_azimuth_mederr")           # accuracy (%/100), median error (deg)
+TRIAL_FILTER = f"tags.`{ROLE_TAG}` = 'trial'"  # the trial runs, not the sweep's parent (a group of its own)
+# The chart sections of a view, in order: MLflow's names for its two (a metric without a `/`, and
+# `system/...`), ours first (analysis.run_fields.HEADLINE_SECTION).
+MODEL_SECTION, SYSTEM_SECTION = "Model metrics", "System metrics"
+CHART_SECTIONS = (HEADLINE_SECTION, MODEL_SECTION, SYSTEM_SECTION)
 ONE_TIME_STEP = ("once per browser, so that runs opened from the list stay on the training side: open "
                  "{base}/#/ and click Model training at the top of MLflow's sidebar")
 
@@ -52,16 +64,54 @@ def trials_view_state(search_params: Sequence[str] = ()) -> dict:
     columns = [f"tags.`{tag}`" for tag in TRIAL_COLUMNS]
     columns += [f"params.`{name}`" for name in search_params if name not in TRIAL_COLUMNS]
     columns += [f"metrics.`{name}`" for name in HEADLINE_METRICS]
-    return {"searchFilter": f"tags.`{ROLE_TAG}` = 'trial'", "orderByKey": f"metrics.`{TABLE_METRIC}`",
-            "orderByAsc": False, "selectedColumns": columns, "hideEmptyCharts": True}
+    return {"searchFilter": TRIAL_FILTER, "orderByKey": f"metrics.`{TABLE_METRIC}`",
+            "orderByAsc": False, "selectedColumns": columns, **headline_charts()}
+
+
+def _section_id(name: str) -> str:
+    return "pix3d-" + name.lower().replace(" ", "-")
+
+
+def _card(kind: str, metrics: Sequence[str]) -> dict:
+    """One chart card as MLflow's UI state holds it (RunsChartsCardConfig): a LINE over the
+    epochs or a BAR of the last values, of `metrics`, in our section. (MLflow titles a chart by
+    its metrics, `a vs b`, whatever displayName says.)"""
+    card = {"uuid": f"pix3d-{kind.lower()}-{metrics[0].replace('/', '-')}", "type": kind, "isGenerated": False,
+            "deleted": False, "metricSectionId": _section_id(HEADLINE_SECTION),
+            "metricKey": metrics[0], "selectedMetricKeys": list(metrics), "runsCountToCompare": 100}
+    if kind == "LINE":
+        card.update(xAxisKey="step", scaleType="linear", xAxisScaleType="linear", lineSmoothness=0,
+                    useGlobalXaxisKey=True, useGlobalLineSmoothing=True, yAxisKey="metric", yAxisExpressions=[],
+                    range={}, ignoreOutliers=False, selectedXAxisMetricKey="")
+    return card
+
+
+def _with_baseline(metric: str) -> list[str]:
+    """The headline copy of `metric` and its majority-class baseline (pix3d.metrics), if it has one."""
+    spec = METRICS.get(metric)
+    return [headline_key(metric)] + ([spec.baseline] if spec is not None and spec.baseline else [])
+
+
+def headline_charts() -> dict:
+    """The view state's charts: the headline section first (the last validation accuracy per run
+    or group as bars, its curve and the median error's with their majority baselines, the
+    losses), then MLflow's own sections, where it appends every other metric (`isReordered`)."""
+    cards = [_card("BAR", _with_baseline(TABLE_METRIC)), _card("LINE", _with_baseline(TABLE_METRIC)),
+             _card("LINE", _with_baseline("val_azimuth_mederr")), _card("LINE", [headline_key("train_loss")]),
+             _card("LINE", [headline_key("val_loss")])]
+    sections = [{"uuid": _section_id(name), "name": name, "display": True, "isReordered": True,
+                 "deleted": False, "isGenerated": True} for name in CHART_SECTIONS]
+    return {"compareRunCharts": cards, "compareRunSections": sections, "isAccordionReordered": True,
+            "hideEmptyCharts": True, "runsHiddenMode": "SHOW_ALL"}
 
 
 def grouped_view_state() -> dict:
     """The shared view: runs grouped by model and modalities, charts on the group means (a
-    band from min to max over seeds), the table's metric first (the chart filter)."""
+    band from min to max over seeds), the headline charts first: the first is a bar per model x
+    modalities of the last validation accuracy, beside the majority class's."""
     keys = [{"mode": "tag", "groupByData": tag} for tag in GROUP_TAGS]
-    return {"groupBy": {"aggregateFunction": "average", "groupByKeys": keys},
-            "useGroupedValuesInCharts": True, "hideEmptyCharts": True, "chartsSearchFilter": TABLE_METRIC}
+    return {"searchFilter": TRIAL_FILTER, "groupBy": {"aggregateFunction": "average", "groupByKeys": keys},
+            "useGroupedValuesInCharts": True, **headline_charts()}
 
 
 def experiment_ui_tags(search_params: Sequence[str] = ()) -> dict[str, str]:

@@ -22,6 +22,15 @@ _SKIP_METRICS = frozenset({
     "checkpoint_dir_name", "should_checkpoint", "started_at", "time_this_iter_s", "time_total_s",
     "epoch", "training_iteration", "bf16_autocast", "gpus_given", "simulated_gpu",
 })
+# The sizes of the split a trial trained on: fixed for the run, params (`size_params`), not metrics.
+SIZE_KEYS = ("n_train", "n_val", "n_test")
+# What a reviewer reads first on a trial's Model metrics page. MLflow 3.17 orders a run's charts
+# by name and has no per-run or per-experiment setting for it (the order it keeps is in the
+# browser's localStorage); a metric named `<section>/<name>` goes to a section of its own, and
+# those sections come before "Model metrics" (docs/review.md). So these are logged twice: under
+# their own names, which everything reads, and under HEADLINE_SECTION, which the UI opens on.
+HEADLINE_SECTION = "headline"
+HEADLINE_CHARTS = ("val_azimuth_acc", "val_azimuth_mederr", "train_loss", "val_loss")
 # Reported names logged under a name that says what they are: the learning rate the schedule
 # gave this epoch (not the config's lr, a param), and the timings, which MLflow's run page shows
 # under "System metrics" (the `system/` prefix) rather than among the model's results.
@@ -50,16 +59,33 @@ def param_text(value: Any) -> str:
     return text if len(text) <= _MAX_PARAM_CHARS else text[: _MAX_PARAM_CHARS - 3] + "..."
 
 
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and (
+        isinstance(value, (int, float)) or type(value).__name__ in ("float32", "float64", "int64", "int32"))
+
+
 def scalar_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The MLflow metrics of one reported result: its numeric, finite-or-not scalars, without
-    bookkeeping (bools, Ray stamps, the step, flags), named as METRIC_RENAMES says."""
+    bookkeeping (bools, Ray stamps, the step, flags, the split's sizes), named as METRIC_RENAMES
+    says, and the HEADLINE_CHARTS again as `headline/<name>`."""
     out: dict[str, float] = {}
     for key, value in result.items():
-        if key in _SKIP_METRICS or isinstance(value, bool):
+        if key in _SKIP_METRICS or key in SIZE_KEYS:
             continue
-        if isinstance(value, (int, float)) or type(value).__name__ in ("float32", "float64", "int64", "int32"):
+        if _is_number(value):
             out[METRIC_RENAMES.get(key, key)] = float(value)
+    out.update({headline_key(key): out[key] for key in HEADLINE_CHARTS if key in out})
     return out
+
+
+def headline_key(metric: str) -> str:
+    """The name a headline metric's second copy has (its chart in the run page's first section)."""
+    return f"{HEADLINE_SECTION}/{metric}"
+
+
+def size_params(result: Mapping[str, Any]) -> dict[str, int]:
+    """The split's sizes a result reports (`n_train`, `n_val`, relpose's `n_test`): run params."""
+    return {key: int(result[key]) for key in SIZE_KEYS if _is_number(result.get(key))}
 
 
 def result_step(result: Mapping[str, Any]) -> int:

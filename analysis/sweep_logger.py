@@ -27,8 +27,9 @@ from typing import Any, Mapping
 
 from analysis.mlflow_store import ROLE_TAG, artifact_location, search_all_runs
 from analysis.mlflow_ui import ensure_ui_tags, experiment_ui_tags
-from analysis.run_fields import (KIND_TAG, ORACLE_TAG, VARIES_TAG, data_provenance, flatten, oracle_inputs, param_text,
-                                 result_step, scalar_metrics, stopped_text, trial_run_name, trial_tags, varies_text)
+from analysis.run_fields import (KIND_TAG, ORACLE_TAG, VARIES_TAG, data_provenance, flatten, oracle_inputs,
+                                 param_text, result_step, scalar_metrics, size_params, stopped_text, trial_run_name,
+                                 trial_tags, varies_text)
 from pix3d.errors import Pix3DError
 from pix3d.fileio import write_bytes_to
 
@@ -121,6 +122,7 @@ class _ChildState:
     fresh: bool = True   # created in this session (no need to re-open it)
     placement: dict = field(default_factory=dict)  # placement tags last set
     planned_epochs: int | None = None  # the config's epochs: a trial ending before was stopped early
+    sizes: frozenset = frozenset()  # the split-size params it has (a param is logged once)
 
 
 class SweepLogger:
@@ -247,7 +249,8 @@ class SweepLogger:
         final = run.data.tags.get("status") in FINAL_STATUSES and run.info.status != "RUNNING"
         return _ChildState(run.info.run_id, run.info.run_name or "", max(steps, default=0),
                            final, complete=not steps, fresh=False,
-                           planned_epochs=_planned_epochs(run.data.params.get("epochs")))
+                           planned_epochs=_planned_epochs(run.data.params.get("epochs")),
+                           sizes=frozenset(run.data.params))
 
     # -- trials --------------------------------------------------------------------------
     def start_trial(self, trial_id: str, config: Mapping[str, Any],
@@ -301,6 +304,10 @@ class SweepLogger:
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(state.run_id, metrics=metrics[i:i + 1000])
         state.last_step = step
+        sizes = {k: v for k, v in size_params(result).items() if k not in state.sizes}
+        if sizes:  # the split's sizes: fixed for the run, so params, logged with its first result
+            self._log_params(state.run_id, sizes)
+            state.sizes |= set(sizes)
         self._log_placement(state, result)
         for key in _CURVE_KEYS + ("majority_azimuth_acc",):
             if key in scalars:

@@ -99,7 +99,11 @@ class Page:
         find = (f"Array.from(document.querySelectorAll({json.dumps(selector)}))"
                 f".find(e => e.innerText && e.innerText.trim() === {json.dumps(text)}"
                 " && e.getBoundingClientRect().width > 0)")
-        self.wait_for(f"!!({find})", timeout_s, what=f"{selector} {text!r}")
+        self.click(find, timeout_s, what=f"{selector} {text!r}")
+
+    def click(self, find: str, timeout_s: float = 30.0, what: str = "") -> None:
+        """Click, as a mouse does, the element the JavaScript expression `find` returns."""
+        self.wait_for(f"!!({find})", timeout_s, what=what or find)
         box = self.evaluate(f"(() => {{ const e = {find}; e.scrollIntoView({{block: 'center'}}); "
                             "const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
         x, y = box

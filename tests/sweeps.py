@@ -23,9 +23,11 @@ METRIC_NAMES = (
     "train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc",
     "val_azimuth_acc_within1", "majority_azimuth_acc", "majority_elevation_acc",
     "majority_inplane_acc", "best_val_azimuth_acc", "lr_scheduled", "system/images_per_s",
-    "system/epoch_time_s",
+    "system/epoch_time_s", "headline/val_azimuth_acc", "headline/val_azimuth_mederr", "headline/train_loss",
+    "headline/val_loss",
 )
-BOOKKEEPING = ("epoch", "lr", "training_iteration", "bf16_autocast", "gpus_given", "images_per_s")
+BOOKKEEPING = ("epoch", "lr", "training_iteration", "bf16_autocast", "gpus_given", "images_per_s", "n_train", "n_val")
+SPLIT_SIZES = {"n_train": 200, "n_val": 40}  # what tiny_pose_epochs trains and validates on: run params
 
 
 def _softmax(logits):
@@ -81,7 +83,7 @@ def tiny_pose_epochs(config):
             "majority_inplane_acc": float((labels[val] == majority).mean()),
             "best_val_azimuth_acc": best, "lr": float(config["lr"]),
             "images_per_s": len(train) / elapsed, "epoch_time_s": elapsed,
-            "val_azimuth_confusion": confusion.tolist(),
+            "val_azimuth_confusion": confusion.tolist(), "n_train": len(train), "n_val": len(val),
         }
 
 

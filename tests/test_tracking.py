@@ -18,7 +18,7 @@ from ray import tune  # noqa: E402
 
 from analysis.mlflow_store import default_tracking_uri  # noqa: E402
 from analysis.run_fields import trial_run_name  # noqa: E402
-from tests.sweeps import BOOKKEEPING, EPOCHS, METRIC_NAMES, SPLIT_SHA256, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
+from tests.sweeps import BOOKKEEPING, EPOCHS, METRIC_NAMES, SPLIT_SHA256, SPLIT_SIZES, param_space, run_sweep, tiny_pose_trainable  # noqa: E402
 
 
 def _rest(server_url: str, endpoint: str, payload: dict | None = None, query: str = ""):
@@ -83,6 +83,10 @@ def test_sweep_logged_to_server_parent_children_params_metrics_artifacts(served_
         assert "val_azimuth_confusion" not in run.data.metrics
         assert set(METRIC_NAMES) <= set(run.data.metrics)
         assert not set(BOOKKEEPING) & set(run.data.metrics)  # the step, flags, placement: not charted
+        assert {k: int(run.data.params[k]) for k in SPLIT_SIZES} == SPLIT_SIZES  # the split's sizes: params
+        for key in ("val_azimuth_acc", "val_loss"):  # the headline section's copies: the same points
+            assert sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"headline/{key}")) \
+                == sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
         assert run.data.metrics["lr_scheduled"] == pytest.approx(result.metrics["lr"])
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert artifacts == {"azimuth_confusion.json", "azimuth_confusion.png", "learning_curves.png"}
