@@ -114,9 +114,8 @@ GRIDS: dict[str, SweepKind] = {
         ),
         FusionGrid(
             "fusion_cpu",
-            "the corner of the fusion grid a shared CPU can measure (use --budget cpu): early fusion, "
-            "scratch, fine-tuned, loss {photometric, pose} x 3 seeds",
-            fusions=("early",),
+            "the corner of the fusion grid a CPU can measure (--budget quick: ~10 min per early-fusion "
+            "trial on a core, late twice that): scratch, fine-tuned, fusion x loss {photometric, pose} x 3 seeds",
             weights=("scratch",),
             frozen=(False,),
         ),
