@@ -5,12 +5,10 @@ data manifest, code version) and its JSON record in the sweep folder (`pix3d_swe
 and `SweepLogger`, which both the live callback (analysis.tracking) and the replay
 (analysis.sync) drive, so that both produce the same runs.
 
-Why explicit run ids through `MlflowClient` and never `mlflow.start_run`: Tune calls the
-callback for many trials interleaved, and the fluent API keeps one global active run.
-
-Idempotence is by tags: the parent run carries `sweep_id`, each child `sweep_id` and
-`trial_id`. A resumed sweep, or a replay, looks them up and continues after the last logged
-step instead of creating duplicates.
+Explicit run ids through `MlflowClient`, never `mlflow.start_run`: Tune calls the callback for
+many trials interleaved, and the fluent API keeps one global active run. Idempotence is by tags
+(`sweep_id` on the parent; `sweep_id`, `trial_id` on each child): a resumed sweep, or a replay,
+looks them up and continues after the last logged step instead of creating duplicates.
 """
 
 from __future__ import annotations

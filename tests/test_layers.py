@@ -173,3 +173,12 @@ def test_the_checker_sees_a_cycle_hidden_in_a_function(tmp_path):
     path = tmp_path / "x.py"
     path.write_text(source)
     assert imports_of("analysis.x", path, {"search.run": path, "search": path}) == {"search.run"}
+
+
+def test_no_module_is_over_400_lines_and_each_says_what_it_owns():
+    """docs/design.md: no module over 400 lines; each opens with a docstring saying what it owns."""
+    long = {name: n for name, path in project_modules().items()
+            if (n := len(path.read_text().splitlines())) > 400}
+    bare = sorted(name for name, path in project_modules().items()
+                  if path.stat().st_size and not ast.get_docstring(ast.parse(path.read_text())))
+    assert long == {} and bare == [], (long, bare)
