@@ -33,7 +33,6 @@ class FusionGrid(SweepKind):
     settings come from the budget; `fixed` wins over them."""
 
     kind: ClassVar[str] = "fusion"
-    subsets: ClassVar[tuple] = ()  # no pose modalities to check against the data
 
     name: str
     description: str
