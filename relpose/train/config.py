@@ -25,8 +25,9 @@ BUDGETS: dict[str, dict] = {
     "quick": {"pairs": {"n": 4800, "size": 64, "max_orbit_deg": 30.0, "models_per_category": 20},
               "train": {"epochs": 7, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
     # What a 2-core CPU shared by several jobs (~4 pairs/s per trial, issue 28) can measure in
-    # an hour for the corner of the grid in `fusion_cpu`: ~3,400 pair passes per trial, well
-    # inside the plateau above, so it says whether a loss can be gamed, not whether it learns.
+    # an hour for the early-fusion trials of `fusion_cpu`: ~3,400 pair passes per trial, well
+    # inside the plateau above, so it says whether a loss can be gamed, not whether it learns
+    # (`fusion_cpu` at `quick` is what learns: docs/relpose.md).
     "cpu": {"pairs": {"n": 1200, "size": 64, "max_orbit_deg": 30.0, "models_per_category": 20},
             "train": {"epochs": 4, "batch_size": 16, "lr": 3e-4, "lr_schedule": "cosine"}},
     "paper": {"pairs": {"n": 8000, "size": 128, "max_orbit_deg": 30.0, "models_per_category": 20},
