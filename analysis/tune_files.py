@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import pickletools
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -110,6 +112,23 @@ class StateTrial:
     status: str | None
     experiment_tag: str | None
     relative_logdir: str | None
+    # The checkpoint folders (checkpoint_NNNNNN) Tune's record of the trial names, oldest first:
+    # the last is what a retry or --resume restores. Read off the pickled checkpoint manager's
+    # strings (pickletools walks the opcodes; nothing is executed).
+    checkpoints: list[str] = field(default_factory=list)
+
+
+CHECKPOINT_NAME = re.compile(r"(?:^|/)(checkpoint_\d{6})$")
+
+
+def _named_checkpoints(run_metadata) -> list[str]:
+    names: set[str] = set()
+    value = json.loads(run_metadata) if isinstance(run_metadata, str) else run_metadata
+    for blob, _ in _embedded_pickles(value, ""):
+        for _, arg, _ in pickletools.genops(blob):
+            if isinstance(arg, str) and (match := CHECKPOINT_NAME.search(arg)):
+                names.add(match.group(1))
+    return sorted(names)
 
 
 @dataclass
@@ -165,8 +184,9 @@ def read_experiment_state(folder: SweepFolder, fs_path: str) -> ExperimentState:
             trial = json.loads(raw) if isinstance(raw, str) else raw
             if not isinstance(trial.get("config"), dict) or not isinstance(trial.get("trial_id"), str):
                 raise ValueError("a trial without config or trial_id")
+            named = _named_checkpoints(entry[1]) if isinstance(entry, (list, tuple)) and len(entry) > 1 else []
             result.trials.append(StateTrial(trial["trial_id"], trial["config"], trial.get("status"),
-                                            trial.get("experiment_tag"), trial.get("relative_logdir")))
+                                            trial.get("experiment_tag"), trial.get("relative_logdir"), named))
     except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
         raise Pix3DError(f"{where}: torn or foreign Tune experiment state ({one_line(exc)})") from None
     return result

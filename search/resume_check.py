@@ -8,6 +8,15 @@ restoring, every pickle Tune will load is checked without being executed, the st
 as data (both through analysis.tune_files) and its trials are compared with the ones the
 saved settings (`search_run.json`) make. A torn, crafted or foreign state is refused with one
 line saying what is wrong and what is intact; nothing in storage is written or removed.
+
+`mend_deleted_checkpoints` then puts back a checkpoint the state names but Tune had deleted:
+Tune deletes a trial's checkpoint beyond the `num_to_keep` newest at once and uploads its state
+naming the newer ones a moment later, so a driver killed (SIGKILL, a lost node) in between
+leaves a state whose trial cannot be restored ("Could not recover from checkpoint as it does
+not exist on storage anymore", the trial then fails on every retry). The trial folder still
+holds the newer checkpoints; the oldest of those is copied under the name the state expects
+(every file whole: a temp copy renamed locally, single objects in S3), and the trial goes on
+from there, repeating no more than the epochs since.
 """
 
 from __future__ import annotations
@@ -16,6 +25,11 @@ import json
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
+
+import posixpath
+import uuid
+
+import pyarrow.fs as pafs
 
 from analysis.tune_files import (SweepFolder, check_folder, latest_state_path, open_folder, pickle_problem,
                                  read_experiment_state, read_trial_folders)
@@ -103,3 +117,48 @@ def verify_resume_state(location: str | Path, expected: list[dict] | None) -> in
             raise _refuse(folder, f"it holds {len(saved)} trial(s) where the saved settings make {len(expected)} "
                                   f"({missing} of those not in it): a torn or foreign sweep")
     return len(saved)
+
+
+def mend_deleted_checkpoints(location: str | Path, log=print) -> list[str]:
+    """Give every unfinished trial the checkpoint its saved state names (see the module's
+    docstring); the trial folders mended. A trial whose named checkpoint is gone with no newer
+    one to stand in is left as it is (Tune then reports it)."""
+    folder = open_folder(location)
+    path = latest_state_path(folder)
+    if path is None:
+        return []
+    mended = []
+    for trial in read_experiment_state(folder, path).trials:
+        if trial.status == "TERMINATED" or not trial.checkpoints or not trial.relative_logdir:
+            continue
+        named = trial.checkpoints[-1]
+        if folder.kind(folder.join(trial.relative_logdir, named)) != pafs.FileType.NotFound:
+            continue
+        newer = [n for n in folder.names(trial.relative_logdir) if n.startswith("checkpoint_") and n > named]
+        # The oldest newer one: a newer one still existing proves it was whole before the kill.
+        source = next((n for n in sorted(newer) if folder.kind(folder.join(trial.relative_logdir, n))
+                       == pafs.FileType.Directory), None)
+        if source is None:
+            continue
+        _copy_checkpoint(folder, folder.join(trial.relative_logdir, source),
+                         folder.join(trial.relative_logdir, named))
+        log(f"note: trial {trial.trial_id}: its saved state names {named}, which Tune had deleted before "
+            f"saving a newer state (the driver was stopped in between); restoring it from {source}")
+        mended.append(trial.relative_logdir)
+    return mended
+
+
+def _copy_checkpoint(folder: SweepFolder, source: str, target: str) -> None:
+    """Copy the files of checkpoint folder `source` to `target`, which appears whole or not at all."""
+    files = [i.path for i in folder.fs.get_file_info(pafs.FileSelector(source, recursive=True))
+             if i.type == pafs.FileType.File]
+    if isinstance(folder.fs, pafs.LocalFileSystem):
+        staging = f"{target}.mending-{uuid.uuid4().hex[:8]}"
+        for name in files:
+            dest = posixpath.join(staging, posixpath.relpath(name, source))
+            folder.fs.create_dir(posixpath.dirname(dest), recursive=True)
+            folder.fs.copy_file(name, dest)
+        folder.fs.move(staging, target)  # a rename: whole or not at all
+    else:  # an object store: each object appears whole; a checkpoint here is one file
+        for name in files:
+            folder.fs.copy_file(name, posixpath.join(target, posixpath.relpath(name, source)))

@@ -49,6 +49,7 @@ from search.options import (SweepSettings, check_options, experiment_name, get_a
                             sized_grid, write_settings)
 from search.plan import budget_line, build_param_space, plan_gpus, probe_gpus
 from search.report import close_sweep, sweep_tracking_uri, tracking_callbacks
+from search.resume_check import mend_deleted_checkpoints
 from search.storage import check_sweep_folder, experiment_path, storage_for
 from search.sweep_lock import acquire as acquire_lock
 
@@ -193,6 +194,9 @@ def run_sweep(grid: SweepKind, space: dict, data, *, storage: str, experiment: s
               + (f"continued, {done} trial(s) so far" if done else "new"))
     started = time.time()
     if resume:
+        # A driver killed between Tune deleting a checkpoint and saving its state leaves a state
+        # naming the deleted one: put it back from the newer ones first (search.resume_check).
+        mend_deleted_checkpoints(sweep_path)
         # The searcher comes back from Tune's state with its storage: the same study goes on.
         tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:

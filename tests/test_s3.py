@@ -254,9 +254,9 @@ def test_a_sweep_on_s3_killed_and_resumed_loses_and_repeats_nothing(s3, tiny_dat
         deadline = time.monotonic() + 1500  # Ray's start-up and the first epochs, on a loaded machine
         while time.monotonic() < deadline:
             progress = sorted(s3_checkpoints(s3, sweep).values(), key=max, reverse=True)
-            # The second at its second checkpoint, before Tune deletes any of its checkpoints (num_to_keep 2):
-            # a SIGKILL after a deletion and before Tune's next state upload leaves a state naming a
-            # deleted checkpoint, which --resume cannot restore (a Tune race seen with S3; docs/cluster.md).
+            # The second at its second checkpoint or later. A SIGKILL after Tune deletes a checkpoint
+            # and before its next state upload leaves a state naming the deleted one (a Tune race seen
+            # here in CI): --resume mends that from the newer checkpoints (docs/cluster.md).
             # And once Tune's state in the bucket names both trials: the driver uploads it every
             # few seconds, and a state saved before the second trial existed makes --resume start
             # that trial anew (nothing lost, its epochs repeated), which this test would not see.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import posixpath
+import re
 import shutil
 import signal
 import subprocess
@@ -69,8 +71,15 @@ def cli_env() -> dict:
 
 
 def run_search(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, env=cli_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=cwd, env=cli_env(),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:  # what it printed says where it hung
+        def tail(data) -> str:
+            text = data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+            return re.sub(r"[^\n]*\r", "", text)[-3000:]  # progress bars redrawn with \r: their last state
+        pytest.fail(f"search.run {' '.join(args)} ran past {timeout:g}s\n--- stdout:\n{tail(exc.stdout)}"
+                    f"\n--- stderr:\n{tail(exc.stderr)}")
 
 
 def trial_reports(experiment_dir: Path) -> dict[str, list[dict]]:
@@ -271,6 +280,55 @@ def test_a_trial_in_a_reused_actor_computes_what_a_fresh_one_does(ray_session, t
     for key in ("train_loss", "val_loss", "val_azimuth_acc", "val_elevation_acc", "val_inplane_acc"):
         assert list(first[key]) == list(second[key]), key
 
+
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.slow)])
+def test_resume_restores_a_trial_whose_named_checkpoint_tune_had_deleted(ray_session, tiny, tmp_path, capsys,
+                                                                       request, where):
+    """Tune deletes a checkpoint beyond the kept ones at once and saves the state naming the
+    newer ones a moment later: a driver killed in between left a state naming a deleted
+    checkpoint, and --resume failed that trial on every retry (a CI run with S3). Here the
+    state names the only checkpoint of a trial that crashed, and the folder then holds a newer
+    one in its place, as the killed driver leaves it; --resume must restore from that."""
+    import pyarrow.fs as pafs
+
+    from analysis.tune_files import latest_state_path, open_folder, read_experiment_state
+
+    _, _, data = tiny
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        storage = s3.create_bucket(f"mend-{os.getpid()}-{time.monotonic_ns() % 10**6}") + "/runs"
+    else:
+        storage = str(tmp_path)
+    grid = get_grid("smoke")
+    space = grid.param_space(1, BUDGETS["quick"])
+    space.update(model="separate_net", epochs=3, cpus_per_trial=1, gpus_per_trial=0, crash_once_at_epoch=2,
+                 max_train_images=16)
+    (crashed,) = run_sweep(grid, space, data, storage=storage, experiment="mend", max_failures=0)
+    assert crashed.error is not None  # crashed before epoch 2, after the epoch-1 checkpoint
+    folder = open_folder(f"{storage}/mend")
+    (entry,) = read_experiment_state(folder, latest_state_path(folder)).trials
+    assert entry.checkpoints == ["checkpoint_000000"] and entry.status == "ERROR"
+    trial = folder.join(entry.relative_logdir)
+    old = posixpath.join(trial, "checkpoint_000000", "checkpoint.pt")
+    new = posixpath.join(trial, "checkpoint_000001", "checkpoint.pt")
+    folder.fs.create_dir(posixpath.dirname(new))
+    folder.fs.copy_file(old, new)
+    folder.fs.delete_dir(posixpath.dirname(old))
+    capsys.readouterr()
+
+    (result,) = run_sweep(grid, space, data, storage=storage, experiment="mend", resume=True)
+    out = capsys.readouterr().out
+    assert f"note: trial {entry.trial_id}: its saved state names checkpoint_000000" in out
+    assert "restoring it from checkpoint_000001" in out
+    assert result.error is None, result.error
+    assert result.metrics["resumed_from_epoch"] == 1 and result.metrics["epoch"] == 3
+    # It went on numbering after the checkpoint it restored: epochs 2 and 3 are 000001 and 000002
+    # (the stand-in overwritten), and Tune kept those two, deleting the mended 000000.
+    kept = [posixpath.basename(i.path) for i in folder.fs.get_file_info(pafs.FileSelector(trial))]
+    assert sorted(n for n in kept if n.startswith("checkpoint_")) == ["checkpoint_000001", "checkpoint_000002"]
+    assert not [n for n in kept if ".mending-" in n]  # a local staging copy was renamed into place
 
 def test_smoke_grid_end_to_end_through_the_cli(tiny, tmp_path):
     folder, cache, _ = tiny
