@@ -97,11 +97,14 @@ def test_cli_refuses_a_packing_that_cannot_fit_before_ray_starts(tmp_path):
     assert not (tmp_path / "rr" / "smoke").exists()  # refused before the sweep was set up
 
 
-def test_cli_options_device_and_gpu_memory_are_validated(tmp_path):
-    proc = run_search("--grid", "smoke", "--device", "cuda", "--dry-run", cwd=tmp_path, timeout=60)
-    assert proc.returncode == 2 and "--device cuda needs --gpus-per-trial" in proc.stderr
-    proc = run_search("--grid", "smoke", "--gpu-memory-gib", "0", "--dry-run", cwd=tmp_path, timeout=60)
-    assert proc.returncode == 2 and "--gpu-memory-gib must be > 0" in proc.stderr
+def test_cli_options_device_and_gpu_memory_are_validated(tmp_path, capsys, monkeypatch):
+    from tests.test_search import run_main
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(["--grid", "smoke", "--device", "cuda", "--dry-run"], capsys)
+    assert code == 2 and err.startswith("error: ") and "--device cuda needs --gpus-per-trial" in err
+    code, _, err = run_main(["--grid", "smoke", "--gpu-memory-gib", "0", "--dry-run"], capsys)
+    assert code == 2 and err.startswith("error: ") and "--gpu-memory-gib must be > 0" in err
 
 
 # ----------------------------------------------------------------------------- device checks

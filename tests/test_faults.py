@@ -19,24 +19,17 @@ from pathlib import Path
 
 import pytest
 
-from pix3d.cli import run_cli
 from pix3d.errors import Pix3DError, one_line
-from pix3d.fileio import atomic_path, check_free_space, ensure_writable_dir, write_json
+from pix3d.fileio import check_free_space, ensure_writable_dir, write_json
+from tests.inproc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _main(module: str):
-    import importlib
-
-    return importlib.import_module(module).main
-
-
-def run_entry(module: str, argv: list[str], capsys) -> tuple[int, str]:
+def run_entry(module: str, argv: list[str], capsys=None) -> tuple[int, str]:
     """The real `python -m module` path (run_cli(main)) in-process: (exit code, stderr)."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(_main(module), argv)
-    return exit_info.value.code, capsys.readouterr().err
+    proc = run_module(module, *argv)
+    return proc.returncode, proc.stderr
 
 
 def assert_one_clean_line(code: int, err: str, needle: str) -> None:
@@ -358,11 +351,11 @@ def test_foreign_sweep_record_is_refused(tmp_path, name, content, needle):
     folder = tmp_path / "sweep"
     _hand_made_sweep(folder, marker)
     (folder / name).write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "analysis.sync", "--storage", str(folder), "--mlflow-uri",
-                           f"sqlite:///{tmp_path / 'm.db'}", "--no-progress"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 1
-    assert_one_clean_line(proc.returncode, proc.stderr, needle)
+    # In this process (tests.inproc): the record is refused before anything is read as a pickle.
+    code, err = run_entry("analysis.sync", ["--storage", str(folder), "--mlflow-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                                            "--no-progress"])
+    assert code == 1
+    assert_one_clean_line(code, err, needle)
     assert not marker.exists()
 
 

@@ -133,6 +133,7 @@ def test_session_ray_listens_on_loopback_only(ray_session):
     assert _exposed(addresses) == [], sorted(addresses)
 
 
+@pytest.mark.slow  # a Ray of its own in a child process (8 s); the session's Ray is checked above
 def test_local_ray_is_private_loopback_and_token_auth(tmp_path):
     """search.run's local Ray (init_ray(None)), with a worker running: every listening socket
     of its process tree is on loopback, there is no dashboard, and token auth is on; the

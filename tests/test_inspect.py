@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +10,14 @@ import pytest
 from PIL import Image
 
 from pix3d.constants import HEADS, N_BINS
+from tests.inproc import run_module
 from tests.pix3d_fixtures import REAL_ENTRY, REAL_ENTRY_ANGLES, read_json, write_json, write_pix3d_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_inspect(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pix3d.inspect", *map(str, args)],
-        cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120,
-    )
+    return run_module("pix3d.inspect", *args)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from pix3d.render.shading import NORMALS_BACKGROUND
 from pix3d.render.raster import rasterize, rasterize_projected
 from pix3d.render.shapes import build_bed, build_chair
 from tests.pix3d_fixtures import REAL_ENTRY, rotation_from_angles
+from tests.inproc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 MASK, BOUNDARIES, NORMALS = (slice(*MODALITY_CHANNELS[m]) for m in ("mask", "boundaries", "normals"))
@@ -250,16 +251,14 @@ def test_render_check_cli_prints_quantiles_and_lists_low_entries(tmp_path):
     entries.append(dict(entries[0], img=entries[0]["img"].replace("0001", "0004"),
                         mask=entries[0]["mask"].replace("0001", "0004"), model="model/chair/gone/model.obj"))
     (root / "pix3d.json").write_text(json.dumps(entries))
-    run = subprocess.run([sys.executable, "-m", "pix3d.inspect", str(root), "--render-check", "--size", "64",
-                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, cwd=REPO)
+    run = run_module("pix3d.inspect", root, "--render-check", "--size", "64", "--cache", tmp_path / "cache")
     assert run.returncode == 0, run.stderr
     out = run.stdout
     assert "3 of 4 entries rendered, 1 cannot be" in out and "median" in out and "p05" in out
     assert "1 entries below IoU 0.7:" in out and "entry 2 (img/chair/0003.png): IoU 0." in out
     assert "entry 3 (img/chair/0004.png): model file model/chair/gone/model.obj is missing" in out
     assert "entry 0 (" not in out and "entry 1 (" not in out
-    bad = subprocess.run([sys.executable, "-m", "pix3d.inspect", str(tmp_path / "nowhere"), "--render-check"],
-                         capture_output=True, text=True, cwd=REPO)
+    bad = run_module("pix3d.inspect", tmp_path / "nowhere", "--render-check")
     assert bad.returncode in (1, 2) and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
@@ -277,9 +276,7 @@ def test_prepare_cli_takes_sources_and_refuses_bad_ones(tmp_path):
 
 def test_contact_sheet_is_a_png_with_a_row_per_entry(tmp_path):
     root = two_entry_folder(tmp_path / "set")
-    run = subprocess.run([sys.executable, "-m", "pix3d.inspect", str(root), "--contact-sheet",
-                          str(tmp_path / "sheet.png"), "--rows", "2", "--size", "64"],
-                         capture_output=True, text=True, cwd=REPO)
+    run = run_module("pix3d.inspect", root, "--contact-sheet", tmp_path / "sheet.png", "--rows", "2", "--size", "64")
     assert run.returncode == 0, run.stderr
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size[0] >= 5 * 64 and sheet.size[1] == 14 + 2 * (64 + 14)
@@ -413,18 +410,19 @@ def test_a_truncated_object_is_rendered_only_inside_the_photo(tmp_path):
     assert meta["render_iou"][0] > 0.9
 
 
-def test_paper_ablation_dry_run_on_a_real_format_folder_needs_a_normals_source(tmp_path):
+def test_paper_ablation_dry_run_on_a_real_format_folder_needs_a_normals_source(tmp_path, capsys, monkeypatch):
     """`search.run --grid ablation --budget paper --dry-run` on a real-format folder without
     normals/: refused in one line naming normals and the sources; with --normals oracle it
     plans every trial (2 models x 4 subsets x 3 seeds) and says where each modality comes from."""
-    from tests.test_search import cli_env
+    from tests.test_search import run_main
 
     root = two_entry_folder(tmp_path / "set")
+    monkeypatch.chdir(tmp_path)
 
     def dry(*extra):
-        return subprocess.run([sys.executable, "-m", "search.run", "--grid", "ablation", "--budget", "paper",
-                               "--data", str(root), "--dry-run", *extra], cwd=tmp_path, env=cli_env(),
-                              capture_output=True, text=True, timeout=120)
+        code, out, err = run_main(["--grid", "ablation", "--budget", "paper", "--data", str(root), "--dry-run",
+                                   *extra], capsys)
+        return subprocess.CompletedProcess([], code, out, err)
 
     refused = dry()
     assert refused.returncode == 1, refused.stdout + refused.stderr

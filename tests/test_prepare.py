@@ -22,6 +22,7 @@ from pix3d.data.maps import BOUNDARIES_DERIVED
 from pix3d.data.prepare import prepare
 from pix3d.data.annotations import load_annotations
 from tests.pix3d_fixtures import REAL_ENTRY, read_json, seed_builtin_set, write_json, write_pix3d_folder
+from tests.inproc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 RGB, MASK, BOUNDARIES, NORMALS = (slice(*MODALITY_CHANNELS[m]) for m in ("rgb", "mask", "boundaries", "normals"))
@@ -218,7 +219,19 @@ def test_bad_arguments(tmp_path):
 # ------------------------------------------------------------------------ the CLI
 
 
-def run_prepare_cli(*args, cache):
+def run_prepare_cli(*args, cache, in_process=False):
+    """`python -m pix3d.prepare`; `in_process` for runs refused before any image is read
+    (tests.inproc: no interpreter start-up; a run that prepares forks workers, so not here)."""
+    if in_process:
+        saved = os.environ.get("PIX3D_CACHE")
+        os.environ["PIX3D_CACHE"] = str(cache)
+        try:
+            return run_module("pix3d.prepare", *args)
+        finally:
+            if saved is None:
+                os.environ.pop("PIX3D_CACHE", None)
+            else:
+                os.environ["PIX3D_CACHE"] = saved
     env = dict(os.environ, PIX3D_CACHE=str(cache), OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "pix3d.prepare", *map(str, args)],
@@ -278,7 +291,9 @@ def test_cli_bad_input_is_one_error_line_and_no_cache(tmp_path, breaker):
     root = write_pix3d_folder(tmp_path / "pix3d", 4)
     expected = breaker(root)
     cache = tmp_path / "cache"
-    result = run_prepare_cli("--data", root, "--size", 24, cache=cache)
+    # The annotation file's faults are refused before any image is read: in this process.
+    in_process = breaker in (_malformed, _missing_field, _empty, _no_json)
+    result = run_prepare_cli("--data", root, "--size", 24, cache=cache, in_process=in_process)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
@@ -305,13 +320,13 @@ def test_cli_skip_invalid_lists_the_skipped_entry(tmp_path):
 def test_cli_usage_errors_exit_2(tmp_path, args, expected):
     root = write_pix3d_folder(tmp_path / "pix3d", 2)
     args = [str(root) if a == "DIR" else a for a in args]
-    result = run_prepare_cli(*args, cache=tmp_path / "cache")
+    result = run_prepare_cli(*args, cache=tmp_path / "cache", in_process=True)
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_cli_missing_folder(tmp_path):
-    result = run_prepare_cli("--data", tmp_path / "absent", "--size", 24, cache=tmp_path / "cache")
+    result = run_prepare_cli("--data", tmp_path / "absent", "--size", 24, cache=tmp_path / "cache", in_process=True)
     assert result.returncode == 1 and result.stderr.startswith("error: dataset folder") and "absent" in result.stderr
     assert prepared_dirs(tmp_path / "cache") == []
 

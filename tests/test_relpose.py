@@ -22,6 +22,7 @@ from relpose.models import IMAGENET_FILE, IMAGENET_FILES, RelPoseNet, resolve_we
 from relpose.pairs import PairConfig, load_or_make_pairs, make_pairs, relative_transform
 from relpose.train import PairTensors, RelPoseConfig, fit, loss_fn, photometric_l1
 from relpose.train.loss import OUTSIDE_PENALTY, photometric_terms
+from tests.inproc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -402,8 +403,10 @@ def test_cli_trains_and_writes_outputs(tmp_path):
     (["--epochs", "0"], 2, "error: --epochs must be positive"),
     (["--weights", "nowhere.pth"], 1, "error: weights file nowhere.pth does not exist"),
 ])
-def test_cli_bad_input_is_one_error_line(tmp_path, args, code, message):
-    proc = run_relpose(*args, cwd=tmp_path)
+def test_cli_bad_input_is_one_error_line(tmp_path, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)  # in this process: refused before any work (tests.inproc)
+    monkeypatch.setenv("PIX3D_CACHE", str(tmp_path / "cache"))
+    proc = run_module("relpose.train", *args)
     assert proc.returncode == code and proc.stderr.startswith(message), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 

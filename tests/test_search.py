@@ -156,7 +156,7 @@ def test_an_address_that_is_not_a_ray_cluster_fails_within_the_join_timeout(tiny
     import search.cluster
 
     folder, cache, _ = tiny
-    monkeypatch.setattr(search.cluster, "JOIN_TIMEOUT_S", 8.0)
+    monkeypatch.setattr(search.cluster, "JOIN_TIMEOUT_S", 3.0)
     monkeypatch.setenv("RAY_AUTH_MODE", "token")  # init_ray would set it for the process
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -223,7 +223,9 @@ def test_the_crash_aid_refuses_epoch_1_before_any_training():
     crash_hook({"crash_once_at_epoch": 2}, resumed_from_epoch=1)(2)  # a retry: never crashes
 
 
-@pytest.mark.parametrize("cpus_per_trial", [1, 2], ids=["concurrent", "one-at-a-time"])
+# Concurrent in the slow suite: one at a time covers the crash, the retry and the reused actor.
+@pytest.mark.parametrize("cpus_per_trial", [pytest.param(1, marks=pytest.mark.slow), 2],
+                         ids=["concurrent", "one-at-a-time"])
 def test_smoke_through_the_python_api_with_a_crash_retried_from_its_checkpoint(ray_session, tiny, tmp_path,
                                                                              cpus_per_trial):
     """Each trial crashes once before reporting epoch 2; Tune retries it from the epoch-1 checkpoint.

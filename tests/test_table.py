@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ from tests.sweeps import param_space, run_sweep
 from analysis.summary import summarise  # noqa: E402
 from analysis.table import build_table, main, write_table  # noqa: E402
 from pix3d.cli import run_cli  # noqa: E402
+from tests.inproc import run_module
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +134,8 @@ def test_lr_experiment_writes_lr_view(store, tmp_path, capsys):
         assert row.cells["rgb"].mean == pytest.approx(by_lr[row.lr])
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "analysis.table", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+def _cli(*args):
+    return run_module("analysis.table", *args)
 
 
 def test_cli_unknown_experiment_lists_existing(store):
