@@ -42,6 +42,12 @@ def axis_columns(records: pd.DataFrame) -> list[str]:
 def trial_runs(tracking_uri: str, experiment: str) -> tuple:
     """(client, every trial run of `experiment`). Raises Pix3DError naming what is wrong: an
     unreachable store, no store file, an unknown experiment (listing the existing ones)."""
+    client, found = open_experiment(tracking_uri, experiment)
+    return client, search_all_runs(client, [found.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+
+
+def open_experiment(tracking_uri: str, experiment: str) -> tuple:
+    """(client, the experiment), with trial_runs's checks and errors; reads no runs."""
     check_reachable(tracking_uri)
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         # Opening it would create an empty store (and say so on stderr): refuse instead.
@@ -53,7 +59,7 @@ def trial_runs(tracking_uri: str, experiment: str) -> tuple:
         names = sorted(e.name for e in client.search_experiments())
         raise Pix3DError(f"unknown experiment {experiment!r} in {tracking_uri}; existing: "
                          f"{', '.join(names) if names else '(none)'}")
-    return client, search_all_runs(client, [found.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'")
+    return client, found
 
 
 def _best(history, metric: str) -> float:

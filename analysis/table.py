@@ -27,10 +27,9 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -38,7 +37,7 @@ from analysis import fusion_table, search_view
 from analysis.cells import ORACLE_MARK, Row, Table
 from analysis.mlflow_store import ROLE_TAG, client_for, default_tracking_uri, log_table_files, search_all_runs
 from analysis.mlflow_ui import experiment_review_lines
-from analysis.records import AT_CHOICES, BY_CHOICES, load_records, trial_runs
+from analysis.records import AT_CHOICES, BY_CHOICES, load_records, open_experiment
 from analysis.run_fields import KIND_TAG
 from analysis.summary import summarise, summarise_by_category
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
@@ -241,10 +240,10 @@ def sweep_kind(tracking_uri: str, experiment: str) -> str:
     the tag are told by what they carry (a search's study tags, a fusion trial's tag); a store
     that cannot be read is left to the pose table's loader, which names what is wrong."""
     try:
-        client, runs = trial_runs(tracking_uri, experiment)
+        client, found = open_experiment(tracking_uri, experiment)
     except Pix3DError:
         return "grid"
-    found = client.get_experiment_by_name(experiment)
+    # The parent runs only: the chosen view reads the trial runs itself.
     parents = search_all_runs(client, [found.experiment_id], f"tags.`{ROLE_TAG}` = 'sweep'")
     parents.sort(key=lambda r: r.info.start_time or 0)
     tagged = [r.data.tags[KIND_TAG] for r in parents if r.data.tags.get(KIND_TAG) in VIEWS]
@@ -252,7 +251,8 @@ def sweep_kind(tracking_uri: str, experiment: str) -> str:
         return tagged[-1]
     if any(r.data.tags.get(f"{SEARCH_TAG_PREFIX}kind") for r in parents):
         return "search"
-    return "fusion" if runs and "fusion" in runs[0].data.tags else "grid"
+    one = client.search_runs([found.experiment_id], f"tags.`{ROLE_TAG}` = 'trial'", max_results=1)
+    return "fusion" if one and "fusion" in one[0].data.tags else "grid"
 
 
 def build_view(kind: str, tracking_uri: str, experiment: str, out: Path,

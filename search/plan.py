@@ -56,9 +56,9 @@ def plan_gpus(args: argparse.Namespace, grid: SweepKind, space: dict, data, prob
     memory, source = gpu_memory_to_plan(args.gpu_memory_gib, probes or ())
     if memory is None and probes is None:
         return False
-    configs = grid.memory_configs(space)
-    if configs is None:  # the estimate models pix3d.train.fit only
+    if not grid.memory_modelled:  # the estimate models pix3d.train.fit only
         log(f"GPU memory plan: not estimated for {grid.kind} trials")
         return True
+    configs = grid.known_trials(space) or [space]
     log(plan_gpu_packing(estimate_trials(configs, len(data)), args.gpus_per_trial, memory, source))
     return True

@@ -70,7 +70,7 @@ def check_sweep_folder(sweep_path: str, grid: SweepKind, space: dict, *, resume:
         # crafted pickle would run (read through pyarrow.fs: a local folder or a URI alike).
         from search.resume_check import verify_resume_state
 
-        verify_resume_state(sweep_path, grid.resume_trials(space))
+        verify_resume_state(sweep_path, grid.known_trials(space))
 
 
 SEARCH_STATE_GLOB = "search_gen_state-*.json"  # Tune's saved search state (a cloudpickle, despite .json)

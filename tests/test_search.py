@@ -23,14 +23,14 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from pix3d.cli import run_cli
 from pix3d.errors import Pix3DError
 from pix3d.data.prepare import prepare
 from pix3d.render.synthetic import SyntheticConfig, generate
 from pix3d.train import BUDGETS
 from search.grids import get_grid
 from search.cluster import check_cluster_resources
-from search.run import main, run_sweep
+from search.run import run_sweep
+from tests.inproc import run_module
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_SIZE = BUDGETS["quick"]["image_size"]
@@ -109,11 +109,10 @@ def tiny(tmp_path_factory):
 # ------------------------------------------------------------------------- bad input, no Ray
 
 
-def run_main(argv, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+def run_main(argv, capsys=None) -> tuple[int, str, str]:
+    """`python -m search.run *argv` in this process (tests.inproc): (exit code, stdout, stderr)."""
+    proc = run_module("search.run", *argv)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_unknown_grid_lists_the_known_ones(capsys):

@@ -18,7 +18,6 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from ray import tune  # noqa: E402
 
-from pix3d.cli import run_cli  # noqa: E402
 from pix3d.data.prepare import prepare  # noqa: E402
 from pix3d.errors import UsageError  # noqa: E402
 from pix3d.train import BUDGETS  # noqa: E402
@@ -27,6 +26,7 @@ from search.options import SweepSettings, get_args_parser, settings_for, sized_g
 from search.storage import experiment_path  # noqa: E402
 from search.study import study_location  # noqa: E402
 from tests.test_search import QUICK_SIZE, make_tiny_dataset, run_main, run_search  # noqa: E402
+from tests.inproc import run_module
 
 PARAMS = ("model", "lr", "batch_size", "weight_decay")
 EPOCHS = 2
@@ -132,13 +132,9 @@ def test_without_its_study_the_view_comes_from_the_mlflow_runs(tiny_search):
     assert view.best()["at_budget"] == pytest.approx(100 * _at_budget(_ranked(study)[0], _budget(study)))
 
 
-def run_main_table(argv, capsys):
-    from analysis.table import main
-
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(main, argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+def run_main_table(argv, capsys=None):
+    proc = run_module("analysis.table", *argv)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 class InterruptOnce(tune.Callback):

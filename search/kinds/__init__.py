@@ -60,13 +60,14 @@ class SweepKind:
         """This grid for the data it will run on (a per-category grid gets the data's categories)."""
         return self
 
-    def resume_trials(self, space: dict) -> list[dict] | None:
-        """The trials a resumed sweep must find in Tune's state (None: not known in advance)."""
-        return expand(space)
+    # Whether pix3d.devices' GPU memory estimate models this kind's trials (pix3d.train.fit's).
+    memory_modelled: ClassVar[bool] = False
 
-    def memory_configs(self, space: dict) -> list[dict] | None:
-        """The configs the GPU memory plan estimates (None: the estimate does not model them)."""
-        return None
+    def known_trials(self, space: dict) -> list[dict] | None:
+        """Every trial's config, known before the sweep starts (None: a search proposes them as
+        it runs). What a resumed sweep must find in Tune's state, what the GPU memory plan and
+        the split check read (a search: its space, whose choices they take as they are)."""
+        return expand(space)
 
     # ---- the plan, before anything starts
     def plan_budget(self, settings: SweepSettings, args: argparse.Namespace,

@@ -62,14 +62,8 @@ class SearchGrid(Grid):
     def with_samples(self, samples: int) -> "SearchGrid":
         return replace(self, num_samples=samples)
 
-    def resume_trials(self, space: dict) -> list[dict] | None:
-        return None
-
-    def memory_configs(self, space: dict) -> list[dict] | None:
-        return [space]
-
-    def split_configs(self, space: dict) -> list[dict]:
-        return [space]
+    def known_trials(self, space: dict) -> list[dict] | None:
+        return None  # proposed while the search runs
 
     def plan_budget(self, settings, args, log: Callable = print):
         """The budget's overrides; a search keeps its one seed under any budget."""

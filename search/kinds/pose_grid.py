@@ -44,6 +44,7 @@ class Grid(SweepKind):
     at its published learning rate."""
 
     kind: ClassVar[str] = "grid"
+    memory_modelled: ClassVar[bool] = True
 
     name: str
     description: str
@@ -112,9 +113,6 @@ class Grid(SweepKind):
             return self
         return replace(self, axes={**self.axes, "category": tuple(sorted(categories))})
 
-    def memory_configs(self, space: dict) -> list[dict] | None:
-        return expand(space)
-
     # ---- the plan
     def plan_budget(self, settings, args: argparse.Namespace, log: Callable = print):
         """(settings, budget overrides): the grid's budget, and the CPU budgets' seeds when
@@ -175,15 +173,11 @@ class Grid(SweepKind):
         a folder the notebook's membership disagrees with is one error line, nothing written."""
         from pix3d.data.prepare import published_split_plan
 
-        splits = {t.get("split", "published") for t in self.split_configs(space)}
+        splits = {t.get("split", "published") for t in self.known_trials(space) or [space]}
         print(f"crop: {self.crop_for(settings)}")
         if "published" in splits:
             print(published_split_plan(settings.data).message)
         return space
-
-    def split_configs(self, space: dict) -> list[dict]:
-        """The configs whose `split` decides the membership check (every trial of a grid)."""
-        return expand(space)
 
     def print_dry_run(self, settings, space: dict, out: Callable = print) -> None:
         """Where each modality would come from, then the constant settings once and one line per
