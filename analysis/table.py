@@ -37,7 +37,7 @@ from analysis import fusion_table, search_view
 from analysis.cells import ORACLE_MARK, Row, Table
 from analysis.mlflow_store import ROLE_TAG, client_for, default_tracking_uri, log_table_files, search_all_runs
 from analysis.mlflow_ui import experiment_review_lines
-from analysis.records import AT_CHOICES, BY_CHOICES, load_records, open_experiment
+from analysis.records import AT_CHOICES, AXIS_PREFIX, BY_CHOICES, axis_columns, load_records, open_experiment
 from analysis.run_fields import KIND_TAG
 from analysis.summary import summarise, summarise_by_category
 from analysis.sweep_logger import SEARCH_TAG_PREFIX
@@ -66,9 +66,18 @@ def build_table(tracking_uri: str, experiment: str, *, metric: str = "val_azimut
 
 # -- files ---------------------------------------------------------------------------------
 def lr_points(table: Table) -> list[dict]:
-    """Mean ± std over seeds per (model, subset, lr), for the learning-rate view."""
+    """Mean ± std over seeds per (model, subset, lr), for the learning-rate view. Where the
+    sweep also varied other keys (a grid axis, the split, the quirks), each of their values is
+    a line of its own, labelled `subset (key=value)`: seeds only are averaged."""
+    records = table.records
+    others = [c for c in (*axis_columns(records), "split", "seed_quirks")
+              if c in records and records[c].nunique(dropna=False) > 1]
     points = []
-    for (model, subset, lr), group in table.records.groupby(["model", "modalities", "lr"]):
+    for (model, subset, lr, *values), group in records.groupby(["model", "modalities", "lr", *others],
+                                                               dropna=False):
+        if others:
+            shown = ", ".join(f"{c.removeprefix(AXIS_PREFIX)}={v}" for c, v in zip(others, values))
+            subset = f"{subset} ({shown})"
         values = metric_spec(table.metric).scale * group["value"].to_numpy()
         points.append({"model": model, "modalities": subset, "lr": float(lr),
                        "mean": float(values.mean()),

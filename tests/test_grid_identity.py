@@ -87,6 +87,20 @@ def test_a_grid_over_batch_size_reaches_the_table_whole(batch_sweep):
     _check_table(uri, results)
 
 
+
+def test_the_lr_view_keeps_the_other_axes_apart(batch_sweep):
+    """lr.png's points average seeds only: a batch size is a line of its own, not merged."""
+    from analysis.table import lr_points
+
+    uri, results, _ = batch_sweep
+    points = lr_points(build_table(uri, "batch"))
+    assert sorted(p["modalities"] for p in points) == ["rgb (batch_size=32)", "rgb (batch_size=8)"]
+    assert [p["n"] for p in points] == [SEEDS, SEEDS]
+    for point in points:
+        size = int(point["modalities"].split("=")[1].rstrip(")"))
+        tune_values = [100 * r.metrics["val_azimuth_acc"] for r in results if r.config["batch_size"] == size]
+        assert point["mean"] == pytest.approx(sum(tune_values) / len(tune_values))
+
 def test_runs_of_a_parent_without_the_tag_fall_back_to_the_usual_keys(batch_sweep):
     """Logged before the tag existed: model/subset/lr/seed, so a batch size repeats another and
     the latest is kept, with a note (what every grid over a new axis got before)."""
