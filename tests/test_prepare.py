@@ -360,3 +360,62 @@ def test_stale_temp_folders_of_killed_runs_are_removed(tmp_path):
     os.utime(stale, (old, old))
     quiet_prepare(root, 16, cache)
     assert not stale.exists() and fresh.exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _workers(pid: int) -> list[int]:
+    """The command's pool workers: its children, or, under a forkserver (a child that forks
+    them), that server's children; never multiprocessing's resource tracker."""
+    found = []
+    for child in _children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" in command:
+            continue
+        found.extend(_children(child) if b"forkserver" in command else [child])
+    return found
+
+
+@pytest.mark.slow  # a command of its own and 120 images written: 4 s
+def test_a_killed_worker_is_one_error_line_not_a_hang(tmp_path):
+    """A worker killed mid-way (a signal, the OOM killer) used to leave the pool waiting forever
+    for its entries; now the command stops with one line and writes no cache."""
+    import signal
+    import time
+
+    root = write_pix3d_folder(tmp_path / "pix3d", 120, img_size=(320, 240))
+    cache = tmp_path / "cache"
+    env = dict(os.environ, PIX3D_CACHE=str(cache), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pix3d.prepare", "--data", str(root), "--size", "128",
+                             "--workers", "2", "--no-progress"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        workers = []
+        while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            workers = _workers(proc.pid)  # both started: the pool is working
+            time.sleep(0.05)
+        assert workers, "no worker process seen before the command ended"
+        os.kill(workers[0], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: a worker preparing {root} died"), err
+    assert "--workers 1" in lines[0] and "Traceback" not in err
+    assert prepared_dirs(cache) == []

@@ -19,6 +19,8 @@ import hashlib
 import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
@@ -38,7 +40,7 @@ from pix3d.data.maps import (CANNY_SETTINGS, FALLBACK_SOURCES, FROM_FILES, MAP_F
 from pix3d.data.pose import angles
 from pix3d.data.render_check import render_summary
 from pix3d.data.splits import MembershipMatch, match_published
-from pix3d.errors import Pix3DError, UsageError
+from pix3d.errors import Pix3DError, UsageError, one_line
 from pix3d.fileio import atomic_dir, check_free_space, write_json
 from pix3d.render.oracle import EDGE_SETTINGS
 from pix3d.render.synthetic import STAMP_NAME
@@ -301,6 +303,15 @@ def _reserve(path: Path) -> None:
             raise
 
 
+def _worker_context():
+    """forkserver: workers forked from a clean server process, not from the caller, which may
+    hold threads that fork does not survive (a Ray driver, tqdm's monitor; a CI run once hung in
+    a forked pool). The server imports the entry code once, so workers start at once."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["pix3d.data.entry"])
+    return context
+
+
 def _build(
     tmp: Path,
     root: Path,
@@ -335,9 +346,8 @@ def _build(
     pool = None
     try:
         if workers > 1 and n > 1:
-            pool = multiprocessing.get_context().Pool(min(workers, n))
-            chunksize = max(1, min(32, n // (workers * 8)))
-            results = pool.imap_unordered(prepare_entry, tasks, chunksize=chunksize)
+            pool = ProcessPoolExecutor(min(workers, n), mp_context=_worker_context())
+            results = pool.map(prepare_entry, tasks, chunksize=max(1, min(32, n // (workers * 8))))
         else:
             results = map(prepare_entry, tasks)
         for result in results:
@@ -356,11 +366,13 @@ def _build(
                 images[position] = result.array
                 checks[position] = (result.iou, result.render_problem)
             bar.update(1)
+    except (BrokenProcessPool, EOFError) as exc:  # a worker (or their server) killed: said, never waited on
+        raise Pix3DError(f"a worker preparing {root} died ({one_line(exc)}); run again, or with --workers 1 "
+                         "to see which entry it was") from None
     finally:
         bar.close()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        if pool is not None:  # after an error: the queued chunks are dropped, running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
     elapsed = time.perf_counter() - started
     kept = [i for i in range(n) if i not in failed]
     if failed:
