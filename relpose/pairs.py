@@ -220,13 +220,3 @@ def rotation_angle_deg(R: torch.Tensor) -> torch.Tensor:
     """Rotation angle of (..., 3, 3) rotation matrices, in degrees (numerically safe near 0 and 180)."""
     cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
     return torch.rad2deg(torch.arccos(cos))
-
-
-def motion_summary(data: PairData) -> dict:
-    """Size of the true motions: rotation angle (deg) and translation (m), mean and max."""
-    T = torch.as_tensor(data.T, dtype=torch.float64)
-    angle = rotation_angle_deg(T[:, :3, :3])
-    shift = T[:, :3, 3].norm(dim=-1)
-    return {"rotation_deg_mean": float(angle.mean()), "rotation_deg_max": float(angle.max()),
-            "translation_m_mean": float(shift.mean()), "translation_m_max": float(shift.max()),
-            "object_fraction_mean": float(data.mask.reshape(len(data), -1).mean(1).mean())}
