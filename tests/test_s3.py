@@ -347,7 +347,7 @@ def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on
     folder, cache = tiny_data  # on the driver's disk only: trials get the data from Ray's object store
     bucket = _bucket(s3, "nodisk")
     storage, sweep = f"{bucket}/runs", f"{bucket}/runs/smoke"
-    epochs = 6
+    epochs = 12  # room to kill a trial between its second checkpoint and its end (an epoch here is ~0.2 s)
     port = ray_port()
     # The token in the environment, not in ~/.ray/auth_token: the workers have HOMEs of their own.
     base = cli_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(),
@@ -387,12 +387,14 @@ def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on
                  "--data", str(folder), "--cache", str(cache), "--budget", "quick", "--epochs", str(epochs),
                  "--storage", storage, "--no-mlflow", "--cpus-per-trial", "1"],
                 cwd=driver_dir, env=base, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        # Kill the worker once its trial has two checkpoints in the bucket.
+        # Kill the worker once a trial has two checkpoints in the bucket and at least four epochs
+        # still to run: a trial that already finished (quick epochs, a slow poll) would not move,
+        # and the next trial might not have reported yet (CI once lost that race).
         deadline = time.monotonic() + 900
-        while not any(max(c) >= 1 for c in s3_checkpoints(s3, sweep).values()):
+        while not any(1 <= max(c) <= epochs - 5 for c in s3_checkpoints(s3, sweep).values()):
             assert driver.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint reached the bucket in 900 s:\n" + log.read_text()[-3000:]
-            time.sleep(0.5)
+            time.sleep(0.1)
         os.killpg(first, signal.SIGKILL)
         second, second_tmp = worker("worker-b")
         groups.append(second)
@@ -411,7 +413,10 @@ def test_a_worker_without_shared_disk_checkpoints_to_s3_and_its_trial_resumes_on
 
     reports = s3_trial_reports(s3, sweep)
     assert len(reports) == 2 and all(rs[-1]["epoch"] == epochs for rs in reports.values())
-    (moved,) = [rs for rs in reports.values() if len({r["node_id"] for r in rs}) == 2]
+    moved = [rs for rs in reports.values() if len({r["node_id"] for r in rs}) == 2]
+    assert len(moved) == 1, "no trial (or both) ran on two workers: " + json.dumps(
+        {name: [(r["epoch"], r["resumed_from_epoch"], r["node_id"][:8]) for r in rs] for name, rs in reports.items()})
+    (moved,) = moved
     before = [r for r in moved if r["resumed_from_epoch"] == 0]
     after = [r for r in moved if r["resumed_from_epoch"] > 0]
     # On the second worker, from the checkpoint the first left in S3 (not from scratch), to the end.
