@@ -82,6 +82,7 @@ def test_a_run_opened_from_that_page_is_the_training_view(reviewed):
     page.goto(f"{server.url}/#/")
     page.click_text("Model training", selector="[role=button]")
     page.wait_for("localStorage.getItem('mlflow.workflowType_v1') === '\"machine_learning\"'", what="the side stored")
+    page.screenshot(shots / "review_training_side.png")  # what the README shows a reader clicks
     page.goto(lines[0].split(": ", 1)[1])
     name = trials[0].info.run_name
     page.wait_for_text(name, timeout_s=90)
