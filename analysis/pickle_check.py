@@ -307,6 +307,11 @@ def _literal(value) -> bool:
     return value is None or isinstance(value, (str, bytes, int, float, bool))
 
 
+def cut_off(problem: str | None) -> bool:
+    """`pickle_problem` found the data empty or ending early, with nothing refused before the cut."""
+    return bool(problem) and problem.startswith(("empty (0 bytes)", "not a complete pickle"))
+
+
 def check_pickle(data: bytes, where: str) -> None:
     """UntrustedFile naming `where` unless `data` passes `pickle_problem`."""
     problem = pickle_problem(data)

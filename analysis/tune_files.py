@@ -29,8 +29,8 @@ from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
-from analysis.pickle_check import (ALLOWED_CALLS, ALLOWED_GLOBALS, UntrustedFile, check_pickle, known_code,
-                                   pickle_problem)
+from analysis.pickle_check import (ALLOWED_CALLS, ALLOWED_GLOBALS, UntrustedFile, check_pickle, cut_off,
+                                   known_code, pickle_problem)
 from pix3d.errors import Pix3DError, one_line
 
 __all__ = ["ALLOWED_CALLS", "ALLOWED_GLOBALS", "UntrustedFile", "check_pickle", "known_code", "pickle_problem",
@@ -214,14 +214,24 @@ def pickles_in(folder: SweepFolder) -> list[str]:
     return sorted(found)
 
 
+# Tune (JsonLoggerCallback.update_config) truncates and rewrites a trial's params.pkl each time
+# the trial starts, and never reads it back. A driver killed in between leaves it empty or cut
+# off, and the trial's next start rewrites it: a crash's trace, not a reason to refuse the sweep.
+# A whole one is still checked (another tool may load it); a cut-off prefix has passed the walk.
+REWRITTEN_PICKLES = ("params.pkl",)
+
+
 def check_folder(folder: SweepFolder) -> int:
     """Check, without executing, every pickle Tune would load from `folder` and every pickled
     field of its experiment states; UntrustedFile naming the first refused one. Returns how
-    many were checked. A searcher state saved as JSON by another searcher is accepted as JSON."""
+    many were checked. A searcher state saved as JSON by another searcher is accepted as JSON;
+    a cut-off `params.pkl` in a trial folder is accepted (REWRITTEN_PICKLES)."""
     checked = 0
     for fs_path in pickles_in(folder):
         data = folder.read_bytes(fs_path)
         if fs_path.endswith(".json") and _is_json(data):
+            continue
+        if posixpath.basename(fs_path) in REWRITTEN_PICKLES and cut_off(pickle_problem(data)):
             continue
         check_pickle(data, folder.shown(fs_path))
         checked += 1

@@ -189,3 +189,22 @@ def test_torn_pickled_field_is_refused_and_sync_replays_the_finished_trials(tiny
     assert {t.trial_id for t in trials} == {t.trial_id for t in read_trial_folders(open_folder(sweep))}
     report = sync(sweep, f"sqlite:///{tmp_path / 'sync.db'}", progress=False)
     assert (report.trials, report.runs_created, report.closed) == (2, 2, 2)
+
+
+def test_a_params_pkl_cut_off_by_a_killed_driver_does_not_block_resume(tiny_sweep, tmp_path):
+    """Tune truncates and rewrites a trial's params.pkl whenever the trial starts and never loads
+    it: a driver killed in between leaves it empty (a slow test's SIGKILL once did, and --resume
+    refused the sweep). A cut-off one is passed over; a whole crafted one is still refused."""
+    sweep = _copy(tiny_sweep, tmp_path)
+    params = sorted(sweep.glob("*/params.pkl"))
+    assert len(params) == 2
+    whole = params[1].read_bytes()
+    params[0].write_bytes(b"")
+    params[1].write_bytes(whole[: len(whole) // 2])
+    assert verify_resume_state(sweep, None) == 2
+    marker = tmp_path / "EXECUTED"
+    params[0].write_bytes(_crafted(marker))
+    with pytest.raises(Pix3DError, match=r"params.pkl: refused, not loaded: it names io\.open"):
+        verify_resume_state(sweep, None)
+    assert not marker.exists()
+
