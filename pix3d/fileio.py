@@ -7,8 +7,9 @@ folder) or the new one, never half of one. `atomic_path` for one file (`write_js
 (s3://...), through pyarrow as Ray does.
 
 Also the checks every writer shares: free space before a large write (`check_free_space`),
-a full disk as one Pix3DError naming the path and the space (`disk_full`), and an output
-folder checked writable before any work starts (`ensure_writable_dir`).
+a full disk as one Pix3DError naming the path and the space (`disk_full`), a memmap's blocks
+allocated up front (`reserve_blocks`), and an output folder checked writable before any work
+starts (`ensure_writable_dir`).
 """
 
 from __future__ import annotations
@@ -255,3 +256,17 @@ def local_copy(location: str | Path, wanted) -> Iterator[Path]:
                 except OSError as exc:
                     raise Pix3DError(f"{location}/{relative}: cannot read it ({one_line(exc)})") from None
         yield Path(tmp)
+
+
+def reserve_blocks(path: Path) -> None:
+    """Allocate every block of a fresh (sparse) memmap file now, so a full disk is an
+    ENOSPC OSError here instead of a SIGBUS while writing pixels through the map."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return  # file system without fallocate: the free-space check must do
+            raise

@@ -104,6 +104,42 @@ def test_workers_give_identical_caches(tmp_path):
     assert one.manifest["key"] == two.manifest["key"]
 
 
+def test_a_caller_holding_threads_gets_workers_from_a_forkserver(tmp_path):
+    """A thread in the caller (a Ray driver's, a notebook's) is never forked: the workers come
+    from a forkserver, and the cache is the same."""
+    import threading
+
+    from pix3d.data.prepare import _worker_context
+
+    root = write_pix3d_folder(tmp_path / "pix3d", 10)
+    release = threading.Event()
+    holder = threading.Thread(target=release.wait, daemon=True)
+    holder.start()
+    try:
+        assert _worker_context().get_start_method() == "forkserver"
+        two, _ = quiet_prepare(root, 24, tmp_path / "c2", workers=2)
+    finally:
+        release.set()
+        holder.join()
+    one, _ = quiet_prepare(root, 24, tmp_path / "c1", workers=1)
+    assert np.array_equal(np.asarray(one.images), np.asarray(two.images))
+
+
+def test_a_script_without_a_main_guard_prepares_with_workers(tmp_path):
+    """What a researcher writes: prepare() at a script's top level, no `if __name__ == ...`.
+    Workers that import the main module again (spawn, forkserver) would run it again; with one
+    thread running, the workers are forked and the script works."""
+    root = write_pix3d_folder(tmp_path / "pix3d", 10)
+    script = tmp_path / "make_cache.py"
+    script.write_text("from pix3d.data.prepare import prepare\n"
+                      f"data = prepare({str(root)!r}, 24, cache_dir={str(tmp_path / 'cache')!r}, workers=2, progress=False)\n"
+                      "print('entries', len(data.images))\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "entries 10", proc.stderr[-2000:]
+    assert len(prepared_dirs(tmp_path / "cache")) == 1
+
+
 def test_second_call_is_a_cache_hit_and_inputs_change_the_key(tmp_path):
     root = write_pix3d_folder(tmp_path / "pix3d", 6)
     cache = tmp_path / "cache"

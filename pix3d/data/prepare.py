@@ -1,23 +1,24 @@
 """Building a prepared cache: `prepare()`, its per-entry worker processes and the manifest.
 
-Each entry is cropped (`crop`, part of the cache key: `margin`, a square centred on its
-bbox, side = longest bbox side times 1 + 2*margin, padded with zeros outside the image; or
-`published`, Pose-from-Shape's letterboxed mask rectangle, `pix3d.data.images`), resized to
-the size asked for (antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE`
-(rgb 0:3, mask 3, boundaries 4, normals 5:8). Where each modality comes from is
-`pix3d.data.maps` (files, a fallback, a prediction or an oracle render: `prepare(sources=)`,
-a `Sources` mapping), one entry's work `pix3d.data.entry`; the cache's layout and key are
-`pix3d.data.cache`. The manifest says where each channel came from (an oracle says so), and
-meta.json records per entry the IoU of the model's rendered silhouette with the mask. The folder is built beside its final place and renamed into
-it, so a crash or a bad entry never leaves a half-written cache.
+Each entry is cropped (`crop`, part of the cache key: `margin`, a square centred on its bbox, side =
+longest bbox side times 1 + 2*margin, padded with zeros outside the image; or `published`,
+Pose-from-Shape's letterboxed mask rectangle, `pix3d.data.images`), resized to the size asked for
+(antialiased), and its channels are stacked in the order of `pix3d.constants.MODALITY_TABLE` (rgb 0:3,
+mask 3, boundaries 4, normals 5:8). Where each modality comes from is `pix3d.data.maps` (files, a
+fallback, a prediction or an oracle render: `prepare(sources=)`, a `Sources` mapping), one entry's work
+`pix3d.data.entry`; the cache's layout and key are `pix3d.data.cache`. The manifest says where each
+channel came from (an oracle says so), and meta.json records per entry the IoU of the model's rendered
+silhouette with the mask. The folder is built beside its final place and renamed into it, so a crash
+or a bad entry never leaves a half-written cache.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -41,7 +42,7 @@ from pix3d.data.pose import angles
 from pix3d.data.render_check import render_summary
 from pix3d.data.splits import MembershipMatch, match_published
 from pix3d.errors import Pix3DError, UsageError, one_line
-from pix3d.fileio import atomic_dir, check_free_space, write_json
+from pix3d.fileio import atomic_dir, check_free_space, reserve_blocks, write_json
 from pix3d.render.oracle import EDGE_SETTINGS
 from pix3d.render.synthetic import STAMP_NAME
 
@@ -174,7 +175,7 @@ def prepare(
     prepared_root.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_dirs(prepared_root, log)
     # The images go through a memmap, which dies of SIGBUS (no error, no clean-up) when the
-    # disk fills up under it: check the space first, and reserve it (_reserve) once created.
+    # disk fills up under it: check the space first, and reserve it (reserve_blocks) once created.
     needed = cache_bytes(len(annotations), size)
     check_free_space(prepared_root, needed)
     with atomic_dir(final, needed=needed, keep_existing=True) as tmp:
@@ -289,27 +290,24 @@ def _manifest(
     }
 
 
-def _reserve(path: Path) -> None:
-    """Allocate every block of a fresh (sparse) memmap file now, so a full disk is an
-    ENOSPC OSError here instead of a SIGBUS while writing pixels through the map."""
-    if not hasattr(os, "posix_fallocate"):
-        return
-    with open(path, "r+b") as fh:
-        try:
-            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return  # file system without fallocate: the free-space check must do
-            raise
-
-
 def _worker_context():
-    """forkserver: workers forked from a clean server process, not from the caller, which may
-    hold threads that fork does not survive (a Ray driver, tqdm's monitor; a CI run once hung in
-    a forked pool). The server imports the entry code once, so workers start at once."""
+    """Fork when the caller runs one thread (the safe case; an unguarded script keeps working),
+    else forkserver: workers forked from a clean server, not from a caller holding threads that
+    fork does not survive (a Ray driver; a CI run once hung in a forked pool). Like spawn, it
+    imports the caller's main module in each worker (our commands guard theirs)."""
+    if all(t is threading.main_thread() or t is tqdm.monitor for t in threading.enumerate()):
+        return multiprocessing.get_context("fork")  # tqdm's monitor sleeps, and workers never touch tqdm
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pix3d.data.entry"])
+    context.set_forkserver_preload(["pix3d.data.entry"])  # imported once, by the server
     return context
+
+
+def _main_guard_hint(context) -> str:
+    main = sys.modules.get("__main__")
+    if context is None or context.get_start_method() != "forkserver" or not getattr(main, "__file__", None) \
+            or getattr(getattr(main, "__spec__", None), "name", None):
+        return ""
+    return f"; a script calling prepare() with threads running needs `if __name__ == \"__main__\":` ({main.__file__})"
 
 
 def _build(
@@ -338,18 +336,17 @@ def _build(
         for i, a in enumerate(annotations)
     ]
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, CACHE_CHANNELS, size, size))
-    _reserve(tmp / "images.npy")
+    reserve_blocks(tmp / "images.npy")
     failed: dict[int, str] = {}
     checks: dict[int, tuple[float | None, str | None]] = {}
     started = time.perf_counter()
+    # The pool first: forked before the progress bar starts tqdm's monitor thread.
+    context = _worker_context() if workers > 1 and n > 1 else None
+    pool = ProcessPoolExecutor(min(workers, n), mp_context=context) if context else None
     bar = tqdm(total=n, desc="prepare", unit="img", disable=not progress, dynamic_ncols=True)
-    pool = None
     try:
-        if workers > 1 and n > 1:
-            pool = ProcessPoolExecutor(min(workers, n), mp_context=_worker_context())
-            results = pool.map(prepare_entry, tasks, chunksize=max(1, min(32, n // (workers * 8))))
-        else:
-            results = map(prepare_entry, tasks)
+        results = (pool.map(prepare_entry, tasks, chunksize=max(1, min(32, n // (workers * 8)))) if pool
+                   else map(prepare_entry, tasks))
         for result in results:
             result: EntryResult
             position = result.position
@@ -368,7 +365,7 @@ def _build(
             bar.update(1)
     except (BrokenProcessPool, EOFError) as exc:  # a worker (or their server) killed: said, never waited on
         raise Pix3DError(f"a worker preparing {root} died ({one_line(exc)}); run again, or with --workers 1 "
-                         "to see which entry it was") from None
+                         f"to see which entry it was{_main_guard_hint(context)}") from None
     finally:
         bar.close()
         if pool is not None:  # after an error: the queued chunks are dropped, running ones finish
@@ -380,7 +377,7 @@ def _build(
         compact = np.lib.format.open_memmap(
             tmp / "images.compact.npy", mode="w+", dtype=np.uint8, shape=(len(kept), CACHE_CHANNELS, size, size)
         )
-        _reserve(tmp / "images.compact.npy")
+        reserve_blocks(tmp / "images.compact.npy")
         for j, i in enumerate(kept):
             compact[j] = images[i]
         compact.flush()
