@@ -308,7 +308,8 @@ def _literal(value) -> bool:
 
 
 def cut_off(problem: str | None) -> bool:
-    """`pickle_problem` found the data empty or ending early, with nothing refused before the cut."""
+    """`pickle_problem` found the data empty or not a complete pickle (cut off, or opcodes that
+    do not build a value), with nothing refused in what it walked before that point."""
     return bool(problem) and problem.startswith(("empty (0 bytes)", "not a complete pickle"))
 
 

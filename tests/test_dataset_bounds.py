@@ -61,7 +61,7 @@ def test_prepare_refuses_an_image_outside_the_folder_in_one_line(folder, tmp_pat
     write_json(folder, entries)
     monkeypatch.setenv("PIX3D_CACHE", str(tmp_path / "cache"))
     code, err = run_entry("pix3d.prepare", ["--data", str(folder), "--size", "32", "--cache", str(tmp_path / "cache"),
-                                            "--no-progress", "--workers", "1"], capsys)
+                                            "--no-progress", "--workers", "1"])
     assert_one_clean_line(code, err, f"entry 5 (../{outside.name}): img")
     assert "outside the dataset folder" in err and not (tmp_path / "cache" / "prepared").exists()
 

@@ -101,9 +101,9 @@ def test_cli_options_device_and_gpu_memory_are_validated(tmp_path, capsys, monke
     from tests.test_search import run_main
 
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_main(["--grid", "smoke", "--device", "cuda", "--dry-run"], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--device", "cuda", "--dry-run"])
     assert code == 2 and err.startswith("error: ") and "--device cuda needs --gpus-per-trial" in err
-    code, _, err = run_main(["--grid", "smoke", "--gpu-memory-gib", "0", "--dry-run"], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--gpu-memory-gib", "0", "--dry-run"])
     assert code == 2 and err.startswith("error: ") and "--gpu-memory-gib must be > 0" in err
 
 

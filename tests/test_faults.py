@@ -26,7 +26,7 @@ from tests.inproc import run_module
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_entry(module: str, argv: list[str], capsys=None) -> tuple[int, str]:
+def run_entry(module: str, argv: list[str]) -> tuple[int, str]:
     """The real `python -m module` path (run_cli(main)) in-process: (exit code, stderr)."""
     proc = run_module(module, *argv)
     return proc.returncode, proc.stderr
@@ -162,7 +162,7 @@ def test_bad_input_gives_one_clean_line(module, build, needle, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PIX3D_CACHE", str(tmp_path / "cache"))
     argv = build(tmp_path)
-    code, err = run_entry(module, argv, capsys)
+    code, err = run_entry(module, argv)
     assert_one_clean_line(code, err, needle)
     assert not (tmp_path / "runs").exists()  # nothing started (no run folder, no training)
 
@@ -171,7 +171,7 @@ def test_train_checks_out_before_preparing_data(tmp_path, monkeypatch, capsys):
     """An impossible --out fails before the data is generated or any epoch runs."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PIX3D_CACHE", str(tmp_path / "cache"))
-    code, err = run_entry("pix3d.train", ["--out", str(_file(tmp_path) / "run"), "--no-progress"], capsys)
+    code, err = run_entry("pix3d.train", ["--out", str(_file(tmp_path) / "run"), "--no-progress"])
     assert_one_clean_line(code, err, "--out")
     assert not (tmp_path / "cache").exists()
 
@@ -250,7 +250,7 @@ def test_full_disk_prepare_refuses_before_the_memmap(full_disk, tmp_path, monkey
     keep = full_disk / "prepared" / "older-cache.txt"
     keep.write_text("an older cache")
     code, err = run_entry("pix3d.prepare", ["--data", str(data), "--size", "128", "--cache", str(full_disk),
-                                            "--no-progress", "--workers", "1"], capsys)
+                                            "--no-progress", "--workers", "1"])
     assert_one_clean_line(code, err, "disk full (needs ")
     assert str(full_disk / "prepared") in err and " free)" in err
     assert sorted(p.name for p in (full_disk / "prepared").iterdir()) == ["older-cache.txt"]
@@ -266,10 +266,10 @@ def test_check_free_space_counts_what_is_there(full_disk):
 def test_full_disk_synthetic_set_is_one_line_and_keeps_the_old_set(full_disk, capsys):
     out = full_disk / "set"
     assert run_entry("pix3d.synthetic", ["--out", str(out), "--n", "3", "--size", "32", "--workers", "1",
-                                         "--no-progress"], capsys)[0] == 0
+                                         "--no-progress"])[0] == 0
     old = _listing(out)
     code, err = run_entry("pix3d.synthetic", ["--out", str(out), "--n", "400", "--size", "96",
-                                              "--workers", "1", "--no-progress"], capsys)
+                                              "--workers", "1", "--no-progress"])
     assert_one_clean_line(code, err, "disk full")
     assert _listing(out) == old
     assert sorted(p.name for p in full_disk.iterdir()) == ["set"]  # no temp folder left

@@ -43,7 +43,7 @@ def test_a_second_sweep_is_refused_naming_the_live_holder(tmp_path, monkeypatch,
         lock = _hold_lock(tmp_path / "results" / "smoke", holder.pid)
         monkeypatch.chdir(tmp_path)
         code, err = run_entry("search.run", ["--grid", "smoke", "--storage", str(tmp_path / "results"),
-                                             "--no-mlflow"], capsys)
+                                             "--no-mlflow"])
         assert_one_clean_line(code, err, f"is in use by another sweep (host {socket.gethostname()}, "
                                          f"pid {holder.pid}, started 2026-12-05 07:00:00 UTC)")
         assert "one sweep per folder" in err
@@ -58,7 +58,7 @@ def test_a_lock_on_another_host_is_never_taken_over(tmp_path, monkeypatch, capsy
     lock = _hold_lock(tmp_path / "results" / "smoke", 1, host="some-other-node")
     monkeypatch.chdir(tmp_path)
     code, err = run_entry("search.run", ["--grid", "smoke", "--resume", "--storage", str(tmp_path / "results"),
-                                         "--no-mlflow"], capsys)
+                                         "--no-mlflow"])
     assert_one_clean_line(code, err, "host some-other-node, pid 1")
     assert f"if that sweep is gone from host some-other-node, delete {lock}" in err
 
@@ -70,7 +70,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     # --resume of a folder with no Tune state: the lock is taken over, then the resume is refused.
     code, err = run_entry("search.run", ["--grid", "smoke", "--resume", "--storage", str(tmp_path / "results"),
-                                         "--no-mlflow"], capsys)
+                                         "--no-mlflow"])
     lines = err.strip().splitlines()
     assert lines[0] == (f"warning: {lock}: taking over the lock of a sweep that is gone "
                         f"(host {socket.gethostname()}, pid {gone.pid}, started 2026-12-05 07:00:00 UTC)")
@@ -81,7 +81,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path, monkey
 def test_a_refused_start_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, err = run_entry("search.run", ["--grid", "smoke", "--resume", "--storage", str(tmp_path / "none"),
-                                         "--no-mlflow"], capsys)
+                                         "--no-mlflow"])
     assert code == 1 and "no Tune sweep to restore" in err
     assert not (tmp_path / "none").exists()
 

@@ -421,7 +421,7 @@ def test_paper_ablation_dry_run_on_a_real_format_folder_needs_a_normals_source(t
 
     def dry(*extra):
         code, out, err = run_main(["--grid", "ablation", "--budget", "paper", "--data", str(root), "--dry-run",
-                                   *extra], capsys)
+                                   *extra])
         return subprocess.CompletedProcess([], code, out, err)
 
     refused = dry()

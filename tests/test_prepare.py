@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -259,15 +260,8 @@ def run_prepare_cli(*args, cache, in_process=False):
     """`python -m pix3d.prepare`; `in_process` for runs refused before any image is read
     (tests.inproc: no interpreter start-up; a run that prepares forks workers, so not here)."""
     if in_process:
-        saved = os.environ.get("PIX3D_CACHE")
-        os.environ["PIX3D_CACHE"] = str(cache)
-        try:
+        with mock.patch.dict(os.environ, PIX3D_CACHE=str(cache)):
             return run_module("pix3d.prepare", *args)
-        finally:
-            if saved is None:
-                os.environ.pop("PIX3D_CACHE", None)
-            else:
-                os.environ["PIX3D_CACHE"] = saved
     env = dict(os.environ, PIX3D_CACHE=str(cache), OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "pix3d.prepare", *map(str, args)],

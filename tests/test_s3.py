@@ -96,11 +96,11 @@ def test_an_s3_storage_is_checked_writable_before_any_work(s3, capsys):
 
 
 def test_a_sweep_to_a_missing_bucket_fails_at_once_and_a_dry_run_touches_no_bucket(s3, capsys):
-    code, _, err = run_main(["--grid", "smoke", "--storage", "s3://no-such-bucket-zz/runs", "--no-mlflow"], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--storage", "s3://no-such-bucket-zz/runs", "--no-mlflow"])
     assert code == 1 and err.startswith("error: --storage s3://no-such-bucket-zz/runs: not a writable storage")
     assert err.count("\n") == 1
     bucket = _bucket(s3, "dry")
-    code, out, _ = run_main(["--grid", "smoke", "--dry-run", "--storage", f"{bucket}/runs"], capsys)
+    code, out, _ = run_main(["--grid", "smoke", "--dry-run", "--storage", f"{bucket}/runs"])
     assert code == 0 and f"results would go to {bucket}/runs/smoke" in out
     assert s3.keys(bucket[len("s3://"):]) == []
 

@@ -109,40 +109,40 @@ def tiny(tmp_path_factory):
 # ------------------------------------------------------------------------- bad input, no Ray
 
 
-def run_main(argv, capsys=None) -> tuple[int, str, str]:
+def run_main(argv) -> tuple[int, str, str]:
     """`python -m search.run *argv` in this process (tests.inproc): (exit code, stdout, stderr)."""
     proc = run_module("search.run", *argv)
     return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_unknown_grid_lists_the_known_ones(capsys):
-    code, _, err = run_main(["--grid", "ablatoin"], capsys)
+    code, _, err = run_main(["--grid", "ablatoin"])
     assert code == 2
     assert err.startswith("error: unknown grid 'ablatoin'; choose from ablation, lr, optuna")
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_zero_trials_is_a_usage_error(capsys, tmp_path):
-    code, _, err = run_main(["--grid", "smoke", "--seeds", "0", "--storage", str(tmp_path / "s")], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--seeds", "0", "--storage", str(tmp_path / "s")])
     assert code == 2 and "launches zero trials" in err
 
 
 def test_unwritable_storage_names_the_path(capsys, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    code, _, err = run_main(["--grid", "smoke", "--storage", str(blocker / "results")], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--storage", str(blocker / "results")])
     assert code == 1
     assert err.startswith(f"error: --storage {blocker / 'results'}: not a writable folder")
 
 
 def test_resume_with_no_sweep_there(capsys, tmp_path):
-    code, _, err = run_main(["--grid", "smoke", "--resume", "--storage", str(tmp_path / "empty")], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--resume", "--storage", str(tmp_path / "empty")])
     assert code == 1 and "no Tune sweep to restore at" in err and str(tmp_path / "empty" / "smoke") in err
 
 
 def test_unreachable_address_fails_within_a_bounded_time(capsys, tmp_path):
     started = time.monotonic()
-    code, _, err = run_main(["--grid", "smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path)], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--address", "127.0.0.1:1", "--storage", str(tmp_path)])
     assert time.monotonic() - started < 15
     assert code == 1 and err.startswith("error: --address 127.0.0.1:1: no Ray cluster reachable")
 
@@ -163,7 +163,7 @@ def test_an_address_that_is_not_a_ray_cluster_fails_within_the_join_timeout(tiny
         address = f"127.0.0.1:{listener.getsockname()[1]}"
         started = time.monotonic()
         code, _, err = run_main(["--grid", "smoke", "--address", address, "--data", str(folder),
-                                 "--cache", str(cache), "--budget", "quick", "--storage", str(tmp_path)], capsys)
+                                 "--cache", str(cache), "--budget", "quick", "--storage", str(tmp_path)])
     assert time.monotonic() - started < 40
     assert code == 1 and err.startswith(f"error: --address {address}: ")
     assert not (tmp_path / "smoke").exists()  # nothing half-written
@@ -172,14 +172,14 @@ def test_an_address_that_is_not_a_ray_cluster_fails_within_the_join_timeout(tiny
 @pytest.mark.parametrize("option, value", [("--cpus-per-trial", "0"), ("--gpus-per-trial", "-1"),
                                            ("--max-concurrent", "0"), ("--epochs", "0"), ("--budget", "huge")])
 def test_bad_numbers_are_usage_errors(capsys, option, value):
-    code, _, err = run_main(["--grid", "smoke", option, value], capsys)
+    code, _, err = run_main(["--grid", "smoke", option, value])
     assert code == 2 and option in err
 
 
 def test_dry_run_prints_every_trial_and_writes_nothing(capsys, tmp_path):
     storage = tmp_path / "never-created"
     code, out, _ = run_main(["--grid", "ablation", "--seeds", "2", "--budget", "quick", "--dry-run",
-                             "--storage", str(storage)], capsys)
+                             "--storage", str(storage)])
     assert code == 0
     trial_lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(trial_lines) == get_grid("ablation").size(2) == 16
@@ -191,14 +191,14 @@ def test_dry_run_prints_every_trial_and_writes_nothing(capsys, tmp_path):
 def test_default_seeds_follow_the_budget(capsys, tmp_path, budget, seeds):
     """Without --seeds the CPU (quick) ablation runs 2 seeds, the paper budget the grid's 3."""
     code, out, _ = run_main(["--grid", "ablation", "--budget", budget, "--dry-run",
-                             "--storage", str(tmp_path / "s")], capsys)
+                             "--storage", str(tmp_path / "s")])
     n = get_grid("ablation").size(seeds)
     assert code == 0 and f"grid ablation: {n} trials" in out
     assert {f"seed={s}" for s in range(seeds)} == {w for w in out.split() if w.startswith("seed=")}
 
 
 def test_list_shows_sizes(capsys):
-    code, out, _ = run_main(["--list", "--seeds", "3"], capsys)
+    code, out, _ = run_main(["--list", "--seeds", "3"])
     assert code == 0 and any(line.split()[:2] == ["ablation", "24"] for line in out.splitlines())
 
 

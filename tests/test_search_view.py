@@ -173,10 +173,10 @@ def test_a_resumed_search_continues_its_study(ray_session, tiny_search, tmp_path
 
 
 def test_samples_is_checked(capsys, tmp_path):
-    code, _, err = run_main(["--grid", "smoke", "--samples", "3", "--storage", str(tmp_path)], capsys)
+    code, _, err = run_main(["--grid", "smoke", "--samples", "3", "--storage", str(tmp_path)])
     assert code == 2 and err == ("error: --samples: grid smoke is an exhaustive grid, not a search; "
                                  "use --seeds, or a search grid (optuna)\n")
-    code, _, err = run_main(["--grid", "optuna", "--samples", "0"], capsys)
+    code, _, err = run_main(["--grid", "optuna", "--samples", "0"])
     assert code == 2 and err.startswith("error: --samples must be positive") and err.count("\n") == 1
     sweep = tmp_path / "optuna"
     sweep.mkdir()
@@ -195,8 +195,7 @@ def test_resume_with_more_samples_grows_the_same_study(tiny_search, capsys):
     root, _, _, uri, _, _ = tiny_search
     storage = f"sqlite:///{root / 'ray' / 'optuna' / 'optuna.db'}"
     before = [(t.number, t.params, t.state.name) for t in optuna.load_study(study_name="optuna", storage=storage).trials]
-    code, _, err = run_main(["--resume", "--experiment", "optuna", "--samples", "3", "--storage", str(root / "ray")],
-                            capsys)
+    code, _, err = run_main(["--resume", "--experiment", "optuna", "--samples", "3", "--storage", str(root / "ray")])
     assert code == 2 and "can grow (--samples above 4), not shrink" in err
     proc = run_search("--resume", "--experiment", "optuna", "--samples", "5", "--storage", str(root / "ray"), cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]

@@ -160,7 +160,7 @@ def test_resume_refuses_a_crafted_pickle_without_running_it(tiny_sweep, tmp_path
     planted = _plant(sweep, target, _crafted(marker))
     monkeypatch.chdir(tmp_path)
     code, err = run_entry("search.run", ["--resume", "--experiment", "smoke", "--storage", str(sweep.parent),
-                                         "--no-mlflow"], capsys)
+                                         "--no-mlflow"])
     assert_one_clean_line(code, err, str(planted))
     assert "refused, not loaded" in err and "cannot be trusted" in err
     assert not marker.exists()
